@@ -1,0 +1,91 @@
+"""Study assembly: turn studies that stopped growing into tasks.
+
+A study is *stable* once no instance arrived for ``quiet_period_s`` (the
+same idea as Orthanc's ``STABLE_STUDY`` change). The router then asks each
+rule which of the study's series it wants; every algorithm with at least one
+matching series gets one task holding those series' instances.
+
+Late instances (documented policy). An instance that arrives after its study
+was dispatched re-opens the study; when it is stable again, each series that
+received instances no task for that algorithm has taken yet is sent *whole*
+in a new task (``late_instances = "new-task"``), so an algorithm never sees
+half a series. With ``late_instances = "ignore"`` they are kept but not sent.
+Re-sent instances (a SOP Instance UID already received) never reach this
+point: the listener ignores them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Literal
+
+from aifi.edge.rules import Rule, rule_matches
+from aifi.edge.state import EdgeState
+
+__all__ = ["Assembler"]
+
+logger = logging.getLogger(__name__)
+
+
+class Assembler:
+    def __init__(
+        self,
+        state: EdgeState,
+        rules: list[Rule],
+        quiet_period_s: float,
+        late_instances: Literal["new-task", "ignore"] = "new-task",
+    ) -> None:
+        self.state = state
+        self.rules = rules
+        self.quiet_period_s = quiet_period_s
+        self.late_instances = late_instances
+
+    def tick(self) -> list[str]:
+        """Dispatch every study that became stable; return the new task ids."""
+        created: list[str] = []
+        for study_uid in self.state.stable_studies(self.quiet_period_s):
+            seen = self.state.last_received_at(study_uid)
+            created.extend(self._dispatch(study_uid, seen))
+            self.state.mark_dispatched(study_uid, seen)
+        return created
+
+    def _dispatch(self, study_uid: str, last_received_at: float) -> list[str]:
+        series_attrs = self.state.series_of(study_uid)
+        wanted: dict[str, set[str]] = defaultdict(set)
+        rule_names: dict[str, str] = {}
+        for rule in self.rules:
+            for series_uid, attrs in series_attrs.items():
+                if rule_matches(rule, attrs):
+                    wanted[rule.algorithm].add(series_uid)
+                    rule_names.setdefault(rule.algorithm, rule.name or rule.algorithm)
+        task_ids: list[str] = []
+        for algorithm_id, series in wanted.items():
+            fresh = self.state.series_with_instances_outside_tasks(study_uid, algorithm_id)
+            todo = series & fresh
+            if not todo:
+                continue
+            if self.state.has_task(study_uid, algorithm_id) and self.late_instances == "ignore":
+                logger.info("late instances for %s/%s kept, not sent", study_uid, algorithm_id)
+                continue
+            instances = self.state.instances(study_uid, sorted(todo))
+            task_id = self.state.create_task(
+                study_uid,
+                algorithm_id,
+                rule_names[algorithm_id],
+                [i.sop_instance_uid for i in instances],
+                last_received_at,
+            )
+            logger.info(
+                "task %s: %s on %d instances of %d series",
+                task_id,
+                algorithm_id,
+                len(instances),
+                len(todo),
+            )
+            task_ids.append(task_id)
+        if not wanted:
+            self.state.record_event(
+                "study-not-routed", f"study received, no rule matched ({len(series_attrs)} series)"
+            )
+        return task_ids

@@ -1,0 +1,57 @@
+"""Sending result objects into the hospital's PACS with C-STORE (PS3.4 Annex B)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from aifi.edge.config import DicomPeer
+
+__all__ = ["StoreResult", "store_to_pacs"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    sop_instance_uid: str
+    ok: bool
+    detail: str
+
+
+def store_to_pacs(peer: DicomPeer, datasets: Sequence[Dataset]) -> list[StoreResult]:
+    """Store each dataset over one association; the outcome of each is a value, not an exception."""
+    ae = AE(ae_title=peer.calling_ae_title)
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    ae.network_timeout = 60
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        detail = f"association with PACS {peer.ae_title} at {peer.host}:{peer.port} failed"
+        return [StoreResult(str(ds.SOPInstanceUID), False, detail) for ds in datasets]
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    results: list[StoreResult] = []
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            code = int(getattr(status, "Status", -1)) if status else -1
+            uid = str(ds.SOPInstanceUID)
+            if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
+                results.append(StoreResult(uid, True, f"status 0x{code:04X}"))
+            elif code == -1:
+                results.append(StoreResult(uid, False, "no response from PACS"))
+            else:
+                results.append(StoreResult(uid, False, f"PACS answered status 0x{code:04X}"))
+    finally:
+        assoc.release()
+    return results

@@ -1,0 +1,227 @@
+"""The edge's DICOM listener: C-ECHO and C-STORE from the hospital's PACS.
+
+Handlers are small functions bound to pynetdicom events. The C-STORE
+handler checks the data set is complete, writes it to disk exactly as
+received (never decoded, whatever its transfer syntax), records it, and only
+then answers success (PS3.4 B.2.3). Everything slower hangs off "study
+stable" in :mod:`aifi.edge.assembly`. A failure inside a handler is recorded
+and answered with a failure status; it never breaks the association.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from io import BytesIO
+from pathlib import Path
+from typing import Any, cast
+
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from aifi.edge.completeness import incomplete_reason
+from aifi.edge.config import ListenerSettings
+from aifi.edge.state import EdgeState, InstanceRow
+from aifi.errors import ConfigError
+
+__all__ = ["ROUTING_KEYWORDS", "EdgeReceiver"]
+
+logger = logging.getLogger(__name__)
+
+# Attributes kept per series for routing (read from the header of its first instance).
+ROUTING_KEYWORDS = (
+    "Modality",
+    "SOPClassUID",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "ProtocolName",
+    "ImageType",
+    "ViewPosition",
+    "Laterality",
+    "ImageLaterality",
+    "ContrastBolusAgent",
+    "SliceThickness",
+    "PatientAge",
+    "PatientSex",
+    "PatientBirthDate",
+    "StudyDate",
+    "BurnedInAnnotation",
+)
+
+# PS3.4 Table B.2-1 C-STORE status codes
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC210
+
+
+def _stop_after_header(tag: Any, vr: Any, length: Any) -> bool:
+    # Everything routing needs lies before (0028,0301); stop before bulk data.
+    return int(tag) > 0x00280301
+
+
+class EdgeReceiver:
+    """A pynetdicom storage SCP that writes instances to the edge's store."""
+
+    def __init__(self, settings: ListenerSettings, state: EdgeState, store_dir: Path) -> None:
+        if not settings.allowed_calling_aets:
+            raise ConfigError(
+                "listener.allowed_calling_aets is empty: add the AE title your PACS sends"
+                ' from (e.g. allowed_calling_aets = ["ORTHANC"])'
+            )
+        self.settings = settings
+        self.state = state
+        self.store_dir = store_dir
+        self._known_dirs: set[Path] = set()
+        self._server: ThreadedAssociationServer | None = None
+        ae = AE(ae_title=settings.ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.require_calling_aet = list(settings.allowed_calling_aets)
+        ae.maximum_pdu_size = settings.max_pdu
+        ae.network_timeout = 60
+        ae.dimse_timeout = 60
+        ae.maximum_associations = 32
+        self._ae = ae
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the listener is not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers: list[Any] = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        server = self._ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+        )
+        assert server is not None
+        self._server = server
+        logger.info(
+            "DICOM listener %s on %s:%d", self.settings.ae_title, self.settings.host, self.port
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- handlers ----------------------------------------------------------
+    def _on_conn_open(self, event: Event) -> None:
+        # Nagle's algorithm holds back the small PDUs of DICOM; with delayed
+        # ACKs on the peer a transfer falls to tens of instances per second.
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            import socket
+
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_rejected(self, event: Event) -> None:
+        calling = event.assoc.requestor.ae_title
+        address = event.assoc.requestor.address
+        logger.warning("refused association from %s at %s: AE title not allowed", calling, address)
+        self.state.record_event(
+            "association-refused",
+            f"calling AE title {calling!r} from {address} is not in listener.allowed_calling_aets",
+        )
+
+    def _on_echo(self, event: Event) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: Event) -> int:
+        calling = str(event.assoc.requestor.ae_title)
+        sop_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
+        try:
+            return self._store(event, calling, sop_uid)
+        except Exception as exc:  # a failing handler must never break the association
+            logger.exception("storing instance %s from %s failed", sop_uid, calling)
+            self.state.record_event(
+                "store-failed", f"instance {sop_uid} from {calling}: {type(exc).__name__}: {exc}"
+            )
+            return OUT_OF_RESOURCES
+
+    def _store(self, event: Event, calling: str, sop_uid: str) -> int:
+        if self.state.has_instance(sop_uid):
+            logger.debug("instance %s already received; ignored", sop_uid)
+            return SUCCESS
+        transfer_syntax = UID(event.context.transfer_syntax)
+        request = cast(C_STORE, event.request)
+        raw: memoryview = cast(BytesIO, request.DataSet).getbuffer()
+        plain: memoryview | bytes = raw
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            plain = zlib.decompress(raw, -zlib.MAX_WBITS)
+        implicit = transfer_syntax.is_implicit_VR
+        little = transfer_syntax.is_little_endian
+        reason = incomplete_reason(plain, implicit_vr=implicit, little_endian=little)
+        header = None
+        if reason is None:
+            header = read_dataset(BytesIO(plain), implicit, little, stop_when=_stop_after_header)
+            if not header.get("StudyInstanceUID") or not header.get("SeriesInstanceUID"):
+                reason = "it has no Study or Series Instance UID"
+            elif str(header.get("SOPInstanceUID", sop_uid)) != sop_uid:
+                reason = "its SOP Instance UID differs from the one in the C-STORE request"
+        if reason is not None or header is None:
+            logger.warning("refused instance %s from %s: %s", sop_uid, calling, reason)
+            self.state.record_event(
+                "instance-refused", f"instance {sop_uid} from {calling} refused: {reason}"
+            )
+            return CANNOT_UNDERSTAND
+
+        study_uid = str(header.StudyInstanceUID)
+        series_uid = str(header.SeriesInstanceUID)
+        folder = self.store_dir / study_uid / series_uid
+        if folder not in self._known_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._known_dirs.add(folder)
+        path = folder / f"{sop_uid}.dcm"
+        size = self._write(path, event, raw)
+        row = InstanceRow(
+            sop_instance_uid=sop_uid,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            transfer_syntax_uid=str(transfer_syntax),
+            path=path,
+            size=size,
+        )
+        self.state.add_instance(row, calling, _routing_attrs(header))
+        return SUCCESS
+
+    def _write(self, path: Path, event: Event, raw: memoryview) -> int:
+        """Write preamble, file meta and the data set as received; fsync; rename."""
+        partial = path.with_suffix(".part")
+        meta = DicomBytesIO()
+        meta.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(meta, event.file_meta, enforce_standard=True)
+        with partial.open("wb") as fh:
+            fh.write(meta.getvalue())
+            fh.write(raw)
+            if self.settings.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        partial.replace(path)
+        return meta.tell() + len(raw)
+
+
+def _routing_attrs(header: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for keyword in ROUTING_KEYWORDS:
+        value = header.get(keyword)
+        if value is None or value == "":
+            continue
+        attrs[keyword] = [str(v) for v in value] if isinstance(value, MultiValue) else str(value)
+    return attrs

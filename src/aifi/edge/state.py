@@ -1,0 +1,481 @@
+"""The edge's durable state: received instances, studies, tasks, deliveries.
+
+One SQLite file in WAL mode under the data folder, one connection per
+thread. Everything the edge must not lose (an instance answered with
+success, a task not yet confirmed by the hub, a result not yet in PACS) is
+a row here before it is acknowledged to anyone.
+
+Edge task states extend the Unified Procedure Step states the hub reports:
+
+    pending → ready → submitted → SCHEDULED / IN PROGRESS → COMPLETED → delivered
+                                                          └→ CANCELED (reason)
+    failed (reason)  — the edge itself could not send it (refused by the hub, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EdgeState", "InstanceRow", "TaskRow"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_aet TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_instance_uid);
+CREATE TABLE IF NOT EXISTS series (
+    series_instance_uid TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    attrs TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_instance_uid TEXT PRIMARY KEY,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    dispatched INTEGER NOT NULL DEFAULT 0,
+    dispatched_at REAL
+);
+CREATE INDEX IF NOT EXISTS studies_pending ON studies(dispatched, last_received_at);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    algorithm_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    hub_task_id TEXT,
+    pseudo_study_uid TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    verified INTEGER,
+    verification TEXT,
+    urgent INTEGER NOT NULL DEFAULT 0,
+    last_instance_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS task_instances (
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    sop_instance_uid TEXT NOT NULL REFERENCES instances(sop_instance_uid),
+    pseudo_sop_instance_uid TEXT,
+    pixel_digest TEXT,
+    PRIMARY KEY (task_id, sop_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS task_instances_sop ON task_instances(sop_instance_uid);
+CREATE TABLE IF NOT EXISTS deliveries (
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    result_sop_instance_uid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (task_id, result_sop_instance_uid)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    task_id TEXT,
+    detail TEXT NOT NULL
+);
+"""
+
+# States in which the edge still has work to do for a task.
+OPEN_STATES = ("pending", "ready", "submitted", "SCHEDULED", "IN PROGRESS", "COMPLETED")
+FINAL_STATES = ("delivered", "CANCELED", "failed")
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    id: str
+    study_instance_uid: str
+    algorithm_id: str
+    rule: str
+    state: str
+    reason: str | None
+    hub_task_id: str | None
+    pseudo_study_uid: str | None
+    attempts: int
+    next_attempt_at: float
+    verified: bool | None
+    verification: str | None
+    urgent: bool
+    last_instance_at: float
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+
+
+class EdgeState:
+    """Thread-safe access to the edge's SQLite state."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)
+
+    # -- connections -------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- receive -----------------------------------------------------------
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        row = (
+            self._conn()
+            .execute("SELECT 1 FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,))
+            .fetchone()
+        )
+        return row is not None
+
+    def add_instance(
+        self, row: InstanceRow, calling_aet: str, series_attrs: dict[str, Any]
+    ) -> bool:
+        """Record a stored instance; False when its SOP Instance UID was already known."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    row.sop_instance_uid,
+                    row.study_instance_uid,
+                    row.series_instance_uid,
+                    row.sop_class_uid,
+                    row.transfer_syntax_uid,
+                    str(row.path),
+                    row.size,
+                    calling_aet,
+                    now,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            db.execute(
+                "INSERT OR IGNORE INTO series VALUES (?,?,?)",
+                (row.series_instance_uid, row.study_instance_uid, json.dumps(series_attrs)),
+            )
+            db.execute(
+                "INSERT INTO studies (study_instance_uid, first_received_at, last_received_at)"
+                " VALUES (?,?,?) ON CONFLICT(study_instance_uid) DO UPDATE SET"
+                " last_received_at=excluded.last_received_at, dispatched=0",
+                (row.study_instance_uid, now, now),
+            )
+        return True
+
+    def record_event(self, kind: str, detail: str, task_id: str | None = None) -> None:
+        """An explained outcome worth keeping (a refusal, a bad instance, a retry)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO events (at, kind, task_id, detail) VALUES (?,?,?,?)",
+                (time.time(), kind, task_id, detail),
+            )
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events" + (" WHERE kind=?" if kind else "") + " ORDER BY id"
+        rows = self._conn().execute(sql, (kind,) if kind else ()).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- assemble ----------------------------------------------------------
+    def stable_studies(self, quiet_period_s: float) -> list[str]:
+        """Studies that received something and then nothing for the quiet period."""
+        cutoff = time.time() - quiet_period_s
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT study_instance_uid FROM studies WHERE dispatched=0 AND last_received_at<=?",
+                (cutoff,),
+            )
+            .fetchall()
+        )
+        return [r[0] for r in rows]
+
+    def series_of(self, study_instance_uid: str) -> dict[str, dict[str, Any]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT series_instance_uid, attrs FROM series WHERE study_instance_uid=?",
+                (study_instance_uid,),
+            )
+            .fetchall()
+        )
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def instances(
+        self, study_instance_uid: str, series: Sequence[str] | None = None
+    ) -> list[InstanceRow]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT * FROM instances WHERE study_instance_uid=? ORDER BY series_instance_uid,"
+                " received_at",
+                (study_instance_uid,),
+            )
+            .fetchall()
+        )
+        wanted = set(series) if series is not None else None
+        return [_instance(r) for r in rows if wanted is None or r["series_instance_uid"] in wanted]
+
+    def instance(self, sop_instance_uid: str) -> InstanceRow | None:
+        r = (
+            self._conn()
+            .execute("SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,))
+            .fetchone()
+        )
+        return _instance(r) if r else None
+
+    def series_with_instances_outside_tasks(
+        self, study_instance_uid: str, algorithm_id: str
+    ) -> set[str]:
+        """Series holding instances that no task for this algorithm has taken yet."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT DISTINCT i.series_instance_uid FROM instances i"
+                " WHERE i.study_instance_uid=? AND NOT EXISTS (SELECT 1 FROM task_instances ti"
+                " JOIN tasks t ON t.id=ti.task_id"
+                " WHERE ti.sop_instance_uid=i.sop_instance_uid AND t.algorithm_id=?)",
+                (study_instance_uid, algorithm_id),
+            )
+            .fetchall()
+        )
+        return {r[0] for r in rows}
+
+    def create_task(
+        self,
+        study_instance_uid: str,
+        algorithm_id: str,
+        rule: str,
+        sop_instance_uids: Sequence[str],
+        last_instance_at: float,
+    ) -> str:
+        task_id = uuid.uuid4().hex
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO tasks (id, study_instance_uid, algorithm_id, rule, state,"
+                " last_instance_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    task_id,
+                    study_instance_uid,
+                    algorithm_id,
+                    rule,
+                    "pending",
+                    last_instance_at,
+                    now,
+                    now,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO task_instances (task_id, sop_instance_uid) VALUES (?,?)",
+                [(task_id, uid) for uid in sop_instance_uids],
+            )
+        return task_id
+
+    def has_task(self, study_instance_uid: str, algorithm_id: str) -> bool:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM tasks WHERE study_instance_uid=? AND algorithm_id=? LIMIT 1",
+                (study_instance_uid, algorithm_id),
+            )
+            .fetchone()
+        )
+        return row is not None
+
+    def mark_dispatched(self, study_instance_uid: str, seen_last_received_at: float) -> None:
+        """Close the study unless an instance arrived since it was judged stable."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE studies SET dispatched=1, dispatched_at=? WHERE study_instance_uid=?"
+                " AND last_received_at<=?",
+                (time.time(), study_instance_uid, seen_last_received_at),
+            )
+
+    def last_received_at(self, study_instance_uid: str) -> float:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT last_received_at FROM studies WHERE study_instance_uid=?",
+                (study_instance_uid,),
+            )
+            .fetchone()
+        )
+        return float(row[0]) if row else 0.0
+
+    # -- tasks -------------------------------------------------------------
+    def task(self, task_id: str) -> TaskRow:
+        r = self._conn().execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
+        if r is None:
+            raise KeyError(task_id)
+        return _task(r)
+
+    def tasks(self, states: Sequence[str] | None = None) -> list[TaskRow]:
+        if states:
+            marks = ",".join("?" * len(states))
+            rows = (
+                self._conn()
+                .execute(
+                    f"SELECT * FROM tasks WHERE state IN ({marks}) ORDER BY created_at",
+                    tuple(states),
+                )
+                .fetchall()
+            )
+        else:
+            rows = self._conn().execute("SELECT * FROM tasks ORDER BY created_at").fetchall()
+        return [_task(r) for r in rows]
+
+    def due_tasks(self, state: str) -> list[TaskRow]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT * FROM tasks WHERE state=? AND next_attempt_at<=? ORDER BY created_at",
+                (state, time.time()),
+            )
+            .fetchall()
+        )
+        return [_task(r) for r in rows]
+
+    def update_task(self, task_id: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE tasks SET {cols} WHERE id=?", (*fields.values(), task_id))
+
+    def task_instances(self, task_id: str) -> list[tuple[InstanceRow, str | None, str | None]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT i.*, ti.pseudo_sop_instance_uid, ti.pixel_digest FROM task_instances ti"
+                " JOIN instances i ON i.sop_instance_uid=ti.sop_instance_uid WHERE ti.task_id=?"
+                " ORDER BY i.series_instance_uid, i.received_at",
+                (task_id,),
+            )
+            .fetchall()
+        )
+        return [(_instance(r), r["pseudo_sop_instance_uid"], r["pixel_digest"]) for r in rows]
+
+    def set_task_instance(
+        self, task_id: str, sop_instance_uid: str, pseudo_uid: str, digest: str | None
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE task_instances SET pseudo_sop_instance_uid=?, pixel_digest=?"
+                " WHERE task_id=? AND sop_instance_uid=?",
+                (pseudo_uid, digest, task_id, sop_instance_uid),
+            )
+
+    # -- deliveries --------------------------------------------------------
+    def set_delivery(
+        self,
+        task_id: str,
+        result_sop_instance_uid: str,
+        kind: str,
+        status: str,
+        detail: str | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO deliveries VALUES (?,?,?,?,?,?) ON CONFLICT(task_id,"
+                " result_sop_instance_uid) DO UPDATE SET status=excluded.status,"
+                " detail=excluded.detail, updated_at=excluded.updated_at",
+                (task_id, result_sop_instance_uid, kind, status, detail, time.time()),
+            )
+
+    def deliveries(self, task_id: str) -> dict[str, str]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT result_sop_instance_uid, status FROM deliveries WHERE task_id=?", (task_id,)
+            )
+            .fetchall()
+        )
+        return {r[0]: r[1] for r in rows}
+
+
+def _instance(r: sqlite3.Row) -> InstanceRow:
+    return InstanceRow(
+        sop_instance_uid=r["sop_instance_uid"],
+        study_instance_uid=r["study_instance_uid"],
+        series_instance_uid=r["series_instance_uid"],
+        sop_class_uid=r["sop_class_uid"],
+        transfer_syntax_uid=r["transfer_syntax_uid"],
+        path=Path(r["path"]),
+        size=int(r["size"]),
+    )
+
+
+def _task(r: sqlite3.Row) -> TaskRow:
+    return TaskRow(
+        id=r["id"],
+        study_instance_uid=r["study_instance_uid"],
+        algorithm_id=r["algorithm_id"],
+        rule=r["rule"],
+        state=r["state"],
+        reason=r["reason"],
+        hub_task_id=r["hub_task_id"],
+        pseudo_study_uid=r["pseudo_study_uid"],
+        attempts=int(r["attempts"]),
+        next_attempt_at=float(r["next_attempt_at"]),
+        verified=None if r["verified"] is None else bool(r["verified"]),
+        verification=r["verification"],
+        urgent=bool(r["urgent"]),
+        last_instance_at=float(r["last_instance_at"]),
+        created_at=float(r["created_at"]),
+        updated_at=float(r["updated_at"]),
+        delivered_at=r["delivered_at"],
+    )
