@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydicom import Dataset
@@ -25,7 +25,11 @@ class StoreResult:
     detail: str
 
 
-def store_to_pacs(peer: DicomPeer, datasets: Sequence[Dataset]) -> list[StoreResult]:
+def store_to_pacs(
+    peer: DicomPeer,
+    datasets: Sequence[Dataset],
+    on_stored: Callable[[StoreResult], None] | None = None,
+) -> list[StoreResult]:
     """Store each dataset over one association; the outcome of each is a value, not an exception."""
     ae = AE(ae_title=peer.calling_ae_title)
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
@@ -52,6 +56,8 @@ def store_to_pacs(peer: DicomPeer, datasets: Sequence[Dataset]) -> list[StoreRes
                 results.append(StoreResult(uid, False, "no response from PACS"))
             else:
                 results.append(StoreResult(uid, False, f"PACS answered status 0x{code:04X}"))
+            if on_stored is not None:
+                on_stored(results[-1])
     finally:
         assoc.release()
     return results

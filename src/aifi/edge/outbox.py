@@ -1,0 +1,174 @@
+"""The durable outbox: pseudonymize a task's instances and send them to the hub.
+
+Every step is recorded in the edge's state before the next begins, so a
+task survives an edge restart and a hub outage:
+
+* ``pending``  → its instances are pseudonymized into ``outbox/<task id>/``
+  (deterministic: doing it again after a crash gives the same bytes);
+* ``ready``    → uploaded by STOW-RS, then the task is created at the hub
+  with the edge's task id as idempotency key;
+* ``submitted`` once the hub confirmed the task.
+
+When the hub is unreachable the task waits with exponential back-off
+(capped by ``hub.max_backoff_s``); a definite refusal (an instance the hub
+judged identifying, an algorithm the hospital may not use, ...) ends the
+task ``failed`` with the hub's reason. Re-sending is harmless: the hub
+ignores instances it has and returns the existing task for a known id.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from aifi.algorithms.base import Manifest
+from aifi.deid import PseudonymizedInstance, Pseudonymizer, PseudonymMap
+from aifi.edge.hub_client import HubClient
+from aifi.edge.state import EdgeState, TaskRow
+from aifi.errors import HubRefused, HubUnavailable, PseudonymizationError
+from aifi.hub.schemas import TaskCreate
+
+__all__ = ["Outbox"]
+
+logger = logging.getLogger(__name__)
+
+# One STOW-RS request carries at most this many bytes of instances.
+_BATCH_BYTES = 64 << 20
+
+DigestFn = Callable[[Path], str]
+
+
+class Outbox:
+    def __init__(
+        self,
+        state: EdgeState,
+        hub: HubClient,
+        key: bytes,
+        pseudonym_map: PseudonymMap,
+        outbox_dir: Path,
+        manifest_of: Callable[[str], Manifest],
+        *,
+        digest_for: Callable[[str], DigestFn | None] = lambda _algorithm_id: None,
+        max_backoff_s: float = 60.0,
+    ) -> None:
+        self.state = state
+        self.hub = hub
+        self.key = key
+        self.pseudonym_map = pseudonym_map
+        self.outbox_dir = outbox_dir
+        self.manifest_of = manifest_of
+        self.digest_for = digest_for
+        self.max_backoff_s = max_backoff_s
+
+    def tick(self) -> int:
+        """Advance every task that is due; return how many moved."""
+        moved = 0
+        for task in self.state.due_tasks("pending"):
+            moved += self._guarded(task, self._prepare)
+        for task in self.state.due_tasks("ready"):
+            moved += self._guarded(task, self._send)
+        return moved
+
+    def _guarded(self, task: TaskRow, step: Callable[[TaskRow], None]) -> int:
+        try:
+            step(task)
+        except HubUnavailable as exc:
+            delay = min(self.max_backoff_s, 0.5 * 2**task.attempts)
+            self.state.update_task(
+                task.id,
+                attempts=task.attempts + 1,
+                next_attempt_at=time.time() + delay,
+                reason=str(exc),
+            )
+            logger.warning("task %s: %s (next try in %.1f s)", task.id, exc, delay)
+            return 0
+        except HubRefused as exc:
+            self._fail(task, str(exc))
+        except Exception as exc:
+            logger.exception("task %s: unexpected failure", task.id)
+            self._fail(task, f"internal error at the edge: {type(exc).__name__}: {exc}")
+        return 1
+
+    def _fail(self, task: TaskRow, reason: str) -> None:
+        self.state.update_task(task.id, state="failed", reason=reason)
+        self.state.record_event("task-failed", reason, task_id=task.id)
+        logger.error("task %s failed: %s", task.id, reason)
+
+    # -- pending → ready ---------------------------------------------------
+    def _prepare(self, task: TaskRow) -> None:
+        manifest = self.manifest_of(task.algorithm_id)
+        pseudonymizer = Pseudonymizer(self.key, keep=manifest.keep_attributes)
+        folder = self.outbox_dir / task.id
+        folder.mkdir(parents=True, exist_ok=True)
+        digest_of = self.digest_for(task.algorithm_id)
+        refused: list[str] = []
+        study_uid: str | None = None
+        for instance, _pseudo, _digest in self.state.task_instances(task.id):
+            try:
+                result: PseudonymizedInstance = pseudonymizer.pseudonymize_file(
+                    instance.path, folder / "tmp.dcm"
+                )
+            except PseudonymizationError as exc:
+                refused.append(f"instance {instance.sop_instance_uid}: {exc}")
+                continue
+            final = folder / f"{result.sop_instance_uid}.dcm"
+            (folder / "tmp.dcm").replace(final)
+            self.pseudonym_map.remember(result.uid_map)
+            digest = digest_of(final) if digest_of is not None else None
+            self.state.set_task_instance(
+                task.id, instance.sop_instance_uid, result.sop_instance_uid, digest
+            )
+            study_uid = result.study_instance_uid
+        for reason in refused:
+            self.state.record_event("instance-not-sent", reason, task_id=task.id)
+        if study_uid is None:
+            self._fail(task, "no instance could be pseudonymized safely: " + "; ".join(refused))
+            return
+        self.state.update_task(task.id, state="ready", pseudo_study_uid=study_uid, attempts=0)
+
+    # -- ready → submitted -------------------------------------------------
+    def _send(self, task: TaskRow) -> None:
+        folder = self.outbox_dir / task.id
+        pseudo_uids = [p for _i, p, _d in self.state.task_instances(task.id) if p is not None]
+        files = [folder / f"{uid}.dcm" for uid in pseudo_uids]
+        missing = [f for f in files if not f.exists()]
+        if missing:  # the outbox folder was lost: pseudonymize again
+            self.state.update_task(task.id, state="pending")
+            return
+        failed: list[str] = []
+        for batch in _batches(files):
+            outcome = self.hub.store_instances(batch)
+            failed.extend(f"instance {uid}: {why}" for uid, why in outcome.failed)
+        if failed:
+            raise HubRefused("the hub refused instances: " + "; ".join(failed), status_code=409)
+        assert task.pseudo_study_uid is not None
+        hub_task = self.hub.create_task(
+            TaskCreate(
+                client_task_id=task.id,
+                algorithm_id=task.algorithm_id,
+                study_instance_uid=task.pseudo_study_uid,
+                sop_instance_uids=pseudo_uids,
+                correlation_id=task.id,
+            )
+        )
+        self.state.update_task(
+            task.id, state="submitted", hub_task_id=hub_task.id, attempts=0, reason=None
+        )
+        self.state.record_event("task-submitted", f"hub task {hub_task.id}", task_id=task.id)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _batches(files: Sequence[Path]) -> list[list[Path]]:
+    batches: list[list[Path]] = [[]]
+    size = 0
+    for path in files:
+        length = path.stat().st_size
+        if batches[-1] and size + length > _BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(path)
+        size += length
+    return batches

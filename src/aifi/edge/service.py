@@ -1,0 +1,125 @@
+"""The edge program: listener, assembler, outbox and delivery, wired together.
+
+Each stage runs in its own thread and talks to the others only through the
+edge's state database, so any of them can stop (a hub outage, a PACS that
+is down) without the others losing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import pydicom
+
+from aifi.algorithms import registry
+from aifi.algorithms.base import Manifest
+from aifi.deid import PseudonymMap, load_or_create_key
+from aifi.edge.assembly import Assembler
+from aifi.edge.config import EdgeSettings
+from aifi.edge.deliver import INTEGRITY_CHECK, Deliverer
+from aifi.edge.hub_client import HubClient
+from aifi.edge.outbox import DigestFn, Outbox
+from aifi.edge.scp import EdgeReceiver
+from aifi.edge.state import EdgeState
+from aifi.errors import HubError
+
+__all__ = ["EdgeService"]
+
+logger = logging.getLogger(__name__)
+
+
+def _manifest_of(algorithm_id: str) -> Manifest:
+    return registry.get(algorithm_id).manifest
+
+
+def _digest_for(algorithm_id: str) -> DigestFn | None:
+    if algorithm_id != INTEGRITY_CHECK:
+        return None
+    from aifi.algorithms.integrity_check import pixel_digest
+
+    return lambda path: pixel_digest(pydicom.dcmread(path))
+
+
+class EdgeService:
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = load_or_create_key(settings.secret_key_path)
+        self.state = EdgeState(data_dir / "edge.db")
+        self.pseudonym_map = PseudonymMap(data_dir / "pseudonyms.db", key)
+        self.hub = HubClient(settings.hub)
+        self.receiver = EdgeReceiver(settings.listener, self.state, data_dir / "received")
+        self.assembler = Assembler(
+            self.state, settings.rules, settings.quiet_period_s, settings.late_instances
+        )
+        self.outbox = Outbox(
+            self.state,
+            self.hub,
+            key,
+            self.pseudonym_map,
+            data_dir / "outbox",
+            _manifest_of,
+            digest_for=_digest_for,
+            max_backoff_s=settings.hub.max_backoff_s,
+        )
+        self.deliverer = Deliverer(
+            self.state,
+            self.hub,
+            settings.pacs,
+            self.pseudonym_map,
+            max_backoff_s=settings.hub.max_backoff_s,
+        )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def dicom_port(self) -> int:
+        return self.receiver.port
+
+    def start(self) -> None:
+        self.receiver.start()
+        loops: list[tuple[str, Callable[[], int | list[str]], float]] = [
+            ("assembler", self.assembler.tick, 0.1),
+            ("outbox", self.outbox.tick, 0.1),
+            ("delivery", self.deliverer.tick, self.settings.hub.poll_interval_s),
+        ]
+        for name, tick, interval in loops:
+            thread = threading.Thread(
+                target=self._loop, args=(name, tick, interval), name=f"edge-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.receiver.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+        self.hub.close()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (from a signal handler)."""
+        self._stop.set()
+
+    def wait(self) -> None:
+        while not self._stop.wait(1.0):
+            pass
+
+    def _loop(self, name: str, tick: Callable[[], object], interval: float) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                tick()
+                failures = 0
+            except HubError as exc:
+                failures += 1
+                logger.warning("%s: %s", name, exc)
+            except Exception:
+                failures += 1
+                logger.exception("%s: unexpected error; continuing", name)
+            delay = interval if failures == 0 else min(30.0, interval * 2 ** min(failures, 8))
+            self._stop.wait(delay)

@@ -1,0 +1,104 @@
+"""A hub as its own process (so it can be killed) and an edge, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aifi.netutil import free_port
+
+
+class HubProcess:
+    """``aifi hub serve`` in a subprocess, restartable on the same port and data folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.config = folder / "hub.toml"
+        self.config.write_text(
+            f'[hub]\ndata_dir = "data"\nport = {self.port}\nworkers = 2\nlog_level = "warning"\n',
+            encoding="utf-8",
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = folder / "hub.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folder / "data"
+
+    def add_hospital(self, name: str) -> str:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "aifi",
+                "hub",
+                "hospital",
+                "add",
+                name,
+                "--config",
+                str(self.config),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return done.stdout.strip().splitlines()[-1]
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "aifi", "hub", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"hub exited: {self.log.read_text()[-2000:]}")
+            try:
+                httpx.get(f"{self.url}/openapi.json", timeout=1.0)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("hub did not start in 30 s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, as in a power cut."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubProcess]:
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    process = HubProcess(folder)
+    process.start()
+    yield process
+    process.stop()
