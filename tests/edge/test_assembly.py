@@ -13,8 +13,15 @@ STUDY = "1.2.3.100"
 
 
 def add(state: EdgeState, sop: str, series: str, modality: str = "CR") -> bool:
-    row = InstanceRow(sop, STUDY, series, "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.1.2.1",
-                      Path(f"/nonexistent/{sop}.dcm"), 10)
+    row = InstanceRow(
+        sop,
+        STUDY,
+        series,
+        "1.2.840.10008.5.1.4.1.1.1",
+        "1.2.840.10008.1.2.1",
+        Path(f"/nonexistent/{sop}.dcm"),
+        10,
+    )
     return state.add_instance(row, "PACS", {"Modality": modality, "BodyPartExamined": "HAND"})
 
 

@@ -28,7 +28,7 @@ def body_of(name: str) -> tuple[bytes, bool, bool]:
     read_preamble(fp, False)
     meta = _read_file_meta_info(fp)
     ts = meta.TransferSyntaxUID
-    return raw[fp.tell():], ts.is_implicit_VR, ts.is_little_endian
+    return raw[fp.tell() :], ts.is_implicit_VR, ts.is_little_endian
 
 
 @pytest.mark.parametrize("name", FILES)

@@ -8,7 +8,7 @@ import pydicom
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from aifi.deid import PseudonymMap, Pseudonymizer
+from aifi.deid import Pseudonymizer, PseudonymMap
 from aifi.demo.samples import DEMO_PATIENTS, cr_study
 from aifi.edge.reidentify import reidentify
 

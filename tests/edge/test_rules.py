@@ -25,14 +25,15 @@ def test_match_by_modality_body_part_and_pattern() -> None:
     ds.SeriesDescription = "Left hand PA"
     attrs = attrs_of(ds)
     assert rule_matches(
-        Rule(algorithm="bone-age", match={"Modality": ["cr", "DX"], "BodyPartExamined": ["HAND"]},
-             patterns={"SeriesDescription": ["*hand*"]}),
+        Rule(
+            algorithm="bone-age",
+            match={"Modality": ["cr", "DX"], "BodyPartExamined": ["HAND"]},
+            patterns={"SeriesDescription": ["*hand*"]},
+        ),
         attrs,
     )
     assert not rule_matches(Rule(algorithm="x", match={"Modality": ["CT"]}), attrs)
-    assert not rule_matches(
-        Rule(algorithm="x", patterns={"SeriesDescription": ["*chest*"]}), attrs
-    )
+    assert not rule_matches(Rule(algorithm="x", patterns={"SeriesDescription": ["*chest*"]}), attrs)
 
 
 def test_age_range_from_patient_age_or_birth_date() -> None:
@@ -40,8 +41,9 @@ def test_age_range_from_patient_age_or_birth_date() -> None:
     ds = cr_study(1, patient=child, study_datetime=datetime(2026, 11, 2, 9, 0))[0]
     attrs = attrs_of(ds)
     attrs.pop("PatientAge", None)
-    assert age_in_years(attrs) == pytest.approx((date(2026, 11, 2) - child.birth_date).days
-                                                 / 365.25)
+    assert age_in_years(attrs) == pytest.approx(
+        (date(2026, 11, 2) - child.birth_date).days / 365.25
+    )
     assert rule_matches(Rule(algorithm="bone-age", min_age_years=0, max_age_years=19), attrs)
     assert not rule_matches(Rule(algorithm="bone-age", min_age_years=19), attrs)
     assert age_in_years({"PatientAge": "007Y"}) == 7

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from peers.dcmtk import echoscu, storescu
 from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -19,6 +18,7 @@ from aifi.demo.samples import cr_study, write_study
 from aifi.edge.config import ListenerSettings
 from aifi.edge.scp import EdgeReceiver
 from aifi.edge.state import EdgeState
+from peers.dcmtk import echoscu, storescu
 
 
 @pytest.fixture
