@@ -31,6 +31,7 @@ from aifi.edge.reidentify import reidentify
 from aifi.edge.state import EdgeState, TaskRow
 from aifi.errors import HubRefused, HubUnavailable
 from aifi.hub.schemas import TaskOut, TaskState
+from aifi.results.codes import PIXEL_DATA_SHA256
 
 __all__ = ["Deliverer", "sr_pixel_digests"]
 
@@ -176,7 +177,7 @@ def sr_pixel_digests(sr: Dataset) -> dict[str, str]:
     """SOP Instance UID → pixel data SHA-256 read from an integrity-check SR's content tree.
 
     Each measurement group (TID 1501) references its source image and holds a
-    TEXT item whose concept name mentions SHA-256.
+    TEXT item coded :data:`aifi.results.codes.PIXEL_DATA_SHA256`.
     """
     digests: dict[str, str] = {}
     for group in _containers(sr):
@@ -184,12 +185,19 @@ def sr_pixel_digests(sr: Dataset) -> dict[str, str]:
         texts = [
             str(item.TextValue)
             for item in group.get("ContentSequence", [])
-            if item.get("ValueType") == "TEXT"
-            and "SHA-256" in str(item.ConceptNameCodeSequence[0].CodeMeaning).upper()
+            if item.get("ValueType") == "TEXT" and _is_digest_concept(item)
         ]
         if len(refs) == 1 and texts:
             digests[refs[0]] = texts[0]
     return digests
+
+
+def _is_digest_concept(item: Dataset) -> bool:
+    concept = item.ConceptNameCodeSequence[0]
+    return (str(concept.CodeValue), str(concept.CodingSchemeDesignator)) == (
+        PIXEL_DATA_SHA256.value,
+        PIXEL_DATA_SHA256.scheme,
+    )
 
 
 def _containers(ds: Dataset) -> Iterator[Dataset]:

@@ -1,0 +1,63 @@
+"""Findings become standard DICOM here, not in each algorithm (IHE AI Results).
+
+:func:`encode_results` turns one run's :class:`~aifi.algorithms.base.Findings`
+into the DICOM objects the manifest says it ``produces``, one builder per
+result type:
+
+========  =====================================================  ==================
+kind      object                                                 builder
+========  =====================================================  ==================
+``sr``    Comprehensive 3D SR, TID 1500 Measurement Report       :mod:`aifi.results.sr`
+========  =====================================================  ==================
+
+Every object joins the source (pseudonymized) study and carries the
+algorithm's identity and version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pydicom
+
+from aifi.algorithms.base import Findings, Manifest
+from aifi.errors import AlgorithmError
+from aifi.results.sr import build_sr
+
+__all__ = ["BUILDERS", "encode_results"]
+
+Builder = Callable[[Findings, Manifest, Sequence[pydicom.Dataset]], list[pydicom.Dataset]]
+
+
+def _sr(
+    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset]
+) -> list[pydicom.Dataset]:
+    return [build_sr(findings, manifest, sources)]
+
+
+BUILDERS: dict[str, Builder] = {
+    "sr": _sr,
+}
+"""Result kind (as in ``Manifest.produces``) → builder; one line per result type."""
+
+
+def encode_results(
+    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset]
+) -> list[tuple[str, pydicom.Dataset]]:
+    """The DICOM objects for ``findings``, as (kind, dataset), in ``manifest.produces`` order.
+
+    ``sources`` are the pseudonymized images the algorithm ran on (headers
+    suffice). Raises :class:`aifi.errors.AlgorithmError` when the manifest
+    asks for a kind aifi cannot encode.
+    """
+    unknown = [kind for kind in manifest.produces if kind not in BUILDERS]
+    if unknown:
+        raise AlgorithmError(
+            f"algorithm {manifest.id!r} produces {', '.join(unknown)}, which aifi cannot "
+            f"encode; known result kinds: {', '.join(sorted(BUILDERS))}"
+        )
+    return [
+        (kind, ds)
+        for kind in manifest.produces
+        for ds in BUILDERS[kind](findings, manifest, sources)
+    ]

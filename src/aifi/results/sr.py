@@ -1,0 +1,359 @@
+"""Findings as a DICOM Comprehensive 3D SR holding a TID 1500 Measurement Report.
+
+The structure follows IHE AI Results (AIR) and PS3.16:
+
+* TID 1500 Measurement Report, Procedure Reported = imaging procedure;
+* TID 1001 Observation Context with a device observer (TID 1004): Device
+  Observer UID derived from the algorithm id and version, name, manufacturer
+  = the algorithm's vendor, model name = the algorithm's id;
+* TID 1600 Image Library listing every source image;
+* per image with findings, a TID 1501 measurement group referencing its
+  source image (SOP Class/Instance UID, frame), carrying TID 4019 Algorithm
+  Identification, the measurements (TID 300, UCUM units) and the text
+  findings as TEXT content items (e.g. the pixel data digest,
+  :data:`aifi.results.codes.PIXEL_DATA_SHA256`);
+* per box, a TID 1410 planar ROI group whose region is a closed POLYLINE
+  SCOORD rectangle on the source image, with the score as "Probability" and
+  the label as a TEXT "Finding";
+* study-level measurements in one more TID 1501 group without source image;
+* the summary (and, for a demo model, the notice "demo model - not for
+  clinical use") as TEXT in the report's "Qualitative Evaluations"
+  container (TID 1500 row 12, (C0034375, UMLS)).
+
+The SR joins the source study: Patient and General Study Module attributes
+are copied from the (pseudonymized) sources, with a new Series and SOP
+Instance UID. The Contributing Equipment Sequence (0018,A001) names the
+algorithm, its vendor and version with purpose (109102, DCM, "Processing
+Equipment"), after the acquisition equipment and highdicom that highdicom
+itself records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+import aifi
+from aifi.algorithms.base import Box, Code, Findings, ImageFinding, Manifest, Measurement
+from aifi.results.codes import AIFI_CODING_SCHEME, AIFI_SCHEME, DEMO_MODEL_NOTICE
+
+__all__ = ["DEMO_NOTICE", "SR_SERIES_NUMBER", "build_sr", "series_description"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_NOTICE = "demo model - not for clinical use"
+SR_SERIES_NUMBER = 9901
+"""Series Number of result SRs: high, so PACS viewers list them after the images."""
+
+_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+_PATIENT_AND_STUDY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+)
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def build_sr(
+    findings: Findings,
+    manifest: Manifest,
+    sources: Sequence[pydicom.Dataset],
+    *,
+    series_number: int = SR_SERIES_NUMBER,
+    instance_number: int = 1,
+) -> hd.sr.Comprehensive3DSR:
+    """Encode ``findings`` of ``manifest``'s algorithm on ``sources`` as one SR.
+
+    ``sources`` are the (pseudonymized) images the algorithm ran on, all of
+    one study; headers without pixel data suffice. Raises ``ValueError`` when
+    they are empty, span several studies, or do not contain an image a
+    finding refers to.
+    """
+    if not sources:
+        raise ValueError("sources must hold at least one image of the study")
+    study_uids = {str(ds.StudyInstanceUID) for ds in sources}
+    if len(study_uids) != 1:
+        raise ValueError(f"sources must belong to one study, not {len(study_uids)}")
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    algorithm_id = hd.sr.AlgorithmIdentification(name=manifest.name, version=manifest.version)
+
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = []
+    for number, image in enumerate(findings.images, start=1):
+        if image.sop_instance_uid not in by_uid:
+            raise ValueError(
+                f"findings refer to instance {image.sop_instance_uid}, which is not in sources"
+            )
+        source = by_uid[image.sop_instance_uid]
+        groups.append(_image_group(image, source, number, algorithm_id))
+        groups.extend(
+            _box_group(box, image, source, f"{number}.{index}", algorithm_id)
+            for index, box in enumerate(image.boxes, start=1)
+        )
+    if findings.measurements or not groups:
+        # highdicom (like TID 1500's Imaging Measurements) wants at least one group
+        groups.append(_study_group(findings.measurements, algorithm_id))
+
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(manifest),
+        procedure_reported=codes.SCT.ImagingProcedure,
+        imaging_measurements=groups,
+        referenced_images=_describable(sources) or None,
+    )
+    report[0].ContentSequence.append(_qualitative_evaluations(findings))
+
+    evidence = [_header(ds) for ds in sources]
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer="aifi",
+        manufacturer_model_name="aifi hub",
+        software_versions=aifi.__version__,
+        series_description=series_description(manifest, demo_model=findings.demo_model),
+        is_complete=True,
+        is_final=True,
+        contributing_equipment=[_algorithm_equipment(manifest)],
+        coding_schemes=[AIFI_CODING_SCHEME] if _uses_aifi_codes(findings) else None,
+        specific_character_set=_character_set(findings, manifest, sources[0]),
+    )
+    logger.debug(
+        "SR %s for %s %s: %d measurement groups",
+        sr.SOPInstanceUID,
+        manifest.id,
+        manifest.version,
+        len(groups),
+    )
+    return sr
+
+
+def series_description(manifest: Manifest, *, demo_model: bool) -> str:
+    """Series Description (LO, at most 64 characters) naming the algorithm and version."""
+    suffix = f" - {DEMO_NOTICE}" if demo_model else ""
+    name = f"{manifest.name} {manifest.version}"
+    return name[: 64 - len(suffix)] + suffix
+
+
+def _coded(code: Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def _text(code: Code, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=_coded(code), value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def _measurement(
+    measurement: Measurement, algorithm_id: hd.sr.AlgorithmIdentification
+) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=_coded(measurement.concept),
+        value=measurement.value,
+        unit=_coded(measurement.unit),
+        algorithm_id=algorithm_id,
+    )
+
+
+def _tracking(identifier: str) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=identifier)
+
+
+def _frames(image: ImageFinding) -> list[int] | None:
+    return None if image.frame_number is None else [image.frame_number]
+
+
+def _image_group(
+    image: ImageFinding,
+    source: pydicom.Dataset,
+    number: int,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group for one source image: its measurements and text findings."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(f"image {number}"),
+        algorithm_id=algorithm_id,
+        measurements=[_measurement(m, algorithm_id) for m in image.measurements] or None,
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+                referenced_frame_numbers=_frames(image),
+            )
+        ],
+    )
+    group[0].ContentSequence.extend(_text(code, value) for code, value in image.texts)
+    return group
+
+
+def _box_group(
+    box: Box,
+    image: ImageFinding,
+    source: pydicom.Dataset,
+    identifier: str,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 group: a closed POLYLINE rectangle (PS3.3 C.18.6.1.2) with score and label."""
+    corners = [(box.x0, box.y0), (box.x1, box.y0), (box.x1, box.y1), (box.x0, box.y1)]
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array([*corners, corners[0]], dtype=np.float64),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+            referenced_frame_numbers=_frames(image),
+        ),
+    )
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(f"box {identifier}"),
+        referenced_region=region,
+        algorithm_id=algorithm_id,
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.DCM.Probability,
+                value=box.score,
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm_id,
+            )
+        ],
+    )
+    group[0].ContentSequence.append(
+        _text(Code("121071", "DCM", "Finding"), box.label),
+    )
+    return group
+
+
+def _study_group(
+    measurements: Sequence[Measurement], algorithm_id: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group for study-level measurements (no single source image)."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking("study"),
+        algorithm_id=algorithm_id,
+        measurements=[_measurement(m, algorithm_id) for m in measurements] or None,
+    )
+
+
+def _qualitative_evaluations(findings: Findings) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations": the finding, the summary, the demo notice."""
+    container = hd.sr.ContainerContentItem(
+        name=_QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    items: list[hd.sr.ContentItem] = []
+    if findings.finding is not None:
+        items.append(
+            hd.sr.CodeContentItem(
+                name=codes.DCM.Finding,
+                value=_coded(findings.finding),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    items.append(_text(Code("121111", "DCM", "Summary"), findings.summary))
+    if findings.demo_model:
+        items.append(_text(DEMO_MODEL_NOTICE, DEMO_NOTICE))
+    container.ContentSequence = pydicom.Sequence(items)
+    return container
+
+
+def _observation_context(manifest: Manifest) -> hd.sr.ObservationContext:
+    """TID 1001 with a TID 1004 device observer: the algorithm itself."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(entropy_srcs=["aifi algorithm", manifest.id, manifest.version]),
+        name=f"{manifest.name} {manifest.version}",
+        manufacturer_name=manifest.vendor,
+        model_name=manifest.id,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def _algorithm_equipment(manifest: Manifest) -> hd.ContributingEquipment:
+    """Contributing Equipment item (PS3.3 C.12.1.1.5) naming the algorithm and version."""
+    return hd.ContributingEquipment(
+        manufacturer=manifest.vendor,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=manifest.id,
+        software_versions=manifest.version,
+        contribution_description=f"{manifest.name} {manifest.version}"[:64],
+    )
+
+
+def _describable(sources: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The sources highdicom can list in the TID 1600 Image Library (optional content).
+
+    highdicom describes cross-sectional images from top-level attributes
+    (Pixel Spacing, Image Position, ...); multi-frame images that keep them in
+    functional groups are left out of the library, not out of the report.
+    """
+    describable: list[pydicom.Dataset] = []
+    for ds in sources:
+        try:
+            hd.sr.ImageLibraryEntryDescriptors(ds)
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            logger.debug("image library leaves out %s: %s", ds.SOPInstanceUID, exc)
+        else:
+            describable.append(ds)
+    return describable
+
+
+def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """The source's header without pixel data, Type 2 patient/study attributes present."""
+    header = pydicom.Dataset()
+    for element in ds:
+        if element.keyword not in _PIXEL_KEYWORDS:
+            header.add(element)
+    for keyword in _PATIENT_AND_STUDY_KEYWORDS:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    return header
+
+
+def _character_set(
+    findings: Findings, manifest: Manifest, source: pydicom.Dataset
+) -> str | list[str] | None:
+    """The sources' Specific Character Set, or UTF-8 (ISO_IR 192) when aifi's text needs it.
+
+    PS3.3 C.12.1.1.2; the patient's name keeps its characters either way.
+    """
+    texts = [findings.summary, manifest.name, manifest.vendor, manifest.version]
+    texts += [value for image in findings.images for _, value in image.texts]
+    texts += [box.label for image in findings.images for box in image.boxes]
+    if not all(text.isascii() for text in texts):
+        return "ISO_IR 192"
+    value = source.get("SpecificCharacterSet")
+    if value is None or isinstance(value, str):
+        return value
+    return [str(item) for item in value]
+
+
+def _uses_aifi_codes(findings: Findings) -> bool:
+    used: list[Code] = [code for image in findings.images for code, _ in image.texts]
+    used += [m.concept for image in findings.images for m in image.measurements]
+    used += [m.concept for m in findings.measurements]
+    if findings.finding is not None:
+        used.append(findings.finding)
+    return findings.demo_model or any(code.scheme == AIFI_SCHEME for code in used)
