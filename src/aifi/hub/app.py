@@ -1,0 +1,95 @@
+"""The hub's FastAPI application.
+
+:func:`create_app` wires the parts once: database (migrated at start-up),
+object store, worker pool, routers. On start it re-queues every task a
+previous run left SCHEDULED or IN PROGRESS, so a killed hub loses no work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+import aifi
+from aifi.algorithms import registry
+from aifi.algorithms.base import Algorithm
+from aifi.errors import StorageError
+from aifi.hub.config import HubSettings
+from aifi.hub.db import make_engine, make_sessions, migrate
+from aifi.hub.deps import HubContext
+from aifi.hub.dispatcher import Dispatcher, ThreadPoolDispatcher
+from aifi.hub.routes import dicomweb, tasks
+from aifi.hub.runner import TaskRunner
+from aifi.hub.storage import LocalFolderStore, ObjectStore
+from aifi.hub.tasks import recover_tasks
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: HubSettings,
+    *,
+    algorithms: Callable[[str], Algorithm] | None = None,
+    store: ObjectStore | None = None,
+    dispatcher: Callable[[Callable[[str], None]], Dispatcher] | None = None,
+) -> FastAPI:
+    """The hub as an ASGI app; nothing touches disk or starts until its lifespan begins.
+
+    ``algorithms`` resolves an algorithm id (default: :mod:`aifi.algorithms.registry`),
+    ``store`` holds objects (default: a folder in ``settings.data_dir``),
+    ``dispatcher`` builds the task dispatcher around the task runner
+    (default: a thread pool of ``settings.workers``).
+    """
+    resolve = algorithms or registry.get
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.effective_database_url)
+        migrate(engine)
+        sessions = make_sessions(engine)
+        objects = store or LocalFolderStore(settings.data_dir)
+        objects.clear_staging()
+        runner = TaskRunner(sessions, objects, resolve)
+        pool = (
+            dispatcher(runner)
+            if dispatcher is not None
+            else ThreadPoolDispatcher(runner, settings.workers)
+        )
+        app.state.hub = HubContext(settings, engine, sessions, objects, pool, resolve)
+        pool.start()
+        with sessions() as session:
+            for task_id in recover_tasks(session):
+                pool.submit(task_id)
+        logger.info("hub ready: data in %s", settings.data_dir)
+        try:
+            yield
+        finally:
+            pool.stop()
+            engine.dispose()
+            logger.info("hub stopped")
+
+    app = FastAPI(
+        title="aifi hub",
+        version=aifi.__version__,
+        summary="National hub: runs contracted AI algorithms on pseudonymized studies.",
+        lifespan=lifespan,
+    )
+    app.include_router(dicomweb.router)
+    app.include_router(tasks.router)
+    app.add_exception_handler(StorageError, _storage_failed)
+    return app
+
+
+async def _storage_failed(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("storage failure on %s: %s", request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the hub's storage failed; retry later"},
+        status_code=503,
+        headers={"Retry-After": "30"},
+    )

@@ -1,0 +1,247 @@
+"""Accept or refuse each instance of a STOW-RS request, and answer it.
+
+For every staged part the header alone is read (pixel data never enters
+memory), checked for identity (:mod:`aifi.deid.verify`), then the file is
+moved into the store and recorded. A refused instance is not stored; it is
+listed in the Failed SOP Sequence (0008,1198) of the response with a
+Failure Reason (0008,1197) from PS3.18 Table I.2-2, and its reason is kept
+in the ``refusals`` table. Re-sending an instance already stored for the
+same hospital succeeds without storing it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from aifi.deid.verify import check_deidentified
+from aifi.errors import StorageError
+from aifi.hub.models import Instance, Refusal
+from aifi.hub.storage import ObjectStore, is_uid, object_key
+from aifi.hub.stow import DICOM_MEDIA_TYPE, ReceivedPart
+
+__all__ = [
+    "FAILURE_CANNOT_UNDERSTAND",
+    "FAILURE_IDENTITY_PRESENT",
+    "FAILURE_OUT_OF_RESOURCES",
+    "FAILURE_STUDY_MISMATCH",
+    "Failed",
+    "StoreOutcome",
+    "Stored",
+    "store_parts",
+]
+
+logger = logging.getLogger(__name__)
+
+# PS3.18 Table I.2-2 Store Instances Response Failure Reason values.
+FAILURE_OUT_OF_RESOURCES = 0xA700
+FAILURE_CANNOT_UNDERSTAND = 0xC000
+FAILURE_IDENTITY_PRESENT = 0x0110  # "Processing failure": refused by the identity check
+FAILURE_STUDY_MISMATCH = 0xC409  # a Cxxx code: not the study named in the request target
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An instance the hub now holds (newly or from an earlier request)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An instance the hub did not store, and why."""
+
+    failure_reason: int
+    reason: str
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+
+
+@dataclass
+class StoreOutcome:
+    """What happened to each part of one STOW-RS request."""
+
+    stored: list[Stored] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+
+    @property
+    def http_status(self) -> HTTPStatus:
+        """PS3.18 §10.5.3: 200 all stored, 202 some stored, 409 none stored."""
+        if not self.failed:
+            return HTTPStatus.OK
+        return HTTPStatus.ACCEPTED if self.stored else HTTPStatus.CONFLICT
+
+    def to_dicom_json(self, base_url: str) -> dict[str, Any]:
+        """The Store Instances Response Module (PS3.18 §10.5.3.1) as DICOM JSON."""
+        ds = Dataset()
+        if self.stored:
+            study_uids = {s.study_instance_uid for s in self.stored}
+            if len(study_uids) == 1:
+                ds.RetrieveURL = f"{base_url}/studies/{study_uids.pop()}"
+            ds.ReferencedSOPSequence = [_referenced(s, base_url) for s in self.stored]
+        if self.failed:
+            ds.FailedSOPSequence = [_failed(f) for f in self.failed]
+        return ds.to_json_dict()
+
+
+def _referenced(stored: Stored, base_url: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = stored.sop_class_uid
+    item.ReferencedSOPInstanceUID = stored.sop_instance_uid
+    item.RetrieveURL = (
+        f"{base_url}/studies/{stored.study_instance_uid}/series/"
+        f"{stored.series_instance_uid}/instances/{stored.sop_instance_uid}"
+    )
+    return item
+
+
+def _failed(failed: Failed) -> Dataset:
+    item = Dataset()
+    if failed.sop_class_uid:
+        item.ReferencedSOPClassUID = failed.sop_class_uid
+    if failed.sop_instance_uid:
+        item.ReferencedSOPInstanceUID = failed.sop_instance_uid
+    item.FailureReason = failed.failure_reason
+    return item
+
+
+def store_parts(
+    session: Session,
+    store: ObjectStore,
+    hospital_id: str,
+    parts: Sequence[ReceivedPart],
+    *,
+    study_instance_uid: str | None = None,
+) -> StoreOutcome:
+    """Judge and store each staged part for ``hospital_id``; staged files are consumed.
+
+    ``study_instance_uid`` is the study named in the request target
+    (``POST /studies/{study}``), if any: instances of another study fail.
+    """
+    outcome = StoreOutcome()
+    try:
+        for part in parts:
+            result = _store_one(session, store, hospital_id, part, study_instance_uid)
+            if isinstance(result, Failed):
+                outcome.failed.append(result)
+                _record_refusal(session, hospital_id, result)
+            else:
+                outcome.stored.append(result)
+    finally:
+        for part in parts:
+            part.path.unlink(missing_ok=True)
+    return outcome
+
+
+def _store_one(
+    session: Session,
+    store: ObjectStore,
+    hospital_id: str,
+    part: ReceivedPart,
+    expected_study: str | None,
+) -> Stored | Failed:
+    if part.media_type not in ("", DICOM_MEDIA_TYPE):
+        return Failed(
+            FAILURE_CANNOT_UNDERSTAND, f"part is {part.media_type}, not {DICOM_MEDIA_TYPE}"
+        )
+    try:
+        ds = pydicom.dcmread(part.path, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types on broken input
+        return Failed(FAILURE_CANNOT_UNDERSTAND, f"not a DICOM Part 10 file ({type(exc).__name__})")
+    sop_class_uid = str(ds.get("SOPClassUID", ""))
+    sop_instance_uid = str(ds.get("SOPInstanceUID", ""))
+    study_uid = str(ds.get("StudyInstanceUID", ""))
+    series_uid = str(ds.get("SeriesInstanceUID", ""))
+    for keyword, uid in (
+        ("SOPClassUID", sop_class_uid),
+        ("SOPInstanceUID", sop_instance_uid),
+        ("StudyInstanceUID", study_uid),
+        ("SeriesInstanceUID", series_uid),
+    ):
+        if not is_uid(uid):
+            return Failed(
+                FAILURE_CANNOT_UNDERSTAND,
+                f"{keyword} is missing or not a valid UID",
+                sop_instance_uid if is_uid(sop_instance_uid) else None,
+                sop_class_uid if is_uid(sop_class_uid) else None,
+            )
+    if expected_study is not None and study_uid != expected_study:
+        return Failed(
+            FAILURE_STUDY_MISMATCH,
+            f"instance belongs to study {study_uid}, not to the request's {expected_study}",
+            sop_instance_uid,
+            sop_class_uid,
+        )
+    problems = check_deidentified(ds)
+    if problems:
+        return Failed(
+            FAILURE_IDENTITY_PRESENT,
+            "not de-identified: " + "; ".join(problems),
+            sop_instance_uid,
+            sop_class_uid,
+        )
+    stored = Stored(study_uid, series_uid, sop_instance_uid, sop_class_uid)
+    if _already_stored(session, hospital_id, sop_instance_uid):
+        logger.debug("instance %s re-sent; already stored", sop_instance_uid)
+        return stored
+    key = object_key("instances", hospital_id, study_uid, series_uid, sop_instance_uid)
+    try:
+        size = store.put(part.path, key)
+    except StorageError as exc:
+        logger.error("cannot store instance %s: %s", sop_instance_uid, exc)
+        return Failed(FAILURE_OUT_OF_RESOURCES, str(exc), sop_instance_uid, sop_class_uid)
+    session.add(
+        Instance(
+            hospital_id=hospital_id,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=sop_class_uid,
+            object_key=key,
+            size=size,
+        )
+    )
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request stored it first: same object, same key
+        session.rollback()
+    return stored
+
+
+def _already_stored(session: Session, hospital_id: str, sop_instance_uid: str) -> bool:
+    found = session.scalar(
+        select(Instance.id).where(
+            Instance.hospital_id == hospital_id, Instance.sop_instance_uid == sop_instance_uid
+        )
+    )
+    return found is not None
+
+
+def _record_refusal(session: Session, hospital_id: str, failed: Failed) -> None:
+    logger.warning(
+        "refused instance %s (failure reason %04X): %s",
+        failed.sop_instance_uid or "<unknown>",
+        failed.failure_reason,
+        failed.reason,
+    )
+    session.add(
+        Refusal(
+            hospital_id=hospital_id,
+            sop_instance_uid=failed.sop_instance_uid,
+            failure_reason=failed.failure_reason,
+            reason=failed.reason,
+        )
+    )
+    session.commit()

@@ -1,0 +1,194 @@
+"""The hub's tables, as typed SQLAlchemy 2 ORM classes.
+
+Every row belongs to exactly one hospital (tenant) and every query filters on
+``hospital_id``. Nothing here identifies a patient: studies, series and
+instances are known only by their pseudonymous UIDs. The schema is created
+and changed by the Alembic migrations in :mod:`aifi.hub.migrations`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from aifi.hub.schemas import TaskState
+
+__all__ = [
+    "Base",
+    "Hospital",
+    "Instance",
+    "Refusal",
+    "Result",
+    "Task",
+    "TaskInput",
+    "new_id",
+    "utcnow",
+]
+
+UID_LENGTH = 64  # PS3.5 §9.1: a UID is at most 64 characters
+
+
+def new_id() -> str:
+    """A random identifier for hub-side rows (tasks, hospitals)."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and read back timezone-aware (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime}
+
+
+class Hospital(Base):
+    """A tenant: a care provider with an edge and a bearer token (kept only as SHA-256)."""
+
+    __tablename__ = "hospitals"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Instance(Base):
+    """A pseudonymized input instance received by STOW-RS, stored under ``object_key``."""
+
+    __tablename__ = "instances"
+    __table_args__ = (
+        UniqueConstraint("hospital_id", "sop_instance_uid", name="uq_instances_hospital_sop"),
+        Index("ix_instances_hospital_study", "hospital_id", "study_instance_uid"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"))
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    object_key: Mapped[str] = mapped_column(String(400))
+    size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Task(Base):
+    """One algorithm on one pseudonymized study for one hospital (a Unified Procedure Step)."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("hospital_id", "client_task_id", name="uq_tasks_hospital_client_task"),
+        Index("ix_tasks_poll", "hospital_id", "acknowledged", "state"),
+        Index("ix_tasks_state", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"))
+    client_task_id: Mapped[str] = mapped_column(String(64))
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    algorithm_id: Mapped[str] = mapped_column(String(64))
+    algorithm_version: Mapped[str | None] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    state: Mapped[str] = mapped_column(String(16), default=TaskState.SCHEDULED.value)
+    reason: Mapped[str | None] = mapped_column(Text)
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    findings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
+    acknowledged_at: Mapped[datetime | None] = mapped_column()
+    delivered_sop_instance_uids: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    inputs: Mapped[list[TaskInput]] = relationship(
+        back_populates="task", cascade="all, delete-orphan"
+    )
+    results: Mapped[list[Result]] = relationship(
+        back_populates="task",
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        order_by="Result.id",
+    )
+
+
+class TaskInput(Base):
+    """Which uploaded instances a task was asked to run on."""
+
+    __tablename__ = "task_inputs"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), primary_key=True)
+
+    task: Mapped[Task] = relationship(back_populates="inputs")
+    instance: Mapped[Instance] = relationship(lazy="joined")
+
+
+class Result(Base):
+    """One DICOM object a task produced (SR, presentation state, summary image, ...)."""
+
+    __tablename__ = "results"
+    __table_args__ = (
+        UniqueConstraint("hospital_id", "sop_instance_uid", name="uq_results_hospital_sop"),
+        Index("ix_results_task", "task_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"))
+    hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    object_key: Mapped[str] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    task: Mapped[Task] = relationship(back_populates="results")
+
+
+class Refusal(Base):
+    """An instance the hub refused at STOW-RS, with the reason; the instance is not stored."""
+
+    __tablename__ = "refusals"
+    __table_args__ = (Index("ix_refusals_hospital_time", "hospital_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    failure_reason: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,76 @@
+"""``/tasks``: create, list, read and acknowledge tasks (IHE AIW-I style UPS).
+
+Thin: each route authenticates the hospital, calls :mod:`aifi.hub.tasks`
+and translates a refusal value into its HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from aifi.hub import tasks
+from aifi.hub.auth import CurrentHospital
+from aifi.hub.deps import ContextDep, SessionDep
+from aifi.hub.schemas import Acknowledge, TaskCreate, TaskOut, TaskState
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+
+@router.post(
+    "",
+    response_model=TaskOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "the task with this client_task_id already existed"}},
+)
+def create_task(
+    body: TaskCreate,
+    hospital: CurrentHospital,
+    session: SessionDep,
+    context: ContextDep,
+    response: Response,
+) -> TaskOut:
+    outcome = tasks.create_task(session, hospital.id, body, context.algorithms)
+    if isinstance(outcome, tasks.TaskRefused):
+        raise HTTPException(outcome.status_code, detail=outcome.detail)
+    task, created = outcome
+    if created:
+        context.dispatcher.submit(task.id)
+    else:
+        response.status_code = status.HTTP_200_OK
+    return tasks.task_out(task)
+
+
+@router.get("", response_model=list[TaskOut])
+def list_tasks(
+    hospital: CurrentHospital,
+    session: SessionDep,
+    state: TaskState | None = None,
+    acknowledged: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[TaskOut]:
+    found = tasks.list_tasks(
+        session, hospital.id, state=state, acknowledged=acknowledged, limit=limit
+    )
+    return [tasks.task_out(t) for t in found]
+
+
+@router.get("/{task_id}", response_model=TaskOut)
+def read_task(task_id: str, hospital: CurrentHospital, session: SessionDep) -> TaskOut:
+    task = tasks.find_task(session, hospital.id, task_id)
+    if task is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task {task_id}")
+    return tasks.task_out(task)
+
+
+@router.post("/{task_id}/acknowledge", response_model=TaskOut)
+def acknowledge_task(
+    task_id: str, body: Acknowledge, hospital: CurrentHospital, session: SessionDep
+) -> TaskOut:
+    outcome = tasks.acknowledge_task(session, hospital.id, task_id, body)
+    if isinstance(outcome, tasks.TaskRefused):
+        raise HTTPException(outcome.status_code, detail=outcome.detail)
+    return tasks.task_out(outcome)

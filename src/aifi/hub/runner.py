@@ -1,0 +1,170 @@
+"""Run one task: select inputs, run the algorithm, store its results as DICOM.
+
+A worker claims the task (SCHEDULED → IN PROGRESS, atomically, so a task
+queued twice runs once), reads the instances it was given, lets
+:func:`aifi.algorithms.selection.select_inputs` choose what the algorithm
+sees, runs it, and hands the findings to :func:`aifi.results.encode_results`.
+Result objects, their references and the findings are committed together
+with COMPLETED, so a crash leaves either nothing or everything. Any
+:class:`aifi.errors.AlgorithmError` ends the task CANCELED with its message
+as the reason (PS3.4 CC.1.1: a failed procedure step is canceled with its
+reason recorded); anything unexpected ends it CANCELED as an internal error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from aifi.algorithms.base import Algorithm, Findings, InputInstance, Manifest
+from aifi.algorithms.selection import select_inputs
+from aifi.errors import AlgorithmError
+from aifi.hub.db import SessionFactory
+from aifi.hub.models import Result, Task, utcnow
+from aifi.hub.schemas import TaskState
+from aifi.hub.storage import ObjectStore, object_key
+from aifi.results import encode_results
+
+__all__ = ["TaskRunner"]
+
+logger = logging.getLogger(__name__)
+
+
+class TaskRunner:
+    """Callable a dispatcher runs with a task id."""
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        store: ObjectStore,
+        algorithms: Callable[[str], Algorithm],
+    ) -> None:
+        self._sessions = sessions
+        self._store = store
+        self._algorithms = algorithms
+
+    def __call__(self, task_id: str) -> None:
+        started = time.perf_counter()
+        with self._sessions() as session:
+            if not _claim(session, task_id):
+                logger.debug("task %s is not SCHEDULED any more; skipped", task_id)
+                return
+            task = session.get(Task, task_id)
+            assert task is not None
+            written: list[str] = []
+            try:
+                self._run(session, task, written)
+            except AlgorithmError as exc:
+                self._discard(session, written)
+                _cancel(session, task, str(exc) or type(exc).__name__)
+            except Exception as exc:  # a worker must survive any plug-in failure
+                logger.exception("task %s failed unexpectedly", task_id)
+                self._discard(session, written)
+                _cancel(session, task, f"internal error: {type(exc).__name__}")
+        logger.info(
+            "task %s ended %s in %.3f s", task_id, task.state, time.perf_counter() - started
+        )
+
+    def _discard(self, session: Session, written: list[str]) -> None:
+        session.rollback()
+        for key in written:
+            self._store.delete(key)
+
+    def _run(self, session: Session, task: Task, written: list[str]) -> None:
+        algorithm = self._algorithms(task.algorithm_id)
+        manifest = algorithm.manifest
+        instances = [
+            InputInstance(
+                path=self._store.local_path(link.instance.object_key),
+                sop_instance_uid=link.instance.sop_instance_uid,
+                sop_class_uid=link.instance.sop_class_uid,
+                series_instance_uid=link.instance.series_instance_uid,
+            )
+            for link in task.inputs
+        ]
+        inputs = select_inputs(manifest, instances)
+        ran = time.perf_counter()
+        findings = algorithm.run(inputs)
+        logger.debug("task %s: algorithm ran in %.3f s", task.id, time.perf_counter() - ran)
+        sources = [i.read(stop_before_pixels=True) for i in inputs.instances]
+        objects = encode_results(findings, manifest, sources)
+        for kind, ds in objects:
+            result = self._store_result(task, kind, ds)
+            written.append(result.object_key)
+            task.results.append(result)
+        _complete(session, task, manifest, findings)
+
+    def _store_result(self, task: Task, kind: str, ds: pydicom.Dataset) -> Result:
+        key = object_key(
+            "results",
+            task.hospital_id,
+            str(ds.StudyInstanceUID),
+            str(ds.SeriesInstanceUID),
+            str(ds.SOPInstanceUID),
+        )
+        handle, staged = self._store.new_temporary()
+        try:
+            with handle:
+                ds.save_as(handle, enforce_file_format=True)
+            self._store.put(staged, key)
+        finally:
+            Path(staged).unlink(missing_ok=True)
+        return Result(
+            hospital_id=task.hospital_id,
+            kind=kind,
+            study_instance_uid=str(ds.StudyInstanceUID),
+            series_instance_uid=str(ds.SeriesInstanceUID),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            object_key=key,
+        )
+
+
+def _claim(session: Session, task_id: str) -> bool:
+    """SCHEDULED → IN PROGRESS in one statement; False when someone else has it."""
+    claimed = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.state == TaskState.SCHEDULED.value)
+        .values(state=TaskState.IN_PROGRESS.value, updated_at=utcnow())
+    )
+    session.commit()
+    return bool(getattr(claimed, "rowcount", 0))
+
+
+def _complete(session: Session, task: Task, manifest: Manifest, findings: Findings) -> None:
+    task.state = TaskState.COMPLETED.value
+    task.algorithm_version = manifest.version
+    task.urgent = findings.urgent
+    task.findings = _json_ready(dataclasses.asdict(findings))
+    task.reason = None
+    session.commit()
+
+
+def _cancel(session: Session, task: Task, reason: str) -> None:
+    logger.warning("task %s canceled: %s", task.id, reason)
+    session.refresh(task)
+    task.state = TaskState.CANCELED.value
+    task.reason = reason[:2000]
+    session.commit()
+
+
+def _json_ready(value: dict[str, Any]) -> dict[str, Any]:
+    """Findings as plain JSON (tuples become lists; numpy scalars and others become text)."""
+    loaded: dict[str, Any] = json.loads(json.dumps(value, default=_plain))
+    return loaded
+
+
+def _plain(value: object) -> object:
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return item()
+    return str(value)

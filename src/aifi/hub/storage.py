@@ -1,0 +1,134 @@
+"""Where the hub keeps DICOM objects: a local folder behind a small interface.
+
+Objects are addressed by keys built only from the tenant's id and
+pseudonymous UIDs (``instances/<hospital>/<study>/<series>/<sop>.dcm``), so
+a key never carries identity and never escapes the store's folder. An
+S3-compatible store can implement the same :class:`ObjectStore` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Literal, Protocol
+
+from aifi.errors import StorageError
+
+__all__ = ["LocalFolderStore", "ObjectStore", "is_uid", "iter_file", "object_key"]
+
+logger = logging.getLogger(__name__)
+
+# PS3.5 §9.1: digits and dots, at most 64 characters, no empty component.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_HOSPITAL_ID = re.compile(r"^[0-9a-f]{32}$")
+CHUNK = 1024 * 1024
+
+
+def is_uid(value: str) -> bool:
+    """True when ``value`` is a syntactically valid DICOM UID (PS3.5 §9.1)."""
+    return len(value) <= 64 and _UID.match(value) is not None
+
+
+def object_key(
+    area: Literal["instances", "results"],
+    hospital_id: str,
+    study_instance_uid: str,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+) -> str:
+    """The key of one DICOM object; refuses anything that is not a UID."""
+    if not _HOSPITAL_ID.match(hospital_id):
+        raise ValueError(f"hospital_id {hospital_id!r} is not a hub identifier")
+    for name, uid in (
+        ("study_instance_uid", study_instance_uid),
+        ("series_instance_uid", series_instance_uid),
+        ("sop_instance_uid", sop_instance_uid),
+    ):
+        if not is_uid(uid):
+            raise ValueError(f"{name} {uid!r} is not a valid DICOM UID")
+    return f"{area}/{hospital_id}/{study_instance_uid}/{series_instance_uid}/{sop_instance_uid}.dcm"
+
+
+class ObjectStore(Protocol):
+    """The operations the hub needs from an object store."""
+
+    def new_temporary(self) -> tuple[IO[bytes], Path]:
+        """An open, empty file on the store's staging area, and its path."""
+        ...
+
+    def put(self, staged: Path, key: str) -> int:
+        """Move a staged file under ``key`` (replacing any object there); its size."""
+        ...
+
+    def local_path(self, key: str) -> Path:
+        """A local file holding the object (algorithms and pydicom read files)."""
+        ...
+
+    def open(self, key: str) -> IO[bytes]:
+        """The object for reading; :class:`aifi.errors.StorageError` when missing."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; missing objects are ignored."""
+        ...
+
+    def clear_staging(self) -> None:
+        """Drop staged files left by requests a crash interrupted (called at start-up)."""
+        ...
+
+
+class LocalFolderStore:
+    """Objects as files under ``root``; staging in ``root/tmp`` so a put is one rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.staging = self.root / "tmp"
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the hub's data folder {self.root}: {exc}") from exc
+
+    def new_temporary(self) -> tuple[IO[bytes], Path]:
+        handle, name = tempfile.mkstemp(dir=self.staging, suffix=".part")
+        return os.fdopen(handle, "wb"), Path(name)
+
+    def put(self, staged: Path, key: str) -> int:
+        target = self.local_path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            size = staged.stat().st_size
+            staged.replace(target)
+        except OSError as exc:
+            raise StorageError(f"cannot store object {key}: {exc}") from exc
+        return size
+
+    def local_path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path.is_relative_to(self.staging):
+            raise ValueError(f"object key {key!r} leaves the store")
+        return path
+
+    def open(self, key: str) -> IO[bytes]:
+        try:
+            return self.local_path(key).open("rb")
+        except FileNotFoundError as exc:
+            raise StorageError(f"object {key} is missing from the hub's data folder") from exc
+
+    def delete(self, key: str) -> None:
+        self.local_path(key).unlink(missing_ok=True)
+
+    def clear_staging(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+
+def iter_file(handle: IO[bytes], chunk_size: int = CHUNK) -> Iterator[bytes]:
+    """Read an open file in chunks and close it at the end."""
+    with handle:
+        while chunk := handle.read(chunk_size):
+            yield chunk

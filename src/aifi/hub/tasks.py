@@ -1,0 +1,215 @@
+"""The task API's work, as plain functions the routes call.
+
+A task is a Unified Procedure Step (PS3.4 Annex CC): created SCHEDULED,
+claimed IN PROGRESS by a worker, ended COMPLETED or CANCELED with a reason.
+Every function takes the calling hospital's id and never returns another
+hospital's rows. ``client_task_id`` makes creation idempotent: the edge may
+re-send a request after a timeout without getting two tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from aifi.algorithms.base import Algorithm
+from aifi.errors import AlgorithmError
+from aifi.hub.models import Instance, Result, Task, TaskInput, utcnow
+from aifi.hub.schemas import Acknowledge, ResultRef, TaskCreate, TaskOut, TaskState
+
+__all__ = [
+    "TaskRefused",
+    "acknowledge_task",
+    "create_task",
+    "find_task",
+    "list_tasks",
+    "recover_tasks",
+    "task_out",
+]
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = (TaskState.COMPLETED.value, TaskState.CANCELED.value)
+
+
+@dataclass(frozen=True)
+class TaskRefused:
+    """Why a task cannot be created or changed (a value the route turns into 4xx)."""
+
+    status_code: int
+    detail: str
+
+
+def task_out(task: Task) -> TaskOut:
+    """The API view of a task row."""
+    return TaskOut(
+        id=task.id,
+        client_task_id=task.client_task_id,
+        algorithm_id=task.algorithm_id,
+        algorithm_version=task.algorithm_version,
+        study_instance_uid=task.study_instance_uid,
+        state=TaskState(task.state),
+        reason=task.reason,
+        urgent=task.urgent,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
+        acknowledged=task.acknowledged,
+        results=[_result_ref(r) for r in task.results],
+        findings=task.findings,
+    )
+
+
+def _result_ref(result: Result) -> ResultRef:
+    return ResultRef(
+        study_instance_uid=result.study_instance_uid,
+        series_instance_uid=result.series_instance_uid,
+        sop_instance_uid=result.sop_instance_uid,
+        sop_class_uid=result.sop_class_uid,
+        kind=result.kind,
+    )
+
+
+def find_task(session: Session, hospital_id: str, task_id: str) -> Task | None:
+    """The hospital's task ``task_id``, or None (also when it is another hospital's)."""
+    return session.scalar(select(Task).where(Task.id == task_id, Task.hospital_id == hospital_id))
+
+
+def _find_by_client_id(session: Session, hospital_id: str, client_task_id: str) -> Task | None:
+    return session.scalar(
+        select(Task).where(Task.hospital_id == hospital_id, Task.client_task_id == client_task_id)
+    )
+
+
+def create_task(
+    session: Session,
+    hospital_id: str,
+    request: TaskCreate,
+    algorithms: Callable[[str], Algorithm],
+) -> tuple[Task, bool] | TaskRefused:
+    """Create a SCHEDULED task; ``(task, created)``, or the refusal (422).
+
+    An existing ``client_task_id`` returns that task with ``created`` False.
+    The algorithm must be known and every SOP Instance UID must have been
+    uploaded by this hospital for this study.
+    """
+    existing = _find_by_client_id(session, hospital_id, request.client_task_id)
+    if existing is not None:
+        return existing, False
+    try:
+        manifest = algorithms(request.algorithm_id).manifest
+    except AlgorithmError as exc:
+        return TaskRefused(422, str(exc))
+    wanted = set(request.sop_instance_uids)
+    instances = list(
+        session.scalars(
+            select(Instance).where(
+                Instance.hospital_id == hospital_id,
+                Instance.study_instance_uid == request.study_instance_uid,
+                Instance.sop_instance_uid.in_(wanted),
+            )
+        )
+    )
+    missing = wanted - {i.sop_instance_uid for i in instances}
+    if missing:
+        shown = ", ".join(sorted(missing)[:5])
+        return TaskRefused(
+            422,
+            f"{len(missing)} of {len(wanted)} instances were not uploaded by this hospital "
+            f"for study {request.study_instance_uid} (e.g. {shown}); "
+            "send them by STOW-RS first",
+        )
+    task = Task(
+        hospital_id=hospital_id,
+        client_task_id=request.client_task_id,
+        correlation_id=request.correlation_id,
+        algorithm_id=manifest.id,
+        algorithm_version=manifest.version,
+        study_instance_uid=request.study_instance_uid,
+        state=TaskState.SCHEDULED.value,
+        inputs=[TaskInput(instance_id=i.id) for i in instances],
+    )
+    session.add(task)
+    try:
+        session.commit()
+    except IntegrityError:  # the same client_task_id arrived twice at once
+        session.rollback()
+        existing = _find_by_client_id(session, hospital_id, request.client_task_id)
+        if existing is None:
+            raise
+        return existing, False
+    logger.info("task %s scheduled: %s on %d instances", task.id, manifest.id, len(instances))
+    return task, True
+
+
+def list_tasks(
+    session: Session,
+    hospital_id: str,
+    *,
+    state: TaskState | None = None,
+    acknowledged: bool | None = None,
+    limit: int = 100,
+) -> list[Task]:
+    """The hospital's tasks, oldest first; served by the ``ix_tasks_poll`` index."""
+    query = select(Task).where(Task.hospital_id == hospital_id)
+    if acknowledged is not None:
+        query = query.where(Task.acknowledged == acknowledged)
+    if state is not None:
+        query = query.where(Task.state == state.value)
+    return list(session.scalars(query.order_by(Task.created_at, Task.id).limit(limit)))
+
+
+def acknowledge_task(
+    session: Session, hospital_id: str, task_id: str, ack: Acknowledge
+) -> Task | TaskRefused:
+    """Record that the edge delivered the task's results (idempotent)."""
+    task = find_task(session, hospital_id, task_id)
+    if task is None:
+        return TaskRefused(404, f"no task {task_id} for this hospital")
+    if task.state not in TERMINAL:
+        return TaskRefused(409, f"task {task_id} is {task.state}; acknowledge it once it has ended")
+    known = {r.sop_instance_uid for r in task.results}
+    unknown = set(ack.delivered_sop_instance_uids) - known
+    if unknown:
+        return TaskRefused(
+            422, f"{len(unknown)} delivered SOP Instance UIDs are not results of task {task_id}"
+        )
+    if not task.acknowledged:
+        task.acknowledged = True
+        task.acknowledged_at = utcnow()
+        task.delivered_sop_instance_uids = sorted(ack.delivered_sop_instance_uids)
+        session.commit()
+        logger.info("task %s acknowledged by the edge", task.id)
+    return task
+
+
+def recover_tasks(session: Session) -> list[str]:
+    """Tasks to run again after a restart, oldest first (all hospitals).
+
+    A task left IN PROGRESS by a killed hub is put back to SCHEDULED: its
+    results were not committed, so running it again is safe.
+    """
+    interrupted = session.execute(
+        update(Task)
+        .where(Task.state == TaskState.IN_PROGRESS.value)
+        .values(state=TaskState.SCHEDULED.value, updated_at=utcnow())
+    )
+    session.commit()
+    ids = list(
+        session.scalars(
+            select(Task.id)
+            .where(Task.state == TaskState.SCHEDULED.value)
+            .order_by(Task.created_at, Task.id)
+        )
+    )
+    if ids:
+        logger.info(
+            "re-queuing %d tasks (%d were interrupted)",
+            len(ids),
+            getattr(interrupted, "rowcount", 0),
+        )
+    return ids
