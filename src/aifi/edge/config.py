@@ -12,12 +12,23 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from aifi.edge.notify import RisPeer
 from aifi.edge.rules import Rule
 from aifi.errors import ConfigError
 
-__all__ = ["DicomPeer", "EdgeSettings", "HubPeer", "ListenerSettings", "load_edge_settings"]
+__all__ = [
+    "DicomPeer",
+    "EdgeSettings",
+    "HubPeer",
+    "ListenerSettings",
+    "RisPeer",
+    "load_edge_settings",
+]
 
 PLACEHOLDER_TOKEN = "change-me"
+
+ResultKind = Literal["sr", "gsps", "sc"]
+ALL_RESULT_KINDS: tuple[ResultKind, ...] = ("sr", "gsps", "sc")
 
 
 class ListenerSettings(BaseModel):
@@ -62,6 +73,11 @@ class EdgeSettings(BaseModel):
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
     hub: HubPeer = Field(default_factory=HubPeer)
     pacs: DicomPeer | None = None
+    ris: RisPeer | None = Field(default=None, description="where urgent results are announced")
+    result_kinds: list[ResultKind] = Field(
+        default_factory=lambda: list(ALL_RESULT_KINDS),
+        description="which result objects this hospital stores into its PACS",
+    )
     rules: list[Rule] = Field(default_factory=list)
 
     @field_validator("data_dir", "key_file")

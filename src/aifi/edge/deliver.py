@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from io import BytesIO
 
 import pydicom
@@ -26,10 +26,11 @@ from pydicom import Dataset
 from aifi.deid import PseudonymMap
 from aifi.edge.config import DicomPeer
 from aifi.edge.hub_client import HubClient
+from aifi.edge.notify import RisPeer, build_oru, send_mllp
 from aifi.edge.pacs import store_to_pacs
 from aifi.edge.reidentify import reidentify
 from aifi.edge.state import EdgeState, TaskRow
-from aifi.errors import HubRefused, HubUnavailable
+from aifi.errors import DeliveryError, HubRefused, HubUnavailable
 from aifi.hub.schemas import TaskOut, TaskState
 from aifi.results.codes import PIXEL_DATA_SHA256
 
@@ -48,11 +49,15 @@ class Deliverer:
         pacs: DicomPeer | None,
         pseudonym_map: PseudonymMap,
         *,
+        ris: RisPeer | None = None,
+        result_kinds: Sequence[str] = ("sr", "gsps", "sc"),
         max_backoff_s: float = 60.0,
     ) -> None:
         self.state = state
         self.hub = hub
         self.pacs = pacs
+        self.ris = ris
+        self.result_kinds = frozenset(result_kinds)
         self.pseudonym_map = pseudonym_map
         self.max_backoff_s = max_backoff_s
         self._retry_at: dict[str, float] = {}
@@ -96,7 +101,8 @@ class Deliverer:
             self.state.update_task(local.id, reason="no PACS configured: results kept at the hub")
             return 0
         done = self.state.deliveries(local.id)
-        pending = [r for r in hub_task.results if done.get(r.sop_instance_uid) != "stored"]
+        wanted = [r for r in hub_task.results if r.kind in self.result_kinds]
+        pending = [r for r in wanted if done.get(r.sop_instance_uid) != "stored"]
         original = self._original_header(local)
         datasets: list[tuple[str, Dataset]] = []
         for ref in pending:
@@ -138,6 +144,43 @@ class Deliverer:
             task_id=local.id,
         )
         return 1
+
+    def _later(self, local: TaskRow, reason: str) -> None:
+        """Try this task's delivery again after a back-off; the reason is recorded."""
+        delay = min(self.max_backoff_s, 1.0 * 2 ** min(local.attempts, 6))
+        self._retry_at[local.id] = time.time() + delay
+        self.state.update_task(local.id, attempts=local.attempts + 1, reason=reason)
+        self.state.record_event("delivery-failed", reason, task_id=local.id)
+
+    def _notified(self, local: TaskRow, hub_task: TaskOut, original: Dataset) -> bool:
+        """Announce an urgent result to the RIS once; False means try again later."""
+        if any(e["task_id"] == local.id for e in self.state.events("urgent-notified")):
+            return True
+        if self.ris is None:
+            self.state.record_event(
+                "urgent-not-notified",
+                "urgent result stored in PACS; no RIS configured",
+                task_id=local.id,
+            )
+            return True
+        message = build_oru(
+            self.ris,
+            original,
+            task_id=local.id,
+            algorithm_id=hub_task.algorithm_id,
+            algorithm_version=hub_task.algorithm_version,
+            findings=hub_task.findings or {},
+            control_id=f"{local.id[:12]}{local.attempts:03d}",
+        )
+        try:
+            code = send_mllp(self.ris, message)
+        except DeliveryError as exc:
+            self._later(local, str(exc))
+            return False
+        self.state.record_event(
+            "urgent-notified", f"ORU^R01 accepted by RIS ({code})", task_id=local.id
+        )
+        return True
 
     def _acknowledge_again(self, local: TaskRow, hub_task: TaskOut) -> None:
         """The hub missed an acknowledgement (e.g. it restarted): send it again."""

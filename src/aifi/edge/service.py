@@ -70,6 +70,8 @@ class EdgeService:
             self.hub,
             settings.pacs,
             self.pseudonym_map,
+            ris=settings.ris,
+            result_kinds=settings.result_kinds,
             max_backoff_s=settings.hub.max_backoff_s,
         )
         self._stop = threading.Event()
