@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
@@ -28,8 +26,8 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from aifi.edge.completeness import incomplete_reason
 from aifi.edge.config import ListenerSettings
+from aifi.edge.dataset_scan import decode_text, scan_dataset, tags_for
 from aifi.edge.state import EdgeState, InstanceRow
 from aifi.errors import ConfigError
 
@@ -57,15 +55,14 @@ ROUTING_KEYWORDS = (
     "BurnedInAnnotation",
 )
 
+_IDENTITY = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_WANTED = tags_for((*ROUTING_KEYWORDS, *_IDENTITY))
+_KEYWORD_OF = {tag: kw for kw in (*ROUTING_KEYWORDS, *_IDENTITY) for tag in tags_for((kw,))}
+
 # PS3.4 Table B.2-1 C-STORE status codes
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC210
-
-
-def _stop_after_header(tag: Any, vr: Any, length: Any) -> bool:
-    # Everything routing needs lies before (0028,0301); stop before bulk data.
-    return int(tag) > 0x00280301
 
 
 class EdgeReceiver:
@@ -164,25 +161,28 @@ class EdgeReceiver:
         plain: memoryview | bytes = raw
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
             plain = zlib.decompress(raw, -zlib.MAX_WBITS)
-        implicit = transfer_syntax.is_implicit_VR
-        little = transfer_syntax.is_little_endian
-        reason = incomplete_reason(plain, implicit_vr=implicit, little_endian=little)
-        header = None
+        scan = scan_dataset(
+            plain,
+            implicit_vr=transfer_syntax.is_implicit_VR,
+            little_endian=transfer_syntax.is_little_endian,
+            wanted=_WANTED,
+        )
+        header = {_KEYWORD_OF[tag]: decode_text(tag, raw) for tag, raw in scan.values.items()}
+        reason = scan.reason
         if reason is None:
-            header = read_dataset(BytesIO(plain), implicit, little, stop_when=_stop_after_header)
             if not header.get("StudyInstanceUID") or not header.get("SeriesInstanceUID"):
                 reason = "it has no Study or Series Instance UID"
-            elif str(header.get("SOPInstanceUID", sop_uid)) != sop_uid:
+            elif header.get("SOPInstanceUID", sop_uid) != sop_uid:
                 reason = "its SOP Instance UID differs from the one in the C-STORE request"
-        if reason is not None or header is None:
+        if reason is not None:
             logger.warning("refused instance %s from %s: %s", sop_uid, calling, reason)
             self.state.record_event(
                 "instance-refused", f"instance {sop_uid} from {calling} refused: {reason}"
             )
             return CANNOT_UNDERSTAND
 
-        study_uid = str(header.StudyInstanceUID)
-        series_uid = str(header.SeriesInstanceUID)
+        study_uid = str(header["StudyInstanceUID"])
+        series_uid = str(header["SeriesInstanceUID"])
         folder = self.store_dir / study_uid / series_uid
         if folder not in self._known_dirs:
             folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,8 @@ class EdgeReceiver:
             path=path,
             size=size,
         )
-        self.state.add_instance(row, calling, _routing_attrs(header))
+        routing = {k: v for k, v in header.items() if k in ROUTING_KEYWORDS and v not in ("", [])}
+        self.state.add_instance(row, calling, routing)
         return SUCCESS
 
     def _write(self, path: Path, event: Event, raw: memoryview) -> int:
@@ -215,13 +216,3 @@ class EdgeReceiver:
                 os.fsync(fh.fileno())
         partial.replace(path)
         return meta.tell() + len(raw)
-
-
-def _routing_attrs(header: Any) -> dict[str, Any]:
-    attrs: dict[str, Any] = {}
-    for keyword in ROUTING_KEYWORDS:
-        value = header.get(keyword)
-        if value is None or value == "":
-            continue
-        attrs[keyword] = [str(v) for v in value] if isinstance(value, MultiValue) else str(value)
-    return attrs
