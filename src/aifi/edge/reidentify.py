@@ -12,6 +12,8 @@ in the same study, as if a modality had produced it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
@@ -49,17 +51,20 @@ def reidentify(
     ds: Dataset, pseudonym_map: PseudonymMap, original: Dataset, *, task_id: str
 ) -> Dataset:
     """Map every pseudonymous UID back and restore patient and study from ``original``."""
-    purpose = f"deliver results of task {task_id}"
-
-    def restore(dataset: Dataset) -> None:
-        for elem in list(dataset):
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    restore(item)
-            elif elem.VR == "UI" and elem.value:
-                _map_uid_element(elem, pseudonym_map, purpose)
-
-    restore(ds)
+    uid_elements = [
+        elem for elem in ds.iterall() if elem.VR == "UI" and elem.value not in (None, "")
+    ]
+    pseudos = {
+        str(value)
+        for elem in uid_elements
+        for value in (elem.value if isinstance(elem.value, MultiValue) else [elem.value])
+        if str(value).startswith("2.25.")  # pseudonyms are 2.25 UIDs (PS3.5 B.2)
+    }
+    originals = pseudonym_map.original_uids(
+        sorted(pseudos), purpose=f"deliver results of task {task_id}"
+    )
+    for elem in uid_elements:
+        _map_uid_element(elem, originals)
     for keyword in PATIENT_STUDY_KEYWORDS:
         if keyword in original:
             ds[keyword] = original[keyword]
@@ -70,13 +75,8 @@ def reidentify(
     return ds
 
 
-def _map_uid_element(elem: DataElement, pseudonym_map: PseudonymMap, purpose: str) -> None:
-    values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
-    mapped = []
-    for value in values:
-        if not str(value).startswith("2.25."):  # pseudonyms are 2.25 UIDs (PS3.5 B.2)
-            mapped.append(str(value))
-            continue
-        original = pseudonym_map.original_uid(str(value), purpose=purpose)
-        mapped.append(original if original is not None else str(value))
-    elem.value = mapped if isinstance(elem.value, MultiValue) else mapped[0]
+def _map_uid_element(elem: DataElement, originals: Mapping[str, str | None]) -> None:
+    if isinstance(elem.value, MultiValue):
+        elem.value = [originals.get(str(v)) or str(v) for v in elem.value]
+    else:
+        elem.value = originals.get(str(elem.value)) or str(elem.value)

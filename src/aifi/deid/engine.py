@@ -1,0 +1,388 @@
+"""Apply the profile to one encoded dataset: the small code that executes Table E.1-1.
+
+PS3.15 E.1.1: every attribute of Table E.1-1 gets its action, recursively in
+every sequence item; all private attributes are removed; attributes the
+table does not list pass only when they are on the safe list (or named by
+the algorithm's manifest); everything else, unknown and retired attributes
+included, is removed. Then the instance is marked (PS3.15 E.1.1 step 6;
+PS3.3 C.7.1.1 Patient Identity Removed, De-identification Method (Code
+Sequence); PS3.3 C.7.6.1 Longitudinal Temporal Information Modified).
+
+The engine works on bytes (:mod:`aifi.deid.encoding`): an element that
+passes unchanged is copied without being decoded, and the walk stops at
+Pixel Data, which the caller copies as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydicom import charset
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from aifi.deid import keys, values
+from aifi.deid.encoding import (
+    SWAP_WIDTH,
+    Element,
+    Reader,
+    encode_element,
+    encode_sequence,
+    swap,
+)
+from aifi.deid.options import CID_7050, DeidOptions
+from aifi.deid.profile import Profile, load_profile
+from aifi.errors import ConfigError
+
+__all__ = ["NEVER_KEEP", "PIXEL_TAGS", "ProfileRun", "resolve_keep"]
+
+logger = logging.getLogger(__name__)
+
+#: Attributes a manifest may never ask to keep: they identify the patient directly.
+NEVER_KEEP = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientBirthTime",
+        "PatientBirthName",
+        "PatientMotherBirthName",
+        "OtherPatientIDs",
+        "OtherPatientIDsSequence",
+        "OtherPatientNames",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "PatientTelecomInformation",
+        "IssuerOfPatientID",
+        "MedicalRecordLocator",
+        "AccessionNumber",
+        "AdmissionID",
+        "ReferencedPatientPhotoSequence",
+        "ResponsiblePerson",
+        "PersonName",
+    }
+)
+#: Float, double float and integer Pixel Data: the walk stops at the first of them.
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "CS", "AE", "UR"})
+_SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
+_IDENTIFYING_VRS = _TEXT_VRS | {"PN", "DA", "DT"}
+_DATES_FOR_AGE = (0x00080020, 0x00080021, 0x00080022, 0x00080023)  # Study, Series, Acq., Content
+_CHARSET = 0x00080005
+_TIMEZONE = 0x00080201
+_PATIENT_NAME, _PATIENT_ID, _ACCESSION = 0x00100010, 0x00100020, 0x00080050
+_BIRTH_DATE, _PATIENT_AGE = 0x00100030, 0x00101010
+_SOP_INSTANCE, _STUDY, _SERIES, _SOP_CLASS = 0x00080018, 0x0020000D, 0x0020000E, 0x00080016
+_SUMMARY = {
+    "BurnedInAnnotation": 0x00280301,
+    "RecognizableVisualFeatures": 0x00280302,
+    "SOPClassUID": _SOP_CLASS,
+    "Modality": 0x00080060,
+}
+
+
+def resolve_keep(keep: Iterable[str]) -> frozenset[int]:
+    """Tags of the keywords an algorithm's manifest asks to keep; refuse identifying ones."""
+    tags: set[int] = set()
+    for keyword in keep:
+        tag = tag_for_keyword(keyword)
+        if keyword in NEVER_KEEP or (tag is not None and dictionary_VR(tag) == "PN"):
+            raise ConfigError(
+                f"keep names {keyword}, which identifies the patient or a person; "
+                "remove it from the algorithm's manifest (bone age needs PatientAge, "
+                "never PatientBirthDate)"
+            )
+        if tag is None:
+            raise ConfigError(
+                f"keep names {keyword!r}, which is not a DICOM keyword; fix the manifest"
+            )
+        if dictionary_VR(tag) in ("UI", "DA", "DT"):
+            raise ConfigError(
+                f"keep names {keyword}, a UID or date: UIDs are always replaced and dates "
+                "removed; use the Modified Dates option or PatientAge instead"
+            )
+        tags.add(tag)
+    return frozenset(tags)
+
+
+@dataclass
+class ProfileRun:
+    """Pseudonymization of one instance: the state shared while walking its dataset."""
+
+    key: bytes
+    options: DeidOptions
+    keep: frozenset[int]
+    profile: Profile = field(default_factory=load_profile)
+    uid_map: dict[str, str] = field(default_factory=dict)
+    tokens: set[str] = field(default_factory=set)
+    shift_days: int | None = None
+    patient_pseudonym: str = ""
+    encodings: list[str] = field(default_factory=lambda: ["iso8859"])
+    #: tag -> decision, shared by the runs of one Pseudonymizer (same options and keep)
+    decisions: dict[int, str] = field(default_factory=dict)
+
+    # -- entry point -----------------------------------------------------------
+    def top_level(self, reader: Reader, start: int) -> tuple[list[Element], Element | None]:
+        """The top-level elements before Pixel Data, and the Pixel Data element if any."""
+        found: list[Element] = []
+        for element in reader.elements(start, reader.size):
+            if element.tag in PIXEL_TAGS:
+                return found, element
+            if element.tag > 0x7FE00010:
+                break
+            found.append(element)
+        return found, None
+
+    def summary(self, reader: Reader, elements: list[Element]) -> dict[str, str]:
+        """A few top-level values the caller checks (burned-in text, UIDs), by keyword."""
+        by_tag = {e.tag: e for e in elements}
+        wanted = {
+            **_SUMMARY,
+            "SOPInstanceUID": _SOP_INSTANCE,
+            "StudyInstanceUID": _STUDY,
+            "SeriesInstanceUID": _SERIES,
+        }
+        found = {
+            keyword: self._text(reader, by_tag[tag], ascii_only=True).strip()  # UI and CS
+            for keyword, tag in wanted.items()
+            if tag in by_tag
+        }
+        # An overlay described (60xx,0010) without Overlay Data (60xx,3000) lives in unused
+        # bits of Pixel Data (retired, PS3.5 8.1.2); removing its description hides it only.
+        overlays = {e.tag >> 16 for e in elements if (e.tag >> 16) & 0xFF01 == 0x6000}
+        with_data = {e.tag >> 16 for e in elements if e.tag & 0xFF01FFFF == 0x60003000}
+        if overlays - with_data:
+            found["EmbeddedOverlay"] = "YES"
+        return found
+
+    def rewrite(self, reader: Reader, elements: list[Element]) -> bytes:
+        """The pseudonymized top-level dataset (in tag order), marks added."""
+        by_tag = {e.tag: e for e in elements}
+        if _CHARSET in by_tag:
+            terms = self._text(reader, by_tag[_CHARSET], ascii_only=True).split("\\")
+            self.encodings = charset.convert_encodings([t.strip() for t in terms])
+        original_id = (
+            self._text(reader, by_tag[_PATIENT_ID]).strip() if _PATIENT_ID in by_tag else ""
+        )
+        if original_id:
+            self.patient_pseudonym = keys.pseudonym(self.key, "patient", original_id)
+            patient_key = original_id
+        else:  # no ID: one pseudonym per study, never one shared by all ID-less patients
+            study = self._text(reader, by_tag[_STUDY]).strip() if _STUDY in by_tag else ""
+            self.patient_pseudonym = keys.pseudonym(self.key, "patient-without-id", study)
+            patient_key = "study:" + study
+        if self.options.retain_longitudinal_modified_dates:
+            self.shift_days = keys.date_shift_days(self.key, patient_key)
+        if self.options.clean_descriptors or self.keep:
+            self._collect_tokens(reader, elements)
+        out: dict[int, bytes] = {}
+        for element in elements:
+            encoded = self._element(reader, element)
+            if encoded is not None:
+                out[element.tag] = encoded
+        self._identifiers(reader, by_tag, out)
+        self._mark(out, reader.implicit)
+        return b"".join(out[tag] for tag in sorted(out))
+
+    # -- one element -----------------------------------------------------------
+    def decide(self, tag: int) -> str:
+        """What happens to ``tag``: ``drop``, ``keep`` (manifest), ``safe``, or a table action."""
+        decision = self.decisions.get(tag)
+        if decision is None:
+            if tag & 0x00010000 or tag >> 16 in (0x0000, 0x0002) or not tag & 0xFFFF:
+                decision = "drop"  # private, command or file meta group, group length
+            elif tag in self.keep:
+                decision = "keep-listed" if self.profile.rule_for(tag) else "keep"
+            elif (rule := self.profile.rule_for(tag)) is not None:
+                decision = rule.action(self.options)
+            else:
+                decision = "safe" if self.profile.is_safe(tag) else "drop"
+            self.decisions[tag] = decision
+        return decision
+
+    def _element(self, reader: Reader, element: Element) -> bytes | None:
+        decision = self.decide(element.tag)
+        if decision == "drop" or (element.undefined and element.vr == "UN"):
+            return None  # ... or a sequence of unknown VR, whose content cannot be vetted
+        if decision in ("keep", "keep-listed", "safe"):
+            if element.vr == "SQ":
+                return self._sequence(reader, element)
+            if decision == "keep-listed" and element.vr in _TEXT_VRS:
+                return self._clean(reader, element)  # needed, but free text: cleaned
+            return self._raw(reader, element)
+        return self._act(reader, element, decision)
+
+    def _act(self, reader: Reader, element: Element, action: str) -> bytes | None:
+        tag, vr, implicit = element.tag, element.vr, reader.implicit
+        if action == "X":
+            return None
+        if vr == "SQ" or element.undefined:
+            if action == "Z":
+                return encode_sequence(tag, [], implicit=implicit)
+            return self._sequence(reader, element)  # D, U (U*), K, C: apply inside items
+        if action == "Z":
+            return encode_element(tag, vr, b"", implicit=implicit)
+        if action == "D":
+            dummy = values.dummy_value(vr)
+            return encode_element(tag, vr, dummy.encode("ascii"), implicit=implicit)
+        if action == "U":
+            return self._uids(reader, element)
+        if action == "C":
+            return self._clean(reader, element)
+        return self._raw(reader, element)  # K
+
+    def _raw(self, reader: Reader, element: Element) -> bytes:
+        """The element unchanged: its bytes, or re-encoded little endian from big endian."""
+        if not reader.big_endian:
+            return bytes(reader.buf[element.start : element.vend])
+        value = swap(reader.value(element), SWAP_WIDTH.get(element.vr, 1))
+        return encode_element(element.tag, element.vr, value, implicit=False)
+
+    def _sequence(self, reader: Reader, element: Element) -> bytes:
+        items = []
+        for start, end in reader.items(element):
+            parts = []
+            for inner in reader.elements(start, end):
+                encoded = self._element(reader, inner)
+                if encoded is not None:
+                    parts.append(encoded)
+            items.append(b"".join(parts))
+        return encode_sequence(element.tag, items, implicit=reader.implicit)
+
+    def _uids(self, reader: Reader, element: Element) -> bytes | None:
+        if element.vr not in {"UI", "UN"}:
+            return None
+        text = self._text(reader, element, ascii_only=True)
+        uids = [u.strip(" \0") for u in text.split("\\")]
+        mapped = "\\".join(self.map_uid(u) if u else "" for u in uids)
+        return encode_element(element.tag, "UI", mapped.encode("ascii"), implicit=reader.implicit)
+
+    def map_uid(self, uid: str) -> str:
+        """The pseudonymous UID for ``uid`` (remembered in :attr:`uid_map`)."""
+        uid = uid.strip(" \0")
+        new = self.uid_map.get(uid)
+        if new is None:
+            new = self.uid_map[uid] = keys.pseudo_uid(self.key, uid)
+        return new
+
+    def _clean(self, reader: Reader, element: Element) -> bytes | None:
+        vr, implicit = element.vr, reader.implicit
+        if element.vstart == element.vend:
+            return self._raw(reader, element)
+        if vr == "DA":
+            shifted = values.shift_date(self._text(reader, element, True), self.shift_days or 0)
+            return encode_element(element.tag, vr, shifted.encode("ascii"), implicit=implicit)
+        if vr == "DT":
+            text = self._text(reader, element, True)
+            shifted = values.shift_datetime(text, self.shift_days or 0)
+            return encode_element(element.tag, vr, shifted.encode("ascii"), implicit=implicit)
+        if vr == "TM" or element.tag == _TIMEZONE:  # times of day and offsets survive a shift
+            return self._raw(reader, element)
+        if vr not in _TEXT_VRS:
+            return None  # numbers or binary under a clean action: nothing to clean, remove
+        text = self._text(reader, element)
+        parts = [text] if vr in _SINGLE_VALUED else text.split("\\")
+        cleaned = "\\".join(values.clean_text(p, self.tokens) for p in parts).strip("\\")
+        value = charset.encode_string(cleaned, self.encodings)
+        return encode_element(element.tag, vr, value, implicit=implicit)
+
+    def _text(self, reader: Reader, element: Element, ascii_only: bool = False) -> str:
+        raw = reader.value(element).rstrip(b"\0 ")
+        if ascii_only:
+            return raw.decode("ascii", errors="replace")
+        return charset.decode_bytes(raw, self.encodings, {0x5C})
+
+    # -- identifiers, age, marks -------------------------------------------------
+    def _collect_tokens(self, reader: Reader, elements: Iterable[Element]) -> None:
+        """Identifying words of the instance, before it changes (for Clean Descriptors)."""
+        found: list[str] = []
+        self._collect(reader, elements, found)
+        self.tokens = values.identifying_tokens(found)
+
+    def _collect(self, reader: Reader, elements: Iterable[Element], found: list[str]) -> None:
+        for element in elements:
+            if element.tag & 0x00010000:
+                continue
+            rule = self.profile.rule_for(element.tag)
+            if rule is None or element.tag in self.keep:
+                continue
+            if rule.options.get("clean_descriptors") == "C" and element.vr != "SQ":
+                continue  # a description: what it says is cleaned, not a source of identifiers
+            if element.vr == "SQ":
+                for start, end in reader.items(element):
+                    self._collect(reader, list(reader.elements(start, end)), found)
+            elif element.vr in _IDENTIFYING_VRS and rule.action(self.options) in {"X", "Z", "D"}:
+                text = self._text(reader, element)
+                found.extend(text.split("\\"))
+                if element.vr == "DA":
+                    found.extend(_date_spellings(text))
+
+    def _identifiers(
+        self, reader: Reader, by_tag: dict[int, Element], out: dict[int, bytes]
+    ) -> None:
+        implicit = reader.implicit
+        pseudonym = self.patient_pseudonym.encode("ascii")
+        out[_PATIENT_ID] = encode_element(_PATIENT_ID, "LO", pseudonym, implicit=implicit)
+        # The pseudonym as family name, the caret making it one (PS3.5 §6.2.1.2).
+        name = pseudonym + b"^"
+        out[_PATIENT_NAME] = encode_element(_PATIENT_NAME, "PN", name, implicit=implicit)
+        if _ACCESSION in by_tag and _ACCESSION not in self.keep:
+            accession = self._text(reader, by_tag[_ACCESSION]).strip()
+            value = keys.pseudonym(self.key, "accession", accession) if accession else ""
+            out[_ACCESSION] = encode_element(_ACCESSION, "SH", value.encode(), implicit=implicit)
+        wants_age = _PATIENT_AGE in self.keep or self.options.retain_patient_characteristics
+        if wants_age:
+            given = self._text(reader, by_tag[_PATIENT_AGE], True) if _PATIENT_AGE in by_tag else ""
+            age = values.cap_age(given.strip() or self._age(reader, by_tag) or "")
+            if age:
+                out[_PATIENT_AGE] = encode_element(
+                    _PATIENT_AGE, "AS", age.encode(), implicit=implicit
+                )
+
+    def _age(self, reader: Reader, by_tag: dict[int, Element]) -> str | None:
+        """PatientAge from birth date and study (or series, acquisition, content) date."""
+        if _BIRTH_DATE not in by_tag:
+            return None
+        birth = self._text(reader, by_tag[_BIRTH_DATE], True)
+        for tag in _DATES_FOR_AGE:
+            if tag in by_tag:
+                on = self._text(reader, by_tag[tag], True).strip()
+                if on:
+                    return values.age_string(birth, on)
+        return None
+
+    def _mark(self, out: dict[int, bytes], implicit: bool) -> None:
+        codes = tuple(self.options.codes())
+        out.update(_marks(codes, self.shift_days is not None, implicit, self.profile.version))
+
+
+@functools.cache
+def _marks(
+    codes: tuple[str, ...], modified: bool, implicit: bool, version: str
+) -> dict[int, bytes]:
+    """The de-identification marks (PS3.3 C.7.1.1, C.7.6.1), encoded once per combination."""
+    items = [
+        encode_element(0x00080100, "SH", code.encode(), implicit=implicit)
+        + encode_element(0x00080102, "SH", b"DCM", implicit=implicit)
+        + encode_element(0x00080104, "LO", CID_7050[code].encode(), implicit=implicit)
+        for code in codes
+    ]
+    method = f"aifi PS3.15 E.1-1 Basic Profile, table v{version}".encode()
+    longitudinal = b"MODIFIED" if modified else b"REMOVED"
+    return {
+        0x00120062: encode_element(0x00120062, "CS", b"YES", implicit=implicit),
+        0x00120063: encode_element(0x00120063, "LO", method, implicit=implicit),
+        0x00120064: encode_sequence(0x00120064, items, implicit=implicit),
+        0x00280303: encode_element(0x00280303, "CS", longitudinal, implicit=implicit),
+    }
+
+
+def _date_spellings(value: str) -> list[str]:
+    """Other ways a DA value may be written in free text (for Clean Descriptors)."""
+    value = value.strip()
+    if len(value) != 8 or not value.isdigit():
+        return []
+    y, m, d = value[:4], value[4:6], value[6:]
+    return [f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{y}-{m}-{d}", f"{d}-{m}-{y}"]
