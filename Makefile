@@ -30,8 +30,8 @@ demo: $(STAMP)
 	$(VENV)/bin/aifi demo --once
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench training
-	$(VENV)/bin/ruff format --check src tests bench training
+	$(VENV)/bin/ruff check src tests bench $(wildcard training)
+	$(VENV)/bin/ruff format --check src tests bench $(wildcard training)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
