@@ -82,7 +82,7 @@ _HHI = struct.Struct("<HHI")
 _STREAMED = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 
 
-class NeedMoreData(Exception):  # noqa: N818 - a signal, not an error
+class NeedMoreData(Exception):
     """The head of the file read so far does not reach far enough; map the whole file."""
 
 

@@ -81,7 +81,7 @@ class _Output:
     swap_width: int = 0  # ... and the width of the numbers whose bytes are reversed
 
 
-class _NotPlain(Exception):  # noqa: N818 - a signal, not an error
+class _NotPlain(Exception):
     """The file needs pydicom's tolerance (no File Meta Information, VR mislabelled)."""
 
 
