@@ -27,7 +27,7 @@ def use_test_peers() -> None:
         sys.path.insert(0, tests)
 
 
-class Skipped(Exception):  # noqa: N818 - reads as "receiver skipped: reason"
+class Skipped(Exception):
     """A receiver cannot be measured here; the message says why."""
 
 
