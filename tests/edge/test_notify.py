@@ -21,8 +21,11 @@ FINDINGS = {
     "finding": {"value": "59282003", "scheme": "SCT", "meaning": "Pulmonary embolism"},
     "urgent": True,
     "measurements": [
-        {"concept": {"value": "PEPROB", "scheme": "99AIFI", "meaning": "PE probability"},
-         "value": 0.93, "unit": {"value": "1", "scheme": "UCUM", "meaning": "no units"}},
+        {
+            "concept": {"value": "PEPROB", "scheme": "99AIFI", "meaning": "PE probability"},
+            "value": 0.93,
+            "unit": {"value": "1", "scheme": "UCUM", "meaning": "no units"},
+        },
     ],
 }
 
@@ -73,8 +76,15 @@ def ris() -> Iterator[MllpListener]:
 def test_urgent_result_is_acknowledged_by_the_ris(ris: MllpListener) -> None:
     original = cr_study(1, patient=DEMO_PATIENTS[2], rows=16, columns=16)[0]
     peer = RisPeer(host="127.0.0.1", port=ris.port)
-    message = build_oru(peer, original, task_id="task-1", algorithm_id="incidental-pe",
-                        algorithm_version="0.1.0", findings=FINDINGS, control_id="c1")
+    message = build_oru(
+        peer,
+        original,
+        task_id="task-1",
+        algorithm_id="incidental-pe",
+        algorithm_version="0.1.0",
+        findings=FINDINGS,
+        control_id="c1",
+    )
     assert send_mllp(peer, message) == "AA"
     (received,) = ris.received
     assert str(received.segment("MSH")[9]) == "ORU^R01^ORU_R01"
@@ -96,8 +106,15 @@ def test_urgent_result_is_acknowledged_by_the_ris(ris: MllpListener) -> None:
 def test_a_rejecting_or_absent_ris_is_an_error_to_retry(ris: MllpListener) -> None:
     original = cr_study(1, rows=16, columns=16)[0]
     peer = RisPeer(host="127.0.0.1", port=ris.port)
-    message = build_oru(peer, original, task_id="t", algorithm_id="incidental-pe",
-                        algorithm_version=None, findings=FINDINGS, control_id="c2")
+    message = build_oru(
+        peer,
+        original,
+        task_id="t",
+        algorithm_id="incidental-pe",
+        algorithm_version=None,
+        findings=FINDINGS,
+        control_id="c2",
+    )
     ris.ack_code = "AE"
     with pytest.raises(DeliveryError, match="rejected"):
         send_mllp(peer, message)
