@@ -119,11 +119,7 @@ def check_deidentified(ds: pydicom.Dataset) -> list[str]:
             elem.VR == "PN"
             and not elem.is_empty
             and str(elem.value) != _DUMMY_NAME
-            and not (
-                tag == 0x00100010
-                and str(elem.value).rstrip("^") == patient_id
-                and path == ""
-            )
+            and not (tag == 0x00100010 and str(elem.value).rstrip("^") == patient_id and path == "")
         ):
             problems.append(f"{where} holds a person's name; {_FIX}")
     if private_groups:
