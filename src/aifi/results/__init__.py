@@ -8,10 +8,13 @@ result type:
 kind      object                                                 builder
 ========  =====================================================  ==================
 ``sr``    Comprehensive 3D SR, TID 1500 Measurement Report       :mod:`aifi.results.sr`
+``gsps``  Grayscale Softcopy Presentation State with the boxes   :mod:`aifi.results.gsps`
+``sc``    Secondary Capture: rendered key image and report       :mod:`aifi.results.sc`
 ========  =====================================================  ==================
 
 Every object joins the source (pseudonymized) study and carries the
-algorithm's identity and version.
+algorithm's identity and version; the kind travels with each object so
+that each hospital receives only the kinds it chose.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import pydicom
 
 from aifi.algorithms.base import Findings, Manifest
 from aifi.errors import AlgorithmError
+from aifi.results.gsps import build_gsps
+from aifi.results.sc import build_sc
 from aifi.results.sr import build_sr
 
 __all__ = ["BUILDERS", "encode_results"]
@@ -35,8 +40,22 @@ def _sr(
     return [build_sr(findings, manifest, sources)]
 
 
+def _gsps(
+    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset]
+) -> list[pydicom.Dataset]:
+    return list(build_gsps(findings, manifest, sources))
+
+
+def _sc(
+    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset]
+) -> list[pydicom.Dataset]:
+    return [build_sc(findings, manifest, sources)]
+
+
 BUILDERS: dict[str, Builder] = {
     "sr": _sr,
+    "gsps": _gsps,
+    "sc": _sc,
 }
 """Result kind (as in ``Manifest.produces``) → builder; one line per result type."""
 
@@ -46,9 +65,11 @@ def encode_results(
 ) -> list[tuple[str, pydicom.Dataset]]:
     """The DICOM objects for ``findings``, as (kind, dataset), in ``manifest.produces`` order.
 
-    ``sources`` are the pseudonymized images the algorithm ran on (headers
-    suffice). Raises :class:`aifi.errors.AlgorithmError` when the manifest
-    asks for a kind aifi cannot encode.
+    ``sources`` are the pseudonymized images the algorithm ran on. Headers
+    suffice: the rendered image (``sc``) reads its key image's pixel data
+    from the file a header was read from (``ds.filename``). Raises
+    :class:`aifi.errors.AlgorithmError` when the manifest asks for a kind
+    aifi cannot encode.
     """
     unknown = [kind for kind in manifest.produces if kind not in BUILDERS]
     if unknown:

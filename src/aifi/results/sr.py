@@ -14,7 +14,9 @@ The structure follows IHE AI Results (AIR) and PS3.16:
   :data:`aifi.results.codes.PIXEL_DATA_SHA256`);
 * per box, a TID 1410 planar ROI group whose region is a closed POLYLINE
   SCOORD rectangle on the source image, with the score as "Probability" and
-  the label as a TEXT "Finding";
+  the label as a TEXT "Finding"; a box of zero size (x0 = x1, y0 = y1) is a
+  location, e.g. of a suspected embolus, and becomes a POINT SCOORD
+  (:func:`is_point`);
 * study-level measurements in one more TID 1501 group without source image;
 * the summary (and, for a demo model, the notice "demo model - not for
   clinical use") as TEXT in the report's "Qualitative Evaluations"
@@ -43,7 +45,14 @@ import aifi
 from aifi.algorithms.base import Box, Code, Findings, ImageFinding, Manifest, Measurement
 from aifi.results.codes import AIFI_CODING_SCHEME, AIFI_SCHEME, DEMO_MODEL_NOTICE
 
-__all__ = ["DEMO_NOTICE", "SR_SERIES_NUMBER", "build_sr", "series_description"]
+__all__ = [
+    "DEMO_NOTICE",
+    "SR_SERIES_NUMBER",
+    "algorithm_equipment",
+    "build_sr",
+    "is_point",
+    "series_description",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +140,7 @@ def build_sr(
         series_description=series_description(manifest, demo_model=findings.demo_model),
         is_complete=True,
         is_final=True,
-        contributing_equipment=[_algorithm_equipment(manifest)],
+        contributing_equipment=[algorithm_equipment(manifest)],
         coding_schemes=[AIFI_CODING_SCHEME] if _uses_aifi_codes(findings) else None,
         specific_character_set=_character_set(findings, manifest, sources[0]),
     )
@@ -150,6 +159,11 @@ def series_description(manifest: Manifest, *, demo_model: bool) -> str:
     suffix = f" - {DEMO_NOTICE}" if demo_model else ""
     name = f"{manifest.name} {manifest.version}"
     return name[: 64 - len(suffix)] + suffix
+
+
+def is_point(box: Box) -> bool:
+    """True when ``box`` has no extent: a location rather than a region."""
+    return box.x0 == box.x1 and box.y0 == box.y1
 
 
 def _coded(code: Code) -> hd.sr.CodedConcept:
@@ -211,11 +225,17 @@ def _box_group(
     identifier: str,
     algorithm_id: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 group: a closed POLYLINE rectangle (PS3.3 C.18.6.1.2) with score and label."""
+    """TID 1410 group: a closed POLYLINE rectangle or a POINT (PS3.3 C.18.6.1.2), score, label."""
     corners = [(box.x0, box.y0), (box.x1, box.y0), (box.x1, box.y1), (box.x0, box.y1)]
+    if is_point(box):
+        graphic_type = hd.sr.GraphicTypeValues.POINT
+        graphic_data = np.array([[box.x0, box.y0]], dtype=np.float64)
+    else:
+        graphic_type = hd.sr.GraphicTypeValues.POLYLINE
+        graphic_data = np.array([*corners, corners[0]], dtype=np.float64)
     region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=np.array([*corners, corners[0]], dtype=np.float64),
+        graphic_type=graphic_type,
+        graphic_data=graphic_data,
         source_image=hd.sr.SourceImageForRegion(
             referenced_sop_class_uid=source.SOPClassUID,
             referenced_sop_instance_uid=source.SOPInstanceUID,
@@ -289,7 +309,7 @@ def _observation_context(manifest: Manifest) -> hd.sr.ObservationContext:
     )
 
 
-def _algorithm_equipment(manifest: Manifest) -> hd.ContributingEquipment:
+def algorithm_equipment(manifest: Manifest) -> hd.ContributingEquipment:
     """Contributing Equipment item (PS3.3 C.12.1.1.5) naming the algorithm and version."""
     return hd.ContributingEquipment(
         manufacturer=manifest.vendor,
