@@ -23,12 +23,13 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from aifi.algorithms import registry
-from aifi.algorithms.base import Algorithm
+from aifi.algorithms.base import Algorithm, Manifest
 from aifi.hub.app import create_app
 from aifi.hub.config import HubSettings
 from aifi.hub.db import make_engine, make_sessions, migrate
 from aifi.hub.hospitals import add_hospital
-from aifi.hub.schemas import TaskState
+from aifi.hub.principals import add_principal, issue_token
+from aifi.hub.schemas import Role, TaskState
 from aifi.hub.server import HubServer
 from aifi.netutil import free_port
 
@@ -173,13 +174,27 @@ class Hub:
         raise AssertionError(f"task {task_id} did not end within {timeout} s")
 
 
-def register(settings: HubSettings, name: str) -> str:
-    """Register a hospital directly in the hub's database; its token."""
+def register(
+    settings: HubSettings, name: str, subscribe: Sequence[str] = ("integrity-check",)
+) -> str:
+    """Register a hospital in the hub's database, subscribed to ``subscribe``; its token."""
     engine = make_engine(settings.effective_database_url)
     try:
         migrate(engine)
         with make_sessions(engine)() as session:
-            return add_hospital(session, name)[1]
+            return add_hospital(session, name, subscribe=subscribe)[1]
+    finally:
+        engine.dispose()
+
+
+def add_operator(settings: HubSettings, name: str, role: Role = Role.OPERATOR) -> str:
+    """Register an operator (or auditor) directly in the hub's database; its token."""
+    engine = make_engine(settings.effective_database_url)
+    try:
+        migrate(engine)
+        with make_sessions(engine)() as session:
+            principal = add_principal(session, name, role, actor="test")
+            return issue_token(session, principal, actor="test")[1]
     finally:
         engine.dispose()
 
@@ -206,19 +221,46 @@ def resolver(test_algorithms: dict[str, Algorithm]) -> Callable[[str], Algorithm
 
 
 @pytest.fixture
-def hub(settings: HubSettings, resolver: Callable[[str], Algorithm]) -> Iterator[Hub]:
-    with serving(create_app(settings, algorithms=resolver), settings) as client:
+def manifests(test_algorithms: dict[str, Algorithm]) -> Callable[[], list[Manifest]]:
+    """The catalog the test hub starts with: the registry plus the test's algorithms."""
+    return lambda: [*registry.manifests(), *(a.manifest for a in test_algorithms.values())]
+
+
+@pytest.fixture
+def hub(
+    settings: HubSettings,
+    resolver: Callable[[str], Algorithm],
+    manifests: Callable[[], list[Manifest]],
+) -> Iterator[Hub]:
+    app = create_app(settings, algorithms=resolver, manifests=manifests)
+    with serving(app, settings) as client:
         yield Hub(client, settings)
 
 
 @pytest.fixture
-def token_a(settings: HubSettings) -> str:
-    return register(settings, "Hospital A")
+def subscribed(test_algorithms: dict[str, Algorithm]) -> tuple[str, ...]:
+    """What the test hospitals are subscribed to: the connection test and the test's algorithms."""
+    return ("integrity-check", *test_algorithms)
 
 
 @pytest.fixture
-def token_b(settings: HubSettings) -> str:
-    return register(settings, "Hospital B")
+def token_a(settings: HubSettings, subscribed: tuple[str, ...]) -> str:
+    return register(settings, "Hospital A", subscribed)
+
+
+@pytest.fixture
+def token_b(settings: HubSettings, subscribed: tuple[str, ...]) -> str:
+    return register(settings, "Hospital B", subscribed)
+
+
+@pytest.fixture
+def operator_token(settings: HubSettings) -> str:
+    return add_operator(settings, "Operator")
+
+
+@pytest.fixture
+def auditor_token(settings: HubSettings) -> str:
+    return add_operator(settings, "Auditor", Role.AUDITOR)
 
 
 @pytest.fixture

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -156,3 +158,103 @@ def _poll(url: str, token: str, timeout: float = 60.0) -> httpx.Response:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def _invoke(*args: str) -> Any:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_operators_administer_the_hub_from_the_command_line(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    token = _invoke("hub", "hospital", "add", "Hospital A", "-c", config).stdout.strip()
+    bare = _invoke("hub", "hospital", "add", "Hospital B", "--subscribe", "", "-c", config)
+    operator = _invoke("hub", "operator", "add", "Alice", "-c", config).stdout.strip()
+    auditor = _invoke("hub", "operator", "add", "Bob", "--role", "auditor", "-c", config)
+    assert len(operator) >= 43 and len(auditor.stdout.strip()) >= 43
+    assert len(bare.stdout.strip().splitlines()) == 1
+
+    catalog = _invoke("hub", "algorithm", "list", "-c", config).stdout
+    assert "integrity-check  1.0.0  active" in catalog
+    suspended = _invoke(
+        "hub",
+        "algorithm",
+        "suspend",
+        "integrity-check",
+        "1.0.0",
+        "--reason",
+        "field safety notice",
+        "-c",
+        config,
+    )
+    assert "is suspended" in suspended.stdout
+    retired = _invoke("hub", "algorithm", "retire", "integrity-check", "1.0.0", "-c", config)
+    assert "is retired" in retired.stdout
+    revived = CliRunner().invoke(
+        app, ["hub", "algorithm", "activate", "integrity-check", "1.0.0", "-c", config]
+    )
+    assert revived.exit_code == 1
+    assert "retired for good" in revived.output
+
+    subscription = _invoke(
+        "hub",
+        "subscription",
+        "add",
+        "--hospital",
+        "Hospital B",
+        "--algorithm",
+        "bone-age",
+        "--agreement",
+        "DPA-17",
+        "--controller",
+        "Hospital B",
+        "--processor",
+        "National hub",
+        "--from",
+        "2026-01-01",
+        "--until",
+        "2027-01-01",
+        "-c",
+        config,
+    ).stdout.strip()
+    listed = _invoke("hub", "subscription", "list", "--hospital", "Hospital B", "-c", config)
+    assert subscription in listed.stdout
+    assert "2026-01-01 00:00 to 2027-01-01 00:00  DPA-17" in listed.stdout
+    assert "connection-test" not in listed.stdout
+    ended = _invoke("hub", "subscription", "end", subscription, "-c", config)
+    assert subscription in ended.stdout
+
+    rotated = _invoke("hub", "token", "rotate", "Hospital A", "-c", config).stdout.strip()
+    assert rotated != token
+    tokens = _invoke("hub", "token", "list", "-c", config).stdout
+    old_id = tokens.split("Hospital A")[1].split("token ")[1].split()[0]
+    revoked = _invoke("hub", "token", "revoke", old_id, "-c", config)
+    assert "revoked" in revoked.stdout
+    assert "revoked" in _invoke("hub", "token", "list", "-c", config).stdout
+
+
+def test_audit_verify_finds_tampering_in_the_hub_database(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    for name in ("Hospital A", "Hospital B", "Hospital C"):
+        _invoke("hub", "hospital", "add", name, "-c", str(config))
+    verify = ["audit", "verify", "--hub-config", str(config)]
+    intact = _invoke(*verify)
+    assert "intact" in intact.stdout
+    database = tmp_path / "hub-data" / "hub.sqlite"
+
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE audit_events SET hospital = 'someone' WHERE seq = 2")
+    edited = CliRunner().invoke(app, verify)
+    assert edited.exit_code == 1
+    assert "event 2 was changed after it was recorded" in edited.stdout
+
+    with sqlite3.connect(database) as db:
+        total = db.execute("SELECT max(seq) FROM audit_events").fetchone()[0]
+        db.execute("DELETE FROM audit_events WHERE seq = ?", (total,))
+    truncated = CliRunner().invoke(app, verify)
+    assert f"events {total}..{total} are missing at the end (truncated)" in truncated.stdout
+
+    exported = tmp_path / "audit.jsonl"
+    _invoke("audit", "export", "--hub-config", str(config), "-o", str(exported))
+    assert len(exported.read_text(encoding="utf-8").splitlines()) == total - 1

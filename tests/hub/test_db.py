@@ -8,8 +8,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from aifi.hub.db import make_engine, migrate
+from aifi.hub.db import make_engine, make_sessions, migrate
 from aifi.hub.models import Base
+from aifi.hub.principals import find_by_token, hash_token
+from aifi.hub.subscriptions import list_subscriptions
 
 
 def test_migrations_match_the_models(tmp_path: Path) -> None:
@@ -28,7 +30,7 @@ def test_migrating_twice_is_harmless_and_sqlite_runs_in_wal_mode(tmp_path: Path)
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         )
     assert "ix_tasks_poll" in {i["name"] for i in inspect(engine).get_indexes("tasks")}
     engine.dispose()
@@ -44,4 +46,30 @@ def test_the_edge_poll_is_served_by_an_index(tmp_path: Path) -> None:
     with engine.connect() as connection:
         plan = " ".join(str(row[-1]) for row in connection.execute(text(poll)))
     assert "ix_tasks_poll" in plan
+    engine.dispose()
+
+
+def test_hospitals_registered_before_governance_keep_their_token_and_connection_test(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    migrate(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO hospitals (id, name, token_sha256, created_at) "
+                "VALUES ('a' || hex(randomblob(15)), 'Old Hospital', :digest, '2026-11-01')"
+            ),
+            {"digest": hash_token("the-old-token")},
+        )
+    migrate(engine)
+    with make_sessions(engine)() as session:
+        principal = find_by_token(session, "the-old-token")
+        assert principal is not None
+        assert principal.role == "hospital"
+        assert principal.hospital is not None and principal.hospital.name == "Old Hospital"
+        (subscription,) = list_subscriptions(session, principal.hospital_id)
+        assert subscription.algorithm_id == "integrity-check"
+        assert subscription.agreement_reference == "connection-test"
+        assert subscription.valid_until is None
     engine.dispose()

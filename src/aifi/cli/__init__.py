@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from aifi.cli import demo, edge, hub, pseudonymize
+from aifi.cli import audit, demo, edge, hub, pseudonymize
 
 __all__ = ["app", "main"]
 
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(edge.app, name="edge")
 app.add_typer(hub.app, name="hub")
+app.add_typer(audit.app, name="audit")
 app.command(name="demo")(demo.demo)
 app.command(name="pseudonymize")(pseudonymize.pseudonymize)
 

@@ -1,14 +1,16 @@
 """The hub's FastAPI application.
 
 :func:`create_app` wires the parts once: database (migrated at start-up),
-object store, worker pool, routers. On start it re-queues every task a
-previous run left SCHEDULED or IN PROGRESS, so a killed hub loses no work.
+object store, worker pool, routers. On start it registers the installed
+algorithms' manifests in the catalog, re-queues every task a previous run
+left SCHEDULED or IN PROGRESS (so a killed hub loses no work), and starts
+the retention purge.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -16,13 +18,16 @@ from fastapi.responses import JSONResponse
 
 import aifi
 from aifi.algorithms import registry
-from aifi.algorithms.base import Algorithm
+from aifi.algorithms.base import Algorithm, Manifest
 from aifi.errors import StorageError
+from aifi.hub.auth import declare_roles
+from aifi.hub.catalog import sync_catalog
 from aifi.hub.config import HubSettings
 from aifi.hub.db import make_engine, make_sessions, migrate
 from aifi.hub.deps import HubContext
 from aifi.hub.dispatcher import Dispatcher, ThreadPoolDispatcher
-from aifi.hub.routes import dicomweb, tasks
+from aifi.hub.retention import Purger
+from aifi.hub.routes import audit, catalog, dicomweb, principals, subscriptions, tasks
 from aifi.hub.runner import TaskRunner
 from aifi.hub.storage import LocalFolderStore, ObjectStore
 from aifi.hub.tasks import recover_tasks
@@ -38,15 +43,18 @@ def create_app(
     algorithms: Callable[[str], Algorithm] | None = None,
     store: ObjectStore | None = None,
     dispatcher: Callable[[Callable[[str], None]], Dispatcher] | None = None,
+    manifests: Callable[[], Sequence[Manifest]] | None = None,
 ) -> FastAPI:
     """The hub as an ASGI app; nothing touches disk or starts until its lifespan begins.
 
     ``algorithms`` resolves an algorithm id (default: :mod:`aifi.algorithms.registry`),
     ``store`` holds objects (default: a folder in ``settings.data_dir``),
     ``dispatcher`` builds the task dispatcher around the task runner
-    (default: a thread pool of ``settings.workers``).
+    (default: a thread pool of ``settings.workers``), ``manifests`` lists what
+    goes into the catalog (default: :func:`aifi.algorithms.registry.manifests`).
     """
     resolve = algorithms or registry.get
+    installed = manifests or registry.manifests
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,12 +72,16 @@ def create_app(
         app.state.hub = HubContext(settings, engine, sessions, objects, pool, resolve)
         pool.start()
         with sessions() as session:
+            sync_catalog(session, installed())
             for task_id in recover_tasks(session):
                 pool.submit(task_id)
+        purger = Purger(sessions, objects, settings)
+        purger.start()
         logger.info("hub ready: data in %s", settings.data_dir)
         try:
             yield
         finally:
+            purger.stop()
             pool.stop()
             engine.dispose()
             logger.info("hub stopped")
@@ -80,8 +92,8 @@ def create_app(
         summary="National hub: runs contracted AI algorithms on pseudonymized studies.",
         lifespan=lifespan,
     )
-    app.include_router(dicomweb.router)
-    app.include_router(tasks.router)
+    for routes in (dicomweb, tasks, catalog, principals, subscriptions, audit):
+        app.include_router(declare_roles(routes.router))
     app.add_exception_handler(StorageError, _storage_failed)
     return app
 

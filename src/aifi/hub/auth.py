@@ -1,40 +1,100 @@
-"""Who is calling: the hospital (tenant) behind a bearer token.
+"""Who is calling, and may they: principals behind bearer tokens, and their roles.
 
-Every route that touches data depends on :data:`CurrentHospital`, and every
-query it makes filters on that hospital's id. Tokens are compared by their
-SHA-256 with :func:`hmac.compare_digest`.
+Every route depends on exactly one role gate. :data:`CurrentHospital`
+admits only principals of role ``hospital`` and yields their hospital;
+every query a hospital route makes filters on that hospital's id.
+:data:`Operator` and :data:`Reader` admit operators, and auditors or
+operators. No token, or an unknown or revoked one: 401. A known token of
+the wrong role: 403. Tokens are looked up by their SHA-256 only (the
+hub never stores a token), and a revoked token is refused at once.
+
+:func:`declare_roles` writes each route's roles into the OpenAPI document
+(``x-aifi-roles``), so tests can walk every route and check its gate.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
 
 from aifi.hub.deps import SessionDep
-from aifi.hub.hospitals import hash_token
-from aifi.hub.models import Hospital
+from aifi.hub.models import Hospital, Principal
+from aifi.hub.principals import find_by_token
+from aifi.hub.schemas import Role
 
-__all__ = ["CurrentHospital", "current_hospital"]
+__all__ = [
+    "CurrentHospital",
+    "CurrentPrincipal",
+    "Operator",
+    "Reader",
+    "RoleGate",
+    "actor_of",
+    "current_principal",
+    "declare_roles",
+]
 
-_bearer = HTTPBearer(auto_error=False, description="the token printed by 'aifi hub hospital add'")
+_bearer = HTTPBearer(
+    auto_error=False, description="a token printed by 'aifi hub hospital add' or 'operator add'"
+)
 
 
-def current_hospital(
+def current_principal(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Hospital:
-    """The calling hospital, or 401."""
+) -> Principal:
+    """The calling principal, or 401."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise _unauthorized("send Authorization: Bearer <hospital token>")
-    digest = hash_token(credentials.credentials)
-    hospital = session.scalar(select(Hospital).where(Hospital.token_sha256 == digest))
-    if hospital is None or not hmac.compare_digest(hospital.token_sha256, digest):
-        raise _unauthorized("unknown token; use the token printed by 'aifi hub hospital add'")
-    return hospital
+        raise _unauthorized("send Authorization: Bearer <token>")
+    principal = find_by_token(session, credentials.credentials)
+    if principal is None:
+        raise _unauthorized(
+            "unknown or revoked token; use a token printed by 'aifi hub hospital add', "
+            "'aifi hub operator add' or 'aifi hub token rotate'"
+        )
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+class RoleGate:
+    """A dependency admitting principals of the given roles (403 for others)."""
+
+    def __init__(self, *roles: Role) -> None:
+        self.roles = frozenset(roles)
+
+    def __call__(self, principal: CurrentPrincipal) -> Principal:
+        if principal.role not in self.roles:
+            allowed = " or ".join(sorted(r.value for r in self.roles))
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail=f"this needs the role {allowed}; your token is of role {principal.role}",
+            )
+        return principal
+
+
+_hospital_gate = RoleGate(Role.HOSPITAL)
+
+
+def current_hospital(principal: Annotated[Principal, Depends(_hospital_gate)]) -> Hospital:
+    """The hospital the calling principal acts for."""
+    if principal.hospital is None:  # a broken invariant: role hospital without one
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this token acts for no hospital")
+    return principal.hospital
+
+
+CurrentHospital = Annotated[Hospital, Depends(current_hospital)]
+Operator = Annotated[Principal, Depends(RoleGate(Role.OPERATOR))]
+Reader = Annotated[Principal, Depends(RoleGate(Role.AUDITOR, Role.OPERATOR))]
+
+
+def actor_of(principal: Principal) -> str:
+    """How the audit trail names a principal (role and id, no personal name)."""
+    return f"{principal.role}:{principal.id}"
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -43,4 +103,23 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
-CurrentHospital = Annotated[Hospital, Depends(current_hospital)]
+def declare_roles(router: APIRouter) -> APIRouter:
+    """Write each route's admitted roles into its OpenAPI operation as ``x-aifi-roles``.
+
+    Call it on a router before it is included. A route without a gate is
+    declared ``["public"]``.
+    """
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            roles = sorted(_gate_roles(route.dependant)) or ["public"]
+            route.openapi_extra = {**(route.openapi_extra or {}), "x-aifi-roles": roles}
+    return router
+
+
+def _gate_roles(dependant: Dependant) -> set[str]:
+    roles: set[str] = set()
+    for sub in dependant.dependencies:
+        if isinstance(sub.call, RoleGate):
+            roles |= {r.value for r in sub.call.roles}
+        roles |= _gate_roles(sub)
+    return roles

@@ -11,6 +11,8 @@ placeholder password in it is refused outside development. Example::
     port = 8000
     data_dir = "/var/lib/aifi-hub"
     workers = 4
+    retention_images_max_hours = 24   # images go at acknowledgement, at the latest after this
+    retention_results_days = 30
     # database_url = "postgresql+psycopg://aifi:<password>@db/aifi"
 """
 
@@ -49,6 +51,15 @@ class HubSettings(BaseSettings):
         default=4 * 1024**3, gt=0, description="largest STOW-RS request body accepted"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    retention_images_max_hours: float = Field(
+        default=24.0, gt=0, description="input images are deleted after this even unacknowledged"
+    )
+    retention_results_days: float = Field(
+        default=30.0, gt=0, description="result objects are deleted this long after they were made"
+    )
+    purge_interval_s: float = Field(
+        default=600.0, gt=0, description="how often the hub runs the retention purge"
+    )
 
     @field_validator("data_dir")
     @classmethod

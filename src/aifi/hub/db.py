@@ -14,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -62,13 +62,27 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    is_sqlite = engine.dialect.name == "sqlite"
     try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+        with engine.connect() as connection:
+            if is_sqlite:  # batch migrations copy tables; SQLite checks keys only outside them
+                _foreign_keys(connection, enabled=False)
+            try:
+                with connection.begin():
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, revision)
+            finally:
+                if is_sqlite:
+                    _foreign_keys(connection, enabled=True)
     except SQLAlchemyError as exc:
         raise StorageError(
             f"could not migrate the hub database to {revision}: {exc}; "
             "check database_url and that the database is reachable"
         ) from exc
     logger.debug("hub database at revision %s", revision)
+
+
+def _foreign_keys(connection: Connection, *, enabled: bool) -> None:
+    """PRAGMA foreign_keys takes effect only outside a transaction (SQLite §pragma)."""
+    connection.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if enabled else 'OFF'}")
+    connection.commit()

@@ -1,35 +1,57 @@
-"""Register hospitals (tenants) and issue their bearer tokens.
+"""Register hospitals (tenants), their principal and first token.
 
-A token is 32 random bytes, shown once; the hub keeps only its SHA-256.
+A new hospital is subscribed by default to ``integrity-check`` under the
+agreement reference ``connection-test``, open-ended: that algorithm only
+checks that pixel data arrived intact, so it serves as the connection test
+an edge runs right after installation, before any clinical agreement is
+signed. Pass ``subscribe=()`` to register a hospital without it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aifi.errors import ConfigError
-from aifi.hub.models import Hospital
+from aifi.hub.auditing import audit_log_of
+from aifi.hub.models import Hospital, Principal
+from aifi.hub.principals import add_principal, hash_token, issue_token
+from aifi.hub.schemas import Role
+from aifi.hub.subscriptions import CONNECTION_TEST, add_subscription
 
-__all__ = ["add_hospital", "hash_token", "list_hospitals"]
+__all__ = [
+    "CONNECTION_TEST_ALGORITHMS",
+    "add_hospital",
+    "find_hospital",
+    "hash_token",
+    "list_hospitals",
+    "principal_of",
+]
+
+CONNECTION_TEST_ALGORITHMS: tuple[str, ...] = ("integrity-check",)
+"""What a new hospital is subscribed to unless told otherwise (see the module docstring)."""
+
+OPERATOR_ACTOR = "operator"
 
 
-def hash_token(token: str) -> str:
-    """The SHA-256 (hex) under which a token is stored and looked up."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+def add_hospital(
+    session: Session,
+    name: str,
+    *,
+    subscribe: Sequence[str] = CONNECTION_TEST_ALGORITHMS,
+    actor: str = OPERATOR_ACTOR,
+) -> tuple[Hospital, str]:
+    """Register ``name`` and return it with its first token (the only time it is visible).
 
-
-def add_hospital(session: Session, name: str) -> tuple[Hospital, str]:
-    """Register ``name`` and return it with its new token (the only time it is visible)."""
+    Each algorithm id in ``subscribe`` gets a connection-test subscription.
+    """
     name = name.strip()
     if not name or len(name) > 200:
         raise ConfigError("a hospital name needs 1 to 200 characters")
-    token = secrets.token_urlsafe(32)
-    hospital = Hospital(name=name, token_sha256=hash_token(token))
+    hospital = Hospital(name=name)
     session.add(hospital)
     try:
         session.commit()
@@ -38,9 +60,37 @@ def add_hospital(session: Session, name: str) -> tuple[Hospital, str]:
         raise ConfigError(
             f"a hospital named {name!r} is already registered; choose another name"
         ) from exc
-    return hospital, token
+    audit_log_of(session).append("hospital.added", actor=actor, hospital=hospital.id)
+    principal = add_principal(session, name, Role.HOSPITAL, actor=actor, hospital_id=hospital.id)
+    _token, secret = issue_token(session, principal, actor=actor)
+    for algorithm_id in dict.fromkeys(subscribe):
+        add_subscription(
+            session,
+            hospital_id=hospital.id,
+            algorithm_id=algorithm_id,
+            agreement_reference=CONNECTION_TEST,
+            controller=name,
+            processor="aifi hub operator",
+            actor=actor,
+        )
+    return hospital, secret
+
+
+def principal_of(session: Session, hospital_id: str) -> Principal | None:
+    """The principal that acts for ``hospital_id``."""
+    return session.scalar(select(Principal).where(Principal.hospital_id == hospital_id))
 
 
 def list_hospitals(session: Session) -> list[Hospital]:
     """All registered hospitals, by name."""
     return list(session.scalars(select(Hospital).order_by(Hospital.name)))
+
+
+def find_hospital(session: Session, name_or_id: str) -> Hospital:
+    """The hospital with this id or name; :class:`ConfigError` when there is none."""
+    found = session.get(Hospital, name_or_id) or session.scalar(
+        select(Hospital).where(Hospital.name == name_or_id)
+    )
+    if found is None:
+        raise ConfigError(f"no hospital {name_or_id!r}; see 'aifi hub hospital list'")
+    return found

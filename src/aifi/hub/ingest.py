@@ -7,6 +7,10 @@ listed in the Failed SOP Sequence (0008,1198) of the response with a
 Failure Reason (0008,1197) from PS3.18 Table I.2-2, and its reason is kept
 in the ``refusals`` table. Re-sending an instance already stored for the
 same hospital succeeds without storing it twice.
+
+Each request adds one event to the audit trail (``stow.received``, or
+``stow.refused`` when nothing was stored): counts, bytes and failure
+reasons, never an identity; one event per request keeps STOW fast.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from sqlalchemy.orm import Session
 
 from aifi.deid.verify import check_deidentified
 from aifi.errors import StorageError
-from aifi.hub.models import Instance, Refusal
+from aifi.hub.auditing import audit_log_of
+from aifi.hub.models import Instance, Refusal, utcnow
 from aifi.hub.storage import ObjectStore, is_uid, object_key
 from aifi.hub.stow import DICOM_MEDIA_TYPE, ReceivedPart
 
@@ -57,6 +62,7 @@ class Stored:
     series_instance_uid: str
     sop_instance_uid: str
     sop_class_uid: str
+    size: int = field(default=0, compare=False)  # bytes newly stored (0 when re-sent)
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,25 @@ def store_parts(
     finally:
         for part in parts:
             part.path.unlink(missing_ok=True)
+    _audit(session, hospital_id, outcome)
     return outcome
+
+
+def _audit(session: Session, hospital_id: str, outcome: StoreOutcome) -> None:
+    new = [s for s in outcome.stored if s.size]
+    audit_log_of(session).append(
+        "stow.received" if outcome.stored else "stow.refused",
+        actor=f"hospital:{hospital_id}",
+        hospital=hospital_id,
+        detail={
+            "stored": len(outcome.stored),
+            "new": len(new),
+            "bytes": sum(s.size for s in new),
+            "studies": len({s.study_instance_uid for s in outcome.stored}),
+            "refused": len(outcome.failed),
+            "failure_reasons": sorted({f"{f.failure_reason:04X}" for f in outcome.failed}),
+        },
+    )
 
 
 def _store_one(
@@ -193,7 +217,8 @@ def _store_one(
             sop_class_uid,
         )
     stored = Stored(study_uid, series_uid, sop_instance_uid, sop_class_uid)
-    if _already_stored(session, hospital_id, sop_instance_uid):
+    earlier = _earlier(session, hospital_id, sop_instance_uid)
+    if earlier is not None and earlier.purged_at is None:
         logger.debug("instance %s re-sent; already stored", sop_instance_uid)
         return stored
     key = object_key("instances", hospital_id, study_uid, series_uid, sop_instance_uid)
@@ -202,31 +227,35 @@ def _store_one(
     except StorageError as exc:
         logger.error("cannot store instance %s: %s", sop_instance_uid, exc)
         return Failed(FAILURE_OUT_OF_RESOURCES, str(exc), sop_instance_uid, sop_class_uid)
-    session.add(
-        Instance(
-            hospital_id=hospital_id,
-            study_instance_uid=study_uid,
-            series_instance_uid=series_uid,
-            sop_instance_uid=sop_instance_uid,
-            sop_class_uid=sop_class_uid,
-            object_key=key,
-            size=size,
+    if earlier is not None:  # sent again after retention purged it
+        earlier.object_key, earlier.size = key, size
+        earlier.received_at, earlier.purged_at = utcnow(), None
+    else:
+        session.add(
+            Instance(
+                hospital_id=hospital_id,
+                study_instance_uid=study_uid,
+                series_instance_uid=series_uid,
+                sop_instance_uid=sop_instance_uid,
+                sop_class_uid=sop_class_uid,
+                object_key=key,
+                size=size,
+            )
         )
-    )
     try:
         session.commit()
     except IntegrityError:  # a concurrent request stored it first: same object, same key
         session.rollback()
-    return stored
+        return stored
+    return Stored(study_uid, series_uid, sop_instance_uid, sop_class_uid, size)
 
 
-def _already_stored(session: Session, hospital_id: str, sop_instance_uid: str) -> bool:
-    found = session.scalar(
-        select(Instance.id).where(
+def _earlier(session: Session, hospital_id: str, sop_instance_uid: str) -> Instance | None:
+    return session.scalar(
+        select(Instance).where(
             Instance.hospital_id == hospital_id, Instance.sop_instance_uid == sop_instance_uid
         )
     )
-    return found is not None
 
 
 def _record_refusal(session: Session, hospital_id: str, failed: Failed) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -27,16 +28,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from aifi.hub.schemas import TaskState
+from aifi.audit.tables import define_audit_tables
+from aifi.hub.schemas import AlgorithmState, Role, TaskState
 
 __all__ = [
+    "AUDIT_TABLES",
     "Base",
+    "CatalogEntry",
     "Hospital",
     "Instance",
+    "Principal",
     "Refusal",
     "Result",
+    "Subscription",
     "Task",
     "TaskInput",
+    "Token",
     "new_id",
     "utcnow",
 ]
@@ -77,13 +84,88 @@ class Base(DeclarativeBase):
 
 
 class Hospital(Base):
-    """A tenant: a care provider with an edge and a bearer token (kept only as SHA-256)."""
+    """A tenant: a care provider with an edge; it calls the hub as a :class:`Principal`."""
 
     __tablename__ = "hospitals"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Principal(Base):
+    """Who calls the hub: a hospital's edge, an operator or an auditor.
+
+    A principal of role ``hospital`` acts for exactly one hospital; operators
+    and auditors act for none. A principal holds any number of tokens, so a
+    token is rotated by adding a new one and revoking the old one later.
+    """
+
+    __tablename__ = "principals"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default=Role.HOSPITAL.value)
+    hospital_id: Mapped[str | None] = mapped_column(ForeignKey("hospitals.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    hospital: Mapped[Hospital | None] = relationship(lazy="joined")
+
+
+class Token(Base):
+    """A bearer token of a principal, kept only as SHA-256; valid until revoked."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), index=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    principal: Mapped[Principal] = relationship(lazy="joined")
+
+
+class CatalogEntry(Base):
+    """One version of an algorithm in the hub's catalog, from its manifest.
+
+    A new version is a new row beside the old one; ``state`` says whether it
+    takes new tasks (``active``) or not (``suspended``, ``retired``).
+    """
+
+    __tablename__ = "algorithms"
+
+    algorithm_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    vendor: Mapped[str] = mapped_column(String(200))
+    intended_use: Mapped[str] = mapped_column(Text)
+    regulatory_status: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default=AlgorithmState.ACTIVE.value)
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Subscription(Base):
+    """A hospital's contract to use an algorithm: period, agreement and roles under it.
+
+    ``algorithm_version`` pins one catalog version; None means the latest
+    active one. ``valid_until`` None means open-ended.
+    """
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (Index("ix_subscriptions_hospital_algorithm", "hospital_id", "algorithm_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"))
+    algorithm_id: Mapped[str] = mapped_column(String(64))
+    algorithm_version: Mapped[str | None] = mapped_column(String(64))
+    valid_from: Mapped[datetime] = mapped_column()
+    valid_until: Mapped[datetime | None] = mapped_column()
+    agreement_reference: Mapped[str] = mapped_column(String(200))
+    controller: Mapped[str] = mapped_column(String(200))
+    processor: Mapped[str] = mapped_column(String(200))
+    sub_processor: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -105,6 +187,7 @@ class Instance(Base):
     object_key: Mapped[str] = mapped_column(String(400))
     size: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column()
 
 
 class Task(Base):
@@ -131,6 +214,9 @@ class Task(Base):
     acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
     acknowledged_at: Mapped[datetime | None] = mapped_column()
     delivered_sop_instance_uids: Mapped[list[str] | None] = mapped_column(JSON)
+    subscription_id: Mapped[str | None] = mapped_column(ForeignKey("subscriptions.id"))
+    agreement_reference: Mapped[str | None] = mapped_column(String(200))
+    compute_seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -175,7 +261,9 @@ class Result(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     object_key: Mapped[str] = mapped_column(String(400))
+    size: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column()
 
     task: Mapped[Task] = relationship(back_populates="results")
 
@@ -192,3 +280,7 @@ class Refusal(Base):
     failure_reason: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+AUDIT_TABLES = define_audit_tables(Base.metadata)
+"""The hub's audit chain lives in its own database, migrated with the rest."""

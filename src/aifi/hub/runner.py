@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from aifi.algorithms.base import Algorithm, Findings, InputInstance, Manifest
 from aifi.algorithms.selection import select_inputs
 from aifi.errors import AlgorithmError
+from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
 from aifi.hub.db import SessionFactory
 from aifi.hub.models import Result, Task, utcnow
 from aifi.hub.schemas import TaskState
@@ -60,16 +61,17 @@ class TaskRunner:
                 return
             task = session.get(Task, task_id)
             assert task is not None
+            _audit(session, task, "run.started", {"inputs": len(task.inputs)})
             written: list[str] = []
             try:
-                self._run(session, task, written)
+                self._run(session, task, written, started)
             except AlgorithmError as exc:
                 self._discard(session, written)
-                _cancel(session, task, str(exc) or type(exc).__name__)
+                _cancel(session, task, str(exc) or type(exc).__name__, started)
             except Exception as exc:  # a worker must survive any plug-in failure
                 logger.exception("task %s failed unexpectedly", task_id)
                 self._discard(session, written)
-                _cancel(session, task, f"internal error: {type(exc).__name__}")
+                _cancel(session, task, f"internal error: {type(exc).__name__}", started)
         logger.info(
             "task %s ended %s in %.3f s", task_id, task.state, time.perf_counter() - started
         )
@@ -79,9 +81,14 @@ class TaskRunner:
         for key in written:
             self._store.delete(key)
 
-    def _run(self, session: Session, task: Task, written: list[str]) -> None:
+    def _run(self, session: Session, task: Task, written: list[str], started: float) -> None:
         algorithm = self._algorithms(task.algorithm_id)
         manifest = algorithm.manifest
+        if task.algorithm_version is not None and manifest.version != task.algorithm_version:
+            raise AlgorithmError(
+                f"the task was accepted for {manifest.id} {task.algorithm_version}, "
+                f"but this hub now runs {manifest.version}; create the task again"
+            )
         instances = [
             InputInstance(
                 path=self._store.local_path(link.instance.object_key),
@@ -101,7 +108,23 @@ class TaskRunner:
             result = self._store_result(task, kind, ds)
             written.append(result.object_key)
             task.results.append(result)
-        _complete(session, task, manifest, findings)
+        _complete(session, task, manifest, findings, started)
+        _audit(
+            session,
+            task,
+            "results.made",
+            {
+                "objects": len(task.results),
+                "kinds": sorted({r.kind for r in task.results}),
+                "bytes": sum(r.size for r in task.results),
+            },
+        )
+        _audit(
+            session,
+            task,
+            "run.completed",
+            {"compute_seconds": task.compute_seconds, "urgent": task.urgent},
+        )
 
     def _store_result(self, task: Task, kind: str, ds: pydicom.Dataset) -> Result:
         key = object_key(
@@ -115,7 +138,7 @@ class TaskRunner:
         try:
             with handle:
                 ds.save_as(handle, enforce_file_format=True)
-            self._store.put(staged, key)
+            size = self._store.put(staged, key)
         finally:
             Path(staged).unlink(missing_ok=True)
         return Result(
@@ -126,6 +149,7 @@ class TaskRunner:
             sop_instance_uid=str(ds.SOPInstanceUID),
             sop_class_uid=str(ds.SOPClassUID),
             object_key=key,
+            size=size,
         )
 
 
@@ -140,21 +164,40 @@ def _claim(session: Session, task_id: str) -> bool:
     return bool(getattr(claimed, "rowcount", 0))
 
 
-def _complete(session: Session, task: Task, manifest: Manifest, findings: Findings) -> None:
+def _complete(
+    session: Session, task: Task, manifest: Manifest, findings: Findings, started: float
+) -> None:
     task.state = TaskState.COMPLETED.value
     task.algorithm_version = manifest.version
     task.urgent = findings.urgent
     task.findings = _json_ready(dataclasses.asdict(findings))
     task.reason = None
+    task.compute_seconds = time.perf_counter() - started
     session.commit()
 
 
-def _cancel(session: Session, task: Task, reason: str) -> None:
+def _cancel(session: Session, task: Task, reason: str, started: float) -> None:
     logger.warning("task %s canceled: %s", task.id, reason)
     session.refresh(task)
     task.state = TaskState.CANCELED.value
     task.reason = reason[:2000]
+    task.compute_seconds = time.perf_counter() - started
     session.commit()
+    _audit(session, task, "run.canceled", {"reason": task.reason})
+
+
+def _audit(session: Session, task: Task, action: str, detail: dict[str, Any]) -> None:
+    audit_log_of(session).append(
+        action,
+        actor=SYSTEM_ACTOR,
+        hospital=task.hospital_id,
+        task=task.id,
+        algorithm=task.algorithm_id,
+        algorithm_version=task.algorithm_version,
+        agreement=task.agreement_reference,
+        correlation_id=task.correlation_id,
+        detail=detail,
+    )
 
 
 def _json_ready(value: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,11 @@ claimed IN PROGRESS by a worker, ended COMPLETED or CANCELED with a reason.
 Every function takes the calling hospital's id and never returns another
 hospital's rows. ``client_task_id`` makes creation idempotent: the edge may
 re-send a request after a timeout without getting two tasks.
+
+No subscription, no processing: a task is created only when a subscription
+of the hospital covers the algorithm now and the version it selects
+(pinned, or the newest active one) is active and installed. A refusal is
+answered with its reason and recorded in the audit trail.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from sqlalchemy.orm import Session
 
 from aifi.algorithms.base import Algorithm
 from aifi.errors import AlgorithmError
+from aifi.hub.auditing import audit_log_of
+from aifi.hub.catalog import select_version
 from aifi.hub.models import Instance, Result, Task, TaskInput, utcnow
 from aifi.hub.schemas import Acknowledge, ResultRef, TaskCreate, TaskOut, TaskState
+from aifi.hub.subscriptions import covering
 
 __all__ = [
     "TaskRefused",
@@ -91,11 +99,12 @@ def create_task(
     request: TaskCreate,
     algorithms: Callable[[str], Algorithm],
 ) -> tuple[Task, bool] | TaskRefused:
-    """Create a SCHEDULED task; ``(task, created)``, or the refusal (422).
+    """Create a SCHEDULED task; ``(task, created)``, or the refusal.
 
     An existing ``client_task_id`` returns that task with ``created`` False.
-    The algorithm must be known and every SOP Instance UID must have been
-    uploaded by this hospital for this study.
+    Refusals: 422 for an unknown algorithm or instances this hospital did
+    not upload for the study; 403 when no subscription covers the task now
+    or the version it selects is suspended, retired or not installed.
     """
     existing = _find_by_client_id(session, hospital_id, request.client_task_id)
     if existing is not None:
@@ -103,7 +112,22 @@ def create_task(
     try:
         manifest = algorithms(request.algorithm_id).manifest
     except AlgorithmError as exc:
-        return TaskRefused(422, str(exc))
+        return _refuse(session, hospital_id, request, TaskRefused(422, str(exc)))
+    subscription = covering(session, hospital_id, request.algorithm_id, utcnow())
+    if isinstance(subscription, str):
+        return _refuse(session, hospital_id, request, TaskRefused(403, subscription))
+    entry = select_version(session, subscription)
+    if isinstance(entry, str):
+        return _refuse(
+            session, hospital_id, request, TaskRefused(403, entry), subscription.agreement_reference
+        )
+    if entry.version != manifest.version:
+        refusal = TaskRefused(
+            403,
+            f"algorithm {manifest.id} {entry.version} is selected by the subscription but this "
+            f"hub runs {manifest.version}; ask the hub operator to update the subscription",
+        )
+        return _refuse(session, hospital_id, request, refusal, subscription.agreement_reference)
     wanted = set(request.sop_instance_uids)
     instances = list(
         session.scalars(
@@ -111,24 +135,28 @@ def create_task(
                 Instance.hospital_id == hospital_id,
                 Instance.study_instance_uid == request.study_instance_uid,
                 Instance.sop_instance_uid.in_(wanted),
+                Instance.purged_at.is_(None),
             )
         )
     )
     missing = wanted - {i.sop_instance_uid for i in instances}
     if missing:
         shown = ", ".join(sorted(missing)[:5])
-        return TaskRefused(
+        refusal = TaskRefused(
             422,
             f"{len(missing)} of {len(wanted)} instances were not uploaded by this hospital "
             f"for study {request.study_instance_uid} (e.g. {shown}); "
             "send them by STOW-RS first",
         )
+        return _refuse(session, hospital_id, request, refusal, subscription.agreement_reference)
     task = Task(
         hospital_id=hospital_id,
         client_task_id=request.client_task_id,
         correlation_id=request.correlation_id,
         algorithm_id=manifest.id,
         algorithm_version=manifest.version,
+        subscription_id=subscription.id,
+        agreement_reference=subscription.agreement_reference,
         study_instance_uid=request.study_instance_uid,
         state=TaskState.SCHEDULED.value,
         inputs=[TaskInput(instance_id=i.id) for i in instances],
@@ -142,8 +170,49 @@ def create_task(
         if existing is None:
             raise
         return existing, False
+    audit_log_of(session).append(
+        "task.created",
+        actor=f"hospital:{hospital_id}",
+        hospital=hospital_id,
+        task=task.id,
+        algorithm=task.algorithm_id,
+        algorithm_version=task.algorithm_version,
+        agreement=task.agreement_reference,
+        correlation_id=task.correlation_id,
+        detail={
+            "instances": len(instances),
+            "bytes": sum(i.size for i in instances),
+            "subscription": subscription.id,
+        },
+    )
     logger.info("task %s scheduled: %s on %d instances", task.id, manifest.id, len(instances))
     return task, True
+
+
+def _refuse(
+    session: Session,
+    hospital_id: str,
+    request: TaskCreate,
+    refusal: TaskRefused,
+    agreement: str | None = None,
+) -> TaskRefused:
+    """Record a refused task in the audit trail and hand the refusal back."""
+    audit_log_of(session).append(
+        "task.refused",
+        actor=f"hospital:{hospital_id}",
+        hospital=hospital_id,
+        algorithm=request.algorithm_id,
+        agreement=agreement,
+        correlation_id=request.correlation_id,
+        detail={
+            "status": refusal.status_code,
+            "reason": refusal.detail,
+            "client_task_id": request.client_task_id,
+            "instances": len(request.sop_instance_uids),
+        },
+    )
+    logger.warning("task refused (%d): %s", refusal.status_code, refusal.detail)
+    return refusal
 
 
 def list_tasks(
@@ -183,6 +252,17 @@ def acknowledge_task(
         task.acknowledged_at = utcnow()
         task.delivered_sop_instance_uids = sorted(ack.delivered_sop_instance_uids)
         session.commit()
+        audit_log_of(session).append(
+            "task.acknowledged",
+            actor=f"hospital:{hospital_id}",
+            hospital=hospital_id,
+            task=task.id,
+            algorithm=task.algorithm_id,
+            algorithm_version=task.algorithm_version,
+            agreement=task.agreement_reference,
+            correlation_id=task.correlation_id,
+            detail={"delivered": len(ack.delivered_sop_instance_uids)},
+        )
         logger.info("task %s acknowledged by the edge", task.id)
     return task
 

@@ -167,7 +167,9 @@ def _object_keys(
     keys: list[str] = []
     for model in (Result, Instance):
         query = select(model.object_key).where(
-            model.hospital_id == hospital_id, model.study_instance_uid == study
+            model.hospital_id == hospital_id,
+            model.study_instance_uid == study,
+            model.purged_at.is_(None),
         )
         if series is not None:
             query = query.where(model.series_instance_uid == series)

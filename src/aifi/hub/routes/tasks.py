@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from aifi.hub import tasks
+from aifi.hub import retention, tasks
 from aifi.hub.auth import CurrentHospital
 from aifi.hub.deps import ContextDep, SessionDep
 from aifi.hub.schemas import Acknowledge, TaskCreate, TaskOut, TaskState
@@ -68,9 +68,15 @@ def read_task(task_id: str, hospital: CurrentHospital, session: SessionDep) -> T
 
 @router.post("/{task_id}/acknowledge", response_model=TaskOut)
 def acknowledge_task(
-    task_id: str, body: Acknowledge, hospital: CurrentHospital, session: SessionDep
+    task_id: str,
+    body: Acknowledge,
+    hospital: CurrentHospital,
+    session: SessionDep,
+    context: ContextDep,
 ) -> TaskOut:
+    """Record delivery; the task's input images are deleted from the hub right away."""
     outcome = tasks.acknowledge_task(session, hospital.id, task_id, body)
     if isinstance(outcome, tasks.TaskRefused):
         raise HTTPException(outcome.status_code, detail=outcome.detail)
+    retention.purge_acknowledged(session, context.store, outcome)
     return tasks.task_out(outcome)
