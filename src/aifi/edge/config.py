@@ -42,7 +42,12 @@ class ListenerSettings(BaseModel):
         description="calling AE titles accepted; an empty list refuses every association",
     )
     fsync: bool = Field(default=True, description="fsync each instance before answering success")
-    max_pdu: int = Field(default=0, ge=0, description="0 = unlimited")
+    max_pdu: int = Field(
+        default=131072,
+        ge=0,
+        description="largest PDU we accept (0 = unlimited); 128 KiB is the most dcmtk sends,"
+        " and fewer, larger PDUs cost pynetdicom less per instance",
+    )
 
 
 class HubPeer(BaseModel):
