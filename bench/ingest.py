@@ -162,8 +162,18 @@ def _aifi_command() -> Path:
     return exe
 
 
+def aifi_edge(folder: Path, nagle: bool) -> AbstractContextManager[Target]:
+    """``aifi edge serve`` as configured by default: fsync per instance."""
+    return _aifi_edge(folder, fsync=True)
+
+
+def aifi_edge_no_fsync(folder: Path, nagle: bool) -> AbstractContextManager[Target]:
+    """``aifi edge serve`` with ``listener.fsync = false`` (page cache only, like storescp)."""
+    return _aifi_edge(folder, fsync=False)
+
+
 @contextmanager
-def aifi_edge(folder: Path, nagle: bool) -> Iterator[Target]:
+def _aifi_edge(folder: Path, *, fsync: bool) -> Iterator[Target]:
     """``aifi edge serve`` with a generated edge.toml; the hub is never reached."""
     exe = _aifi_command()
     folder.mkdir(parents=True, exist_ok=True)
@@ -180,6 +190,7 @@ def aifi_edge(folder: Path, nagle: bool) -> Iterator[Target]:
                 'host = "127.0.0.1"',
                 f"port = {port}",
                 f'allowed_calling_aets = ["{CALLING_AET}"]',
+                f"fsync = {'true' if fsync else 'false'}",
                 "[hub]",
                 f'url = "http://127.0.0.1:{free_port()}"',
                 "",
@@ -197,7 +208,7 @@ def aifi_edge(folder: Path, nagle: bool) -> Iterator[Target]:
             raise Skipped(
                 f"aifi edge did not listen within 30 s; see {folder / 'edge.log'}"
             ) from None
-        yield Target("127.0.0.1", port, "AIFI_EDGE", fsync=True)
+        yield Target("127.0.0.1", port, "AIFI_EDGE", fsync=fsync)
     finally:
         process.terminate()
         try:
@@ -214,6 +225,7 @@ RECEIVERS: dict[str, tuple[str, Receiver]] = {
     "pynetdicom": ("(c) pynetdicom plain SCP", pynetdicom_plain),
     "demopacs": ("(c) aifi demo PACS (pynetdicom)", demo_pacs),
     "edge": ("(d) aifi edge", aifi_edge),
+    "edge-nofsync": ("(d) aifi edge, fsync off", aifi_edge_no_fsync),
 }
 
 

@@ -211,14 +211,17 @@ class EdgeReceiver:
         return SUCCESS
 
     def _write(self, path: Path, header: bytes, raw: memoryview) -> int:
-        """Write Part 10 header and the data set as received; fsync; rename."""
-        partial = path.with_suffix(".part")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        """Write Part 10 header and the data set as received, then fsync.
+
+        The file is written in place: it counts as received only once its
+        row is in the state database (after this returns), so a file cut
+        short by a crash is never used, and a re-send overwrites it.
+        """
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
             os.writev(fd, (header, raw))
             if self.settings.fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        partial.replace(path)
         return len(header) + len(raw)
