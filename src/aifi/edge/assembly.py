@@ -84,6 +84,12 @@ class Assembler:
                 len(todo),
             )
             task_ids.append(task_id)
+            self.state.record_event(
+                "study-stable",
+                f"{len(instances)} instances of {len(todo)} series routed by rule"
+                f" {rule_names[algorithm_id]!r}",
+                task_id=task_id,
+            )
         if not wanted:
             self.state.record_event(
                 "study-not-routed", f"study received, no rule matched ({len(series_attrs)} series)"

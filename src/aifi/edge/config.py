@@ -71,6 +71,7 @@ class DicomPeer(BaseModel):
 
 class EdgeSettings(BaseModel):
     environment: Literal["development", "production"] = "development"
+    hospital: str | None = Field(default=None, description="this hospital's name, for the audit")
     data_dir: Path = Path("edge-data")
     key_file: Path | None = Field(default=None, description="default: <data_dir>/secret.key")
     quiet_period_s: float = Field(default=5.0, ge=0)

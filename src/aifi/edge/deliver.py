@@ -113,6 +113,12 @@ class Deliverer:
             datasets.append(
                 (ref.kind, reidentify(ds, self.pseudonym_map, original, task_id=local.id))
             )
+        if datasets:
+            self.state.record_event(
+                "reidentified",
+                f"{len(datasets)} result objects re-identified from the pseudonym map",
+                task_id=local.id,
+            )
         outcomes = store_to_pacs(self.pacs, [ds for _k, ds in datasets]) if datasets else []
         all_ok = True
         for (kind, _ds), outcome in zip(datasets, outcomes, strict=True):

@@ -128,6 +128,12 @@ class Outbox:
             self._fail(task, "no instance could be pseudonymized safely: " + "; ".join(refused))
             return
         self.state.update_task(task.id, state="ready", pseudo_study_uid=study_uid, attempts=0)
+        self.state.record_event(
+            "pseudonymized",
+            f"instances pseudonymized for {task.algorithm_id} (pseudonymous study {study_uid});"
+            f" {len(refused)} refused",
+            task_id=task.id,
+        )
 
     # -- ready → submitted -------------------------------------------------
     def _send(self, task: TaskRow) -> None:

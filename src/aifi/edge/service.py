@@ -48,7 +48,7 @@ class EdgeService:
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         key = load_or_create_key(settings.secret_key_path)
-        self.state = EdgeState(data_dir / "edge.db")
+        self.state = EdgeState(data_dir / "edge.db", hospital=settings.hospital)
         self.pseudonym_map = PseudonymMap(data_dir / "pseudonyms.db", key)
         self.hub = HubClient(settings.hub)
         self.receiver = EdgeReceiver(settings.listener, self.state, data_dir / "received")
@@ -102,6 +102,7 @@ class EdgeService:
             thread.join(timeout=10)
         self._threads.clear()
         self.hub.close()
+        self.state.audit.close()
 
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return (from a signal handler)."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aifi.audit import SqliteAuditLog
+
 __all__ = ["EdgeState", "InstanceRow", "TaskRow"]
 
 _SCHEMA = """
@@ -139,11 +141,15 @@ class TaskRow:
 class EdgeState:
     """Thread-safe access to the edge's SQLite state."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, hospital: str | None = None) -> None:
         self.path = path
+        self.hospital = hospital
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._conn().executescript(_SCHEMA)
+        # The hash-chained audit trail (issue 4) lives in its own file so its
+        # writes never wait on the per-instance writes of the listener.
+        self.audit = SqliteAuditLog(path.with_name("audit.db"))
 
     # -- connections -------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -173,6 +179,7 @@ class EdgeState:
         if conn is not None:
             conn.close()
             self._local.conn = None
+        self.audit.close()
 
     # -- receive -----------------------------------------------------------
     def has_instance(self, sop_instance_uid: str) -> bool:
@@ -218,12 +225,34 @@ class EdgeState:
         return True
 
     def record_event(self, kind: str, detail: str, task_id: str | None = None) -> None:
-        """An explained outcome worth keeping (a refusal, a bad instance, a retry)."""
+        """An explained outcome worth keeping (a refusal, a retry, a step done).
+
+        Also appended to the audit chain, with the task's algorithm and the
+        task id as correlation id (the same id the hub records for it).
+        Details name pseudonymous or local identifiers, never the patient.
+        """
         with self._tx() as db:
             db.execute(
                 "INSERT INTO events (at, kind, task_id, detail) VALUES (?,?,?,?)",
                 (time.time(), kind, task_id, detail),
             )
+        algorithm = None
+        if task_id is not None:
+            row = (
+                self._conn()
+                .execute("SELECT algorithm_id FROM tasks WHERE id=?", (task_id,))
+                .fetchone()
+            )
+            algorithm = row[0] if row else None
+        self.audit.append(
+            kind,
+            actor="edge",
+            hospital=self.hospital,
+            task=task_id,
+            algorithm=algorithm,
+            correlation_id=task_id,
+            detail={"detail": detail},
+        )
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM events" + (" WHERE kind=?" if kind else "") + " ORDER BY id"
