@@ -51,7 +51,7 @@ def main() -> None:
             direct = time.perf_counter() - t0
             before = len(system.tasks())
             system.send(study)
-            if not system.wait(before + 1, 120, lambda: None):
+            if not system.wait(120, lambda: None) or len(system.tasks()) != before + 1:
                 raise SystemExit("a task did not finish in 120 s")
             task = system.tasks()[-1]
             if task.state != "delivered":

@@ -30,7 +30,12 @@ from aifi.errors import AlgorithmError
 
 __all__ = ["ALGORITHMS", "available", "get", "load_remote", "manifests", "resolver"]
 
-ALGORITHMS: tuple[str, ...] = ("aifi.algorithms.integrity_check:ALGORITHM",)
+ALGORITHMS: tuple[str, ...] = (
+    "aifi.algorithms.integrity_check:ALGORITHM",
+    "aifi.algorithms.fracture:FractureDetection",
+    "aifi.algorithms.bone_age:BoneAge",
+    "aifi.algorithms.incidental_pe:IncidentalPE",
+)
 """``"module:attribute"`` of each algorithm (an instance, or a class making one)."""
 
 

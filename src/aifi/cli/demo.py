@@ -20,7 +20,10 @@ logger = logging.getLogger(__name__)
 
 
 def _task_table(
-    tasks: list[TaskRow], labels: dict[str, str], in_pacs: dict[str, list[str]] | None = None
+    tasks: list[TaskRow],
+    labels: dict[str, str],
+    in_pacs: dict[str, list[str]] | None = None,
+    summaries: dict[str, str] | None = None,
 ) -> Table:
     table = Table(title="tasks")
     for column in (
@@ -30,7 +33,7 @@ def _task_table(
         "verified",
         "results in PACS",
         "seconds",
-        "reason",
+        "finding / reason",
     ):
         table.add_column(column)
     for task in tasks:
@@ -44,7 +47,7 @@ def _task_table(
             verified,
             results,
             seconds,
-            task.reason or "",
+            (summaries or {}).get(task.id) or task.reason or "",
         )
     return table
 
@@ -66,6 +69,8 @@ def demo(
 
     logging.getLogger().setLevel(logging.WARNING)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
     with tempfile.TemporaryDirectory(prefix="aifi-demo-") as tmp:
         root = workdir or Path(tmp)
         console.print(f"[bold]aifi demo[/bold] — data in {root}")
@@ -88,16 +93,20 @@ def demo(
             if failures:
                 console.print(f"[red]{failures} instances were not accepted by the edge[/red]")
             started = time.monotonic()
-            expected = len(studies) * len(system.edge.settings.rules)
             with Live(console=console, refresh_per_second=4) as live:
                 done = system.wait(
-                    expected,
                     timeout,
                     lambda: live.update(_task_table(system.tasks(), labels)),
                 )
             in_pacs = system.results_in_pacs()
             tasks = system.tasks()
-            console.print(_task_table(tasks, labels, in_pacs))
+            console.print(_task_table(tasks, labels, in_pacs, system.summaries()))
+            for message in system.ris.messages:
+                pid = message.segment("PID")
+                console.print(
+                    f"[bold red]urgent[/bold red] ORU^R01 received by the demo RIS for patient "
+                    f"{pid[5]} ({pid[3]}): {message.segment('OBR')[4]}"
+                )
             ok = (
                 done
                 and bool(tasks)

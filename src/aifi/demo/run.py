@@ -11,6 +11,7 @@ demo PACS.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import time
@@ -18,12 +19,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 import uvicorn
 from pydicom import Dataset
 
 from aifi.demo.pacs import DemoPacs
-from aifi.demo.samples import DEMO_PATIENTS, cr_study, ct_series
-from aifi.edge.config import DicomPeer, EdgeSettings, HubPeer, ListenerSettings
+from aifi.demo.ris import DemoRis
+from aifi.demo.samples import DEMO_PATIENTS, cr_study
+from aifi.edge.config import DicomPeer, EdgeSettings, HubPeer, ListenerSettings, RisPeer
 from aifi.edge.pacs import StoreResult, store_to_pacs
 from aifi.edge.rules import Rule
 from aifi.edge.service import EdgeService
@@ -33,6 +36,9 @@ from aifi.hub.config import HubSettings
 from aifi.hub.db import make_engine, make_sessions, migrate
 from aifi.hub.hospitals import add_hospital
 from aifi.netutil import free_port
+from aifi.phantoms.chest_ct import chest_ct_series
+from aifi.phantoms.hand import bone_age_study
+from aifi.phantoms.long_bone import fracture_study
 
 __all__ = ["DemoStudy", "DemoSystem", "demo_rules", "demo_studies"]
 
@@ -47,21 +53,81 @@ class DemoStudy:
     datasets: list[Dataset]
 
 
+#: The algorithms the demo hospital has contracted (its subscriptions at the hub).
+DEMO_ALGORITHMS = ("integrity-check", "fracture", "bone-age", "incidental-pe")
+
+
+def real_radiograph() -> Dataset | None:
+    """A real extremity radiograph (CR, JPEG 2000 lossless) from the pydicom-data package."""
+    spec = importlib.util.find_spec("data_store")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "data" / "RG3_J2KR.dcm"
+    return pydicom.dcmread(path) if path.exists() else None
+
+
 def demo_studies() -> list[DemoStudy]:
-    """The sample studies the demo sends."""
-    return [
+    """The studies the demo sends: a connection test and one per AI application."""
+    studies = [
         DemoStudy(
-            "CR hand, 4 images", cr_study(4, patient=DEMO_PATIENTS[1], rows=512, columns=512)
+            "connection test: CR chest, 4 images",
+            cr_study(4, patient=DEMO_PATIENTS[0], body_part="CHEST", rows=512, columns=512),
+        ),
+        DemoStudy("phantom forearm with a fracture", list(fracture_study(fracture=True, seed=7))),
+        DemoStudy(
+            "phantom hand of a 10-year-old boy",
+            list(bone_age_study(age_months=120, sex="M", seed=3)),
         ),
         DemoStudy(
-            "CT chest with contrast, 24 slices", list(ct_series(24, size=256, slice_thickness=5.0))
+            "phantom contrast chest CT with an embolus",
+            list(chest_ct_series(embolus=True, seed=5)),
         ),
     ]
+    real = real_radiograph()
+    if real is not None:
+        studies.append(DemoStudy("real radiograph: distal tibia (pydicom-data)", [real]))
+    return studies
 
 
 def demo_rules() -> list[Rule]:
     """The routing rules of the demo hospital (as they would stand in edge.toml)."""
-    return [Rule(name="connection test: every image", algorithm="integrity-check")]
+    limbs = [
+        "FOREARM",
+        "WRIST",
+        "ARM",
+        "HUMERUS",
+        "ELBOW",
+        "LEG",
+        "TIBIA",
+        "FIBULA",
+        "ANKLE",
+        "KNEE",
+        "FEMUR",
+        "FOOT",
+        "EXTREMITY",
+        "UPPER LIMB",
+        "LOWER LIMB",
+    ]
+    return [
+        Rule(
+            name="connection test: every image",
+            algorithm="integrity-check",
+            match={"Modality": ["CR", "DX", "CT"]},
+        ),
+        Rule(
+            name="limb radiographs",
+            algorithm="fracture",
+            match={"Modality": ["CR", "DX"], "BodyPartExamined": limbs},
+        ),
+        Rule(
+            name="children's hands",
+            algorithm="bone-age",
+            match={"Modality": ["CR", "DX"], "BodyPartExamined": ["HAND"]},
+            min_age_years=0,
+            max_age_years=19,
+        ),
+        Rule(name="CT for incidental PE", algorithm="incidental-pe", match={"Modality": ["CT"]}),
+    ]
 
 
 class DemoSystem:
@@ -74,6 +140,7 @@ class DemoSystem:
             data_dir=workdir / "hub", port=free_port(), workers=2, log_level="warning"
         )
         self.pacs = DemoPacs(workdir / "pacs", ae_title="DEMOPACS")
+        self.ris = DemoRis()
         self._hub_server: uvicorn.Server | None = None
         self._hub_thread: threading.Thread | None = None
         self.edge: EdgeService | None = None
@@ -90,13 +157,16 @@ class DemoSystem:
         token = self._register_hospital("Demo General Hospital")
         self._start_hub()
         self.pacs.start()
+        self.ris.start()
         settings = EdgeSettings(
             data_dir=self.workdir / "edge",
             quiet_period_s=self.quiet_period_s,
             listener=ListenerSettings(port=0, allowed_calling_aets=[self.pacs.ae_title]),
             hub=HubPeer(url=self.hub_url, token=token, poll_interval_s=0.1, max_backoff_s=2.0),
             pacs=DicomPeer(ae_title=self.pacs.ae_title, host="127.0.0.1", port=self.pacs.port),
+            ris=RisPeer(host=self.ris.host, port=self.ris.port),
             rules=demo_rules(),
+            hospital="Demo General Hospital",
         )
         self.edge = EdgeService(settings)
         self.edge.start()
@@ -106,6 +176,7 @@ class DemoSystem:
             self.edge.stop()
             self.edge = None
         self.pacs.stop()
+        self.ris.stop()
         if self._hub_server is not None and self._hub_thread is not None:
             self._hub_server.should_exit = True
             self._hub_thread.join(timeout=15)
@@ -119,7 +190,7 @@ class DemoSystem:
         engine = make_engine(self.hub_settings.effective_database_url)
         migrate(engine)
         with make_sessions(engine)() as session:
-            _hospital, token = add_hospital(session, name)
+            _hospital, token = add_hospital(session, name, subscribe=DEMO_ALGORITHMS)
         engine.dispose()
         return token
 
@@ -159,16 +230,30 @@ class DemoSystem:
         assert self.edge is not None
         return self.edge.state.tasks()
 
-    def wait(self, expected_tasks: int, timeout_s: float, on_tick: Callable[[], None]) -> bool:
-        """Wait until ``expected_tasks`` exist and all have ended; False on time-out."""
+    def wait(self, timeout_s: float, on_tick: Callable[[], None]) -> bool:
+        """Wait until every received study was routed and every task ended; False on time-out."""
+        assert self.edge is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             on_tick()
             tasks = self.tasks()
-            if len(tasks) >= expected_tasks and all(t.state in FINAL for t in tasks):
+            routed = not self.edge.state.undispatched_studies()
+            if routed and tasks and all(t.state in FINAL for t in tasks):
                 return True
             time.sleep(0.1)
         return False
+
+    def summaries(self) -> dict[str, str]:
+        """Task id → the hub's one-line summary of the findings (with the urgent flag)."""
+        assert self.edge is not None
+        out: dict[str, str] = {}
+        for task in self.tasks():
+            if task.hub_task_id is None or task.state != "delivered":
+                continue
+            hub_task = self.edge.hub.task(task.hub_task_id)
+            summary = str((hub_task.findings or {}).get("summary", ""))
+            out[task.id] = ("URGENT: " if hub_task.urgent else "") + summary
+        return out
 
     def results_in_pacs(self) -> dict[str, list[str]]:
         """Task id → result SOP Instance UIDs the edge stored that the demo PACS holds."""

@@ -1,6 +1,7 @@
 """The durable outbox: pseudonymize a task's instances and send them to the hub.
 
-Every step is recorded in the edge's state before the next begins, so a
+Pseudonyms are keyed per algorithm (:func:`algorithm_key`). Every step is
+recorded in the edge's state before the next begins, so a
 task survives an edge restart and a hub outage:
 
 * ``pending``  → its instances are pseudonymized into ``outbox/<task id>/``
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from aifi.algorithms.base import Manifest
 from aifi.deid import PseudonymizedInstance, Pseudonymizer, PseudonymMap
+from aifi.deid.keys import keyed_digest
 from aifi.edge.hub_client import HubClient
 from aifi.edge.state import EdgeState, TaskRow
 from aifi.errors import HubRefused, HubUnavailable, PseudonymizationError
@@ -39,6 +41,20 @@ logger = logging.getLogger(__name__)
 _BATCH_BYTES = 64 << 20
 
 DigestFn = Callable[[Path], str]
+
+
+def algorithm_key(key: bytes, algorithm_id: str) -> bytes:
+    """The hospital's key for one algorithm's pseudonyms.
+
+    Each algorithm gets the attributes its manifest needs and no more, so the
+    same image is pseudonymized differently for, say, bone age and fracture
+    detection. With one key for all, both versions would carry the same
+    pseudonymous UIDs and the hub could neither keep them apart nor be kept
+    from joining them. Keying per algorithm keeps every algorithm's data in
+    its own pseudonym space; within it, the same patient and the same UID
+    always get the same pseudonym.
+    """
+    return keyed_digest(key, b"algorithm", algorithm_id)
 
 
 class Outbox:
@@ -100,7 +116,9 @@ class Outbox:
     # -- pending → ready ---------------------------------------------------
     def _prepare(self, task: TaskRow) -> None:
         manifest = self.manifest_of(task.algorithm_id)
-        pseudonymizer = Pseudonymizer(self.key, keep=manifest.keep_attributes)
+        pseudonymizer = Pseudonymizer(
+            algorithm_key(self.key, task.algorithm_id), keep=manifest.keep_attributes
+        )
         folder = self.outbox_dir / task.id
         folder.mkdir(parents=True, exist_ok=True)
         digest_of = self.digest_for(task.algorithm_id)

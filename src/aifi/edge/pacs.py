@@ -18,6 +18,15 @@ __all__ = ["StoreResult", "store_to_pacs"]
 logger = logging.getLogger(__name__)
 
 
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return (
+        str(meta.TransferSyntaxUID)
+        if meta is not None and "TransferSyntaxUID" in meta
+        else (ExplicitVRLittleEndian)
+    )
+
+
 @dataclass(frozen=True)
 class StoreResult:
     sop_instance_uid: str
@@ -32,8 +41,14 @@ def store_to_pacs(
 ) -> list[StoreResult]:
     """Store each dataset over one association; the outcome of each is a value, not an exception."""
     ae = AE(ae_title=peer.calling_ae_title)
-    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    pairs = {(str(ds.SOPClassUID), _transfer_syntax(ds)) for ds in datasets}
+    for sop_class in sorted({sop_class for sop_class, _ts in pairs}):
+        ae.add_requested_context(sop_class, uncompressed)
+    # An instance kept compressed travels as it is: one context per (class, syntax).
+    for sop_class, syntax in sorted(pairs):
+        if syntax not in uncompressed:
+            ae.add_requested_context(sop_class, syntax)
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.network_timeout = 60

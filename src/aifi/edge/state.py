@@ -273,6 +273,15 @@ class EdgeState:
         )
         return [r[0] for r in rows]
 
+    def undispatched_studies(self) -> list[str]:
+        """Studies still receiving or waiting for their quiet period."""
+        rows = (
+            self._conn()
+            .execute("SELECT study_instance_uid FROM studies WHERE dispatched=0")
+            .fetchall()
+        )
+        return [r[0] for r in rows]
+
     def series_of(self, study_instance_uid: str) -> dict[str, dict[str, Any]]:
         rows = (
             self._conn()
