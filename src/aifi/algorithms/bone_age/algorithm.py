@@ -1,0 +1,218 @@
+"""Bone age from a posteroanterior radiograph of a child's hand.
+
+Accepts one CR/DX image of the hand, PA, of a patient aged 0 to 19 years
+(Patient's Age (0010,1010)) of known sex (Patient's Sex (0010,0040) M or F),
+which is why those two attributes are kept by the pseudonymizer and the
+birth date is not. Answers the bone age in months and years and its
+standard deviation score against chronological age for that sex
+(:mod:`aifi.algorithms.bone_age.reference`). The reference atlases are of
+the left hand; a right hand (Image Laterality R) is mirrored first.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from aifi.algorithms.base import (
+    AlgorithmInput,
+    Code,
+    Findings,
+    ImageFinding,
+    Manifest,
+    Measurement,
+    Resources,
+    SelectionRule,
+    instances_of,
+)
+from aifi.algorithms.bone_age.model import canvas_for
+from aifi.algorithms.bone_age.reference import REFERENCE_CITATION, sds
+from aifi.algorithms.onnx_model import PinnedModel, demo_note, load_model_spec
+from aifi.algorithms.preprocess import pixel_spacing_mm, radiograph_frames
+from aifi.errors import InputNotAccepted
+
+__all__ = ["DEMO_STORE", "MAX_AGE_YEARS", "BoneAge", "age_in_months"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_STORE = Path(__file__).parent / "weights"
+MAX_AGE_YEARS = 19
+SDS_LIMIT = 2.0
+
+BONE_AGE = Code("bone-age", "99AIFI", "Bone age")
+CHRONOLOGICAL_AGE = Code("chronological-age", "99AIFI", "Chronological age")
+BONE_AGE_SDS = Code("bone-age-sds", "99AIFI", "Bone age standard deviation score")
+ASSESSMENT = Code("bone-age-assessment", "99AIFI", "Bone age assessment")
+MONTHS = Code("mo", "UCUM", "month")
+NO_UNIT = Code("1", "UCUM", "no units")
+
+_AGE = re.compile(r"^(\d{3})([DWMY])$")
+_MONTHS_PER = {"D": 12 / 365.25, "W": 12 * 7 / 365.25, "M": 1.0, "Y": 12.0}
+
+
+def age_in_months(value: str) -> float:
+    """Months of an Age String (AS, PS3.5 6.2: ``nnnD``, ``nnnW``, ``nnnM`` or ``nnnY``)."""
+    match = _AGE.match(value.strip())
+    if match is None:
+        raise InputNotAccepted(f"Patient's Age {value!r} is not a valid Age String (nnnD/W/M/Y)")
+    return int(match.group(1)) * _MONTHS_PER[match.group(2)]
+
+
+def _years_months(months: float) -> str:
+    whole = round(months)
+    return f"{whole // 12} y {whole % 12} mo"
+
+
+def refusal_reason(ds: pydicom.Dataset) -> str | None:
+    """Why an instance is not a PA hand radiograph, or None."""
+    modality = str(ds.get("Modality", ""))
+    if modality not in ("CR", "DX"):
+        return f"modality {modality or 'missing'} is not CR or DX"
+    part = str(ds.get("BodyPartExamined", "")).upper()
+    if part != "HAND":
+        return f"body part {part or 'missing'} is not HAND"
+    view = str(ds.get("ViewPosition", "PA")).upper() or "PA"
+    if view != "PA":
+        return f"view {view} is not posteroanterior (PA)"
+    return None
+
+
+def patient_context(ds: pydicom.Dataset) -> tuple[str, float]:
+    """(sex, age in months) of the patient, or :class:`InputNotAccepted` with the reason."""
+    sex = str(ds.get("PatientSex", "")).upper()
+    if sex not in ("M", "F"):
+        raise InputNotAccepted(
+            "Patient's Sex must be M or F: the bone age reference differs by sex "
+            f"(got {sex or 'empty'}); keep PatientSex when pseudonymizing"
+        )
+    if not ds.get("PatientAge"):
+        raise InputNotAccepted(
+            "Patient's Age (0010,1010) is missing; keep PatientAge when pseudonymizing"
+        )
+    months = age_in_months(str(ds.PatientAge))
+    if months >= (MAX_AGE_YEARS + 1) * 12:
+        raise InputNotAccepted(
+            f"patient age {ds.PatientAge} is outside the range 0-{MAX_AGE_YEARS} years "
+            "for which bone age is defined"
+        )
+    return sex, months
+
+
+class BoneAge:
+    """Bone age and SDS from a PA hand radiograph (ONNX model, pinned)."""
+
+    def __init__(self, model_store: Path | None = None) -> None:
+        self.spec = load_model_spec(model_store or DEMO_STORE, "bone-age")
+        self.model = PinnedModel(self.spec)
+        self.model.verify()  # a mismatched model fails at start-up, not on a patient's study
+        self.manifest = Manifest(
+            id="bone-age",
+            version=self.spec.version,
+            name="Bone age",
+            vendor=self.spec.vendor,
+            intended_use=(
+                "Estimation of skeletal (bone) age from a posteroanterior radiograph of the "
+                "left hand of a child or adolescent aged 0-19 years, with the standard "
+                "deviation score against chronological age for the patient's sex."
+            ),
+            regulatory_status=self.spec.regulatory_status,
+            accepts=(
+                SelectionRule("Modality", any_of=("CR", "DX")),
+                SelectionRule("BodyPartExamined", any_of=("HAND",)),
+                SelectionRule("ViewPosition", any_of=("PA",), required=False),
+                SelectionRule("PatientSex", any_of=("M", "F")),
+                SelectionRule("PatientAge", patterns=("0[01]?Y", "???M", "???W", "???D")),
+            ),
+            keep_attributes=(
+                "PatientSex",
+                "PatientAge",
+                "BodyPartExamined",
+                "ViewPosition",
+                "ImageLaterality",
+                "PixelSpacing",
+                "ImagerPixelSpacing",
+                "EstimatedRadiographicMagnificationFactor",
+                "CassetteSize",
+                "CassetteOrientation",
+                "PhotometricInterpretation",
+                "RescaleSlope",
+                "RescaleIntercept",
+                "WindowCenter",
+                "WindowWidth",
+                "VOILUTSequence",
+            ),
+            produces=("sr", "sc"),
+            resources=Resources(device="cpu", memory_mb=512, time_limit_s=60.0),
+            model_sha256=self.spec.sha256,
+        )
+
+    def run(self, inputs: AlgorithmInput) -> Findings:
+        """Read the first PA hand radiograph; refuse with the reason when there is none."""
+        reasons = []
+        for instance in instances_of(inputs):
+            ds = instance.read()
+            reason = refusal_reason(ds)
+            if reason is None:
+                return self._read(ds, instance.sop_instance_uid)
+            reasons.append(reason)
+        raise InputNotAccepted(
+            "no PA radiograph of a hand in the study: "
+            + "; ".join(sorted(set(reasons)) or ["no instances"])
+        )
+
+    def _read(self, ds: pydicom.Dataset, sop_instance_uid: str) -> Findings:
+        sex, age_months = patient_context(ds)
+        mirror = str(ds.get("ImageLaterality", "L")).upper() == "R"
+        unit = radiograph_frames(ds)[0]
+        canvas, _ = canvas_for(unit, pixel_spacing_mm(ds), mirror=mirror)
+        (prediction,) = self.model.run(
+            {
+                "image": canvas[None, None].astype(np.float32),
+                "sex": np.array([[1.0 if sex == "M" else 0.0]], dtype=np.float32),
+            }
+        )
+        bone_age = float(np.clip(prediction.ravel()[0], 0.0, (MAX_AGE_YEARS + 1) * 12))
+        score = sds(bone_age, age_months, sex)
+        assessment = (
+            "advanced" if score > SDS_LIMIT else "delayed" if score < -SDS_LIMIT else "normal"
+        )
+        measurements = (
+            Measurement(BONE_AGE, round(bone_age, 1), MONTHS),
+            Measurement(CHRONOLOGICAL_AGE, round(age_months, 1), MONTHS),
+            Measurement(BONE_AGE_SDS, round(score, 2), NO_UNIT),
+        )
+        summary = (
+            f"Bone age {_years_months(bone_age)} ({bone_age:.0f} months); chronological age "
+            f"{_years_months(age_months)}; SDS {score:+.1f} ({assessment}, "
+            f"Greulich & Pyle reference){demo_note(self.spec)}"
+        )
+        logger.info("bone-age: %.1f months, SDS %.2f", bone_age, score)
+        return Findings(
+            summary=summary,
+            finding=None,
+            urgent=False,
+            measurements=measurements,
+            images=(
+                ImageFinding(
+                    sop_instance_uid=sop_instance_uid,
+                    measurements=measurements[:1],
+                    texts=((ASSESSMENT, assessment),),
+                ),
+            ),
+            demo_model=self.spec.demo,
+            details={
+                "bone_age_months": round(bone_age, 1),
+                "bone_age_years": round(bone_age / 12, 2),
+                "chronological_age_months": round(age_months, 1),
+                "sex": sex,
+                "sds": round(score, 2),
+                "assessment": assessment,
+                "mirrored_right_hand": mirror,
+                "reference": REFERENCE_CITATION,
+                "model": {"version": self.spec.version, "sha256": self.spec.sha256},
+            },
+        )

@@ -1,0 +1,198 @@
+"""Incidental pulmonary embolism on contrast-enhanced chest CT.
+
+The suitable axial series is chosen (:mod:`.selection`); its slices are
+ordered along the normal by Image Position (Patient), converted to
+Hounsfield units with the Modality LUT, checked to contain lungs, and read
+by a 2.5D model. The answer: the probability of PE, the suspected emboli
+(slice SOP Instance UID and pixel column/row), and — when positive — an
+urgent flag, since an unsuspected PE needs a clinician's attention today.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from aifi.algorithms.base import (
+    AlgorithmInput,
+    Box,
+    Code,
+    Findings,
+    ImageFinding,
+    Manifest,
+    Measurement,
+    Resources,
+    SelectionRule,
+)
+from aifi.algorithms.incidental_pe.model import CELL, canvases_for, model_inputs
+from aifi.algorithms.incidental_pe.selection import CHEST_BODY_PARTS, choose_series
+from aifi.algorithms.onnx_model import PinnedModel, demo_note, load_model_spec
+from aifi.algorithms.preprocess import (
+    Geometry,
+    axial_normal,
+    frames_of,
+    modality_values,
+    pixel_spacing_mm,
+    slice_position,
+)
+from aifi.errors import InputNotAccepted
+
+__all__ = ["DEMO_STORE", "IncidentalPE"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_STORE = Path(__file__).parent / "weights"
+PULMONARY_EMBOLISM = Code("59282003", "SCT", "Pulmonary embolism")
+PROBABILITY = Code("pe-probability", "99AIFI", "Probability of pulmonary embolism")
+NO_UNIT = Code("1", "UCUM", "no units")
+LUNG_HU = (-950.0, -600.0)
+MIN_LUNG_SLICE_FRACTION = 0.3
+MAX_LOCATIONS = 5
+
+
+def lung_coverage(hu: np.ndarray) -> float:
+    """Fraction of slices where lung-density pixels make up over a tenth of the body."""
+    inside = hu > LUNG_HU[0]
+    lung = inside & (hu < LUNG_HU[1])
+    per_slice = lung.sum(axis=(1, 2)) / np.maximum(inside.sum(axis=(1, 2)), 1)
+    return float((per_slice > 0.1).mean())
+
+
+class IncidentalPE:
+    """Incidental PE detection on axial contrast chest CT (ONNX model, pinned)."""
+
+    def __init__(self, model_store: Path | None = None) -> None:
+        self.spec = load_model_spec(model_store or DEMO_STORE, "incidental-pe")
+        self.model = PinnedModel(self.spec)
+        self.model.verify()  # a mismatched model fails at start-up, not on a patient's study
+        self.positive_threshold = self.spec.parameter("positive_threshold", 0.5)
+        self.manifest = Manifest(
+            id="incidental-pe",
+            version=self.spec.version,
+            name="Incidental pulmonary embolism",
+            vendor=self.spec.vendor,
+            intended_use=(
+                "Detection of unsuspected pulmonary embolism on contrast-enhanced CT covering "
+                "the chest acquired for another indication (e.g. oncology follow-up); a "
+                "positive result is flagged urgent for prompt review."
+            ),
+            regulatory_status=self.spec.regulatory_status,
+            accepts=(
+                SelectionRule("Modality", any_of=("CT",)),
+                SelectionRule("BodyPartExamined", any_of=CHEST_BODY_PARTS, required=False),
+                SelectionRule("ContrastBolusAgent", patterns=("*?",), required=False),
+                SelectionRule("SliceThickness", minimum=0.0, maximum=5.0, required=False),
+            ),
+            keep_attributes=(
+                "SeriesDescription",
+                "ContrastBolusAgent",
+                "ContrastBolusRoute",
+                "SliceThickness",
+                "BodyPartExamined",
+                "ImageOrientationPatient",
+                "ImagePositionPatient",
+                "PixelSpacing",
+                "RescaleSlope",
+                "RescaleIntercept",
+                "RescaleType",
+                "SliceLocation",
+                "PatientPosition",
+            ),
+            produces=("sr", "gsps", "sc"),
+            resources=Resources(device="cpu", memory_mb=1024, time_limit_s=300.0),
+            model_sha256=self.spec.sha256,
+        )
+
+    def run(self, inputs: AlgorithmInput) -> Findings:
+        series = choose_series(inputs)
+        datasets = [i.read() for i in series.instances]
+        normal = axial_normal(datasets[0])
+        order = sorted(range(len(datasets)), key=lambda k: slice_position(datasets[k], normal))
+        datasets = [datasets[k] for k in order]
+        uids = [series.instances[k].sop_instance_uid for k in order]
+        shape = (int(datasets[0].Rows), int(datasets[0].Columns))
+        if any((int(ds.Rows), int(ds.Columns)) != shape for ds in datasets):
+            raise InputNotAccepted("the slices of the CT series differ in size")
+        positions = np.array([slice_position(ds, normal) for ds in datasets])
+        hu = np.stack([modality_values(ds, frames_of(ds)[0]) for ds in datasets])
+        coverage = lung_coverage(hu)
+        if coverage < MIN_LUNG_SLICE_FRACTION:
+            raise InputNotAccepted(
+                f"the series does not cover the chest: lung tissue on {coverage:.0%} of "
+                f"slices (at least {MIN_LUNG_SLICE_FRACTION:.0%} needed)"
+            )
+        canvases, geometry = canvases_for(hu, pixel_spacing_mm(datasets[0]))
+        (heatmaps,) = self.model.run({"slices": model_inputs(canvases, positions)})
+        heatmaps = heatmaps[:, 0]
+        probability = float(heatmaps.max())
+        positive = probability >= self.positive_threshold
+        locations, images = self._locations(heatmaps, uids, geometry)
+        logger.info("incidental-pe: %d slices, probability %.3f", len(uids), probability)
+        if positive:
+            first = locations[0]
+            summary = (
+                f"Pulmonary embolism suspected (probability {probability:.2f}); "
+                f"urgent review advised; {len(locations)} suspected location(s), first at "
+                f"column {first['column']:.0f}, row {first['row']:.0f}"
+            )
+        else:
+            summary = f"No pulmonary embolism detected (probability {probability:.2f})"
+        return Findings(
+            summary=summary + demo_note(self.spec),
+            finding=PULMONARY_EMBOLISM if positive else None,
+            urgent=positive,
+            measurements=(Measurement(PROBABILITY, round(probability, 3), NO_UNIT),),
+            images=tuple(images) if positive else (),
+            demo_model=self.spec.demo,
+            details={
+                "probability": round(probability, 4),
+                "positive": positive,
+                "threshold": self.positive_threshold,
+                "locations": locations if positive else [],
+                "series_instance_uid": series.series_instance_uid,
+                "slices_read": len(uids),
+                "lung_coverage": round(coverage, 3),
+                "model": {"version": self.spec.version, "sha256": self.spec.sha256},
+            },
+        )
+
+    def _locations(
+        self, heatmaps: np.ndarray, uids: list[str], geometry: Geometry
+    ) -> tuple[list[dict[str, object]], list[ImageFinding]]:
+        """Up to five slices with a peak ≥ threshold, most probable first, with the peak cell."""
+        per_slice = heatmaps.reshape(len(heatmaps), -1)
+        best = per_slice.max(axis=1)
+        ranked = [int(i) for i in np.argsort(-best) if best[i] >= self.positive_threshold]
+        locations, images = [], []
+        for index in ranked[:MAX_LOCATIONS]:
+            cell = np.unravel_index(int(per_slice[index].argmax()), heatmaps.shape[1:])
+            row_cell, col_cell = int(cell[0]), int(cell[1])
+            x0, y0 = geometry.to_source(col_cell * CELL, row_cell * CELL)
+            x1, y1 = geometry.to_source((col_cell + 1) * CELL, (row_cell + 1) * CELL)
+            score = float(best[index])
+            locations.append(
+                {
+                    "sop_instance_uid": uids[index],
+                    "column": round((x0 + x1) / 2, 1),
+                    "row": round((y0 + y1) / 2, 1),
+                    "probability": round(score, 4),
+                }
+            )
+            images.append(
+                ImageFinding(
+                    sop_instance_uid=uids[index],
+                    boxes=(
+                        Box(
+                            round(x0, 1),
+                            round(y0, 1),
+                            round(x1, 1),
+                            round(y1, 1),
+                            "suspected pulmonary embolus",
+                            round(score, 3),
+                        ),
+                    ),
+                )
+            )
+        return locations, images

@@ -1,0 +1,1 @@
+"""Reproducible training of the demo models (not part of the installed package)."""
