@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-import hl7
-import hl7.mllp
 import pytest
 
+from aifi.demo.ris import DemoRis
 from aifi.demo.samples import DEMO_PATIENTS, cr_study
 from aifi.edge.notify import RisPeer, build_oru, send_mllp
 from aifi.errors import DeliveryError
@@ -30,50 +26,16 @@ FINDINGS = {
 }
 
 
-@dataclass
-class MllpListener:
-    port: int
-    ack_code: str = "AA"
-    received: list[hl7.Message] = field(default_factory=list)
-
-
 @pytest.fixture
-def ris() -> Iterator[MllpListener]:
-    """A real MLLP server (python-hl7's asyncio server) that acknowledges every message."""
-    listener = MllpListener(port=free_port())
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-
-    async def handle(reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
-        try:
-            while not writer.is_closing():
-                message = await reader.readmessage()
-                listener.received.append(message)
-                writer.writemessage(message.create_ack(ack_code=listener.ack_code))
-                await writer.drain()
-        except asyncio.IncompleteReadError:
-            pass
-        finally:
-            writer.close()
-
-    async def serve() -> None:
-        server = await hl7.mllp.start_hl7_server(handle, "127.0.0.1", listener.port)
-        ready.set()
-        await stop.wait()
-        server.close()
-        await server.wait_closed()
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
-    thread.start()
-    assert ready.wait(10)
+def ris() -> Iterator[DemoRis]:
+    """A real MLLP listener (python-hl7's asyncio server) that acknowledges each message."""
+    listener = DemoRis()
+    listener.start()
     yield listener
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(timeout=5)
-    loop.close()
+    listener.stop()
 
 
-def test_urgent_result_is_acknowledged_by_the_ris(ris: MllpListener) -> None:
+def test_urgent_result_is_acknowledged_by_the_ris(ris: DemoRis) -> None:
     original = cr_study(1, patient=DEMO_PATIENTS[2], rows=16, columns=16)[0]
     peer = RisPeer(host="127.0.0.1", port=ris.port)
     message = build_oru(
@@ -86,7 +48,7 @@ def test_urgent_result_is_acknowledged_by_the_ris(ris: MllpListener) -> None:
         control_id="c1",
     )
     assert send_mllp(peer, message) == "AA"
-    (received,) = ris.received
+    (received,) = ris.messages
     assert str(received.segment("MSH")[9]) == "ORU^R01^ORU_R01"
     pid = received.segment("PID")
     assert str(pid[3][0][0]) == original.PatientID
@@ -103,7 +65,7 @@ def test_urgent_result_is_acknowledged_by_the_ris(ris: MllpListener) -> None:
     assert received.unescape(str(text[5])) == FINDINGS["summary"]  # the | survived escaped
 
 
-def test_a_rejecting_or_absent_ris_is_an_error_to_retry(ris: MllpListener) -> None:
+def test_a_rejecting_or_absent_ris_is_an_error_to_retry(ris: DemoRis) -> None:
     original = cr_study(1, rows=16, columns=16)[0]
     peer = RisPeer(host="127.0.0.1", port=ris.port)
     message = build_oru(

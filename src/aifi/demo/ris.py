@@ -23,6 +23,7 @@ class DemoRis:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.messages: list[hl7.Message] = []
+        self.ack_code = "AA"  # what the RIS answers (MSA-1); "AE" rejects
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -37,7 +38,7 @@ class DemoRis:
                 while not writer.is_closing():
                     message = await reader.readmessage()
                     self.messages.append(message)
-                    writer.writemessage(message.create_ack(ack_code="AA"))
+                    writer.writemessage(message.create_ack(ack_code=self.ack_code))
                     await writer.drain()
             except asyncio.IncompleteReadError:
                 pass
