@@ -93,7 +93,7 @@ def demo(
             if failures:
                 console.print(f"[red]{failures} instances were not accepted by the edge[/red]")
             started = time.monotonic()
-            with Live(console=console, refresh_per_second=4) as live:
+            with Live(console=console, refresh_per_second=4, transient=True) as live:
                 done = system.wait(
                     timeout,
                     lambda: live.update(_task_table(system.tasks(), labels)),
