@@ -31,6 +31,15 @@ def test_reference_table_is_the_cited_greulich_pyle_table() -> None:
     assert table.sd_at(120, "M") == pytest.approx(9.79)
     assert table.sd_at(126, "F") == pytest.approx((11.73 + 11.94) / 2)
     assert sds(130.0, 120.0, "M") == pytest.approx(10 / 9.79)
+
+
+def test_each_sex_ends_where_its_published_table_ends() -> None:
+    table = reference_table()
+    assert table.sd_at(204, "M") == pytest.approx(13.05)
+    # the published girls' table stops at 16 years: older girls get the 16-year SD
+    assert table.sd_at(204, "F") == pytest.approx(7.31)
+    assert table.sd_at(198, "F") == pytest.approx(7.31)
+    assert table.sd_at(1, "F") == pytest.approx(0.72)
     assert "Greulich" in REFERENCE_CITATION and "Brush" in REFERENCE_CITATION
 
 
