@@ -30,7 +30,7 @@ def test_migrating_twice_is_harmless_and_sqlite_runs_in_wal_mode(tmp_path: Path)
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
         )
     assert "ix_tasks_poll" in {i["name"] for i in inspect(engine).get_indexes("tasks")}
     engine.dispose()

@@ -19,7 +19,7 @@ import httpx
 
 from aifi.edge.config import HubPeer
 from aifi.errors import HubRefused, HubUnavailable
-from aifi.hub.schemas import Acknowledge, TaskCreate, TaskOut
+from aifi.hub.schemas import Acknowledge, CatalogEntryOut, TaskCreate, TaskOut
 
 __all__ = ["HubClient", "StoreOutcome", "split_multipart"]
 
@@ -71,6 +71,11 @@ class HubClient:
             for item in _seq(body, "00081198")
         )
         return StoreOutcome(stored=stored, failed=failed)
+
+    # -- catalog -----------------------------------------------------------
+    def catalog(self) -> list[CatalogEntryOut]:
+        """Every algorithm version the hub offers, with its keep list and state."""
+        return [CatalogEntryOut.model_validate(e) for e in self._send("GET", "/catalog").json()]
 
     # -- tasks -------------------------------------------------------------
     def create_task(self, body: TaskCreate) -> TaskOut:

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from aifi.algorithms.base import Manifest
 from aifi.deid import PseudonymizedInstance, Pseudonymizer, PseudonymMap
 from aifi.deid.keys import keyed_digest
 from aifi.edge.hub_client import HubClient
@@ -65,7 +64,7 @@ class Outbox:
         key: bytes,
         pseudonym_map: PseudonymMap,
         outbox_dir: Path,
-        manifest_of: Callable[[str], Manifest],
+        keep_attributes_of: Callable[[str], Sequence[str]],
         *,
         digest_for: Callable[[str], DigestFn | None] = lambda _algorithm_id: None,
         max_backoff_s: float = 60.0,
@@ -75,7 +74,7 @@ class Outbox:
         self.key = key
         self.pseudonym_map = pseudonym_map
         self.outbox_dir = outbox_dir
-        self.manifest_of = manifest_of
+        self.keep_attributes_of = keep_attributes_of
         self.digest_for = digest_for
         self.max_backoff_s = max_backoff_s
 
@@ -115,10 +114,8 @@ class Outbox:
 
     # -- pending → ready ---------------------------------------------------
     def _prepare(self, task: TaskRow) -> None:
-        manifest = self.manifest_of(task.algorithm_id)
-        pseudonymizer = Pseudonymizer(
-            algorithm_key(self.key, task.algorithm_id), keep=manifest.keep_attributes
-        )
+        keep = self.keep_attributes_of(task.algorithm_id)
+        pseudonymizer = Pseudonymizer(algorithm_key(self.key, task.algorithm_id), keep=keep)
         folder = self.outbox_dir / task.id
         folder.mkdir(parents=True, exist_ok=True)
         digest_of = self.digest_for(task.algorithm_id)

@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import pydicom
 
-from aifi.algorithms import registry
-from aifi.algorithms.base import Manifest
 from aifi.deid import PseudonymMap, load_or_create_key
 from aifi.edge.assembly import Assembler
+from aifi.edge.catalog import HubCatalog
 from aifi.edge.config import EdgeSettings
 from aifi.edge.deliver import INTEGRITY_CHECK, Deliverer
 from aifi.edge.hub_client import HubClient
@@ -28,10 +27,6 @@ from aifi.errors import HubError
 __all__ = ["EdgeService"]
 
 logger = logging.getLogger(__name__)
-
-
-def _manifest_of(algorithm_id: str) -> Manifest:
-    return registry.get(algorithm_id).manifest
 
 
 def _digest_for(algorithm_id: str) -> DigestFn | None:
@@ -61,7 +56,7 @@ class EdgeService:
             key,
             self.pseudonym_map,
             data_dir / "outbox",
-            _manifest_of,
+            HubCatalog(self.hub).keep_attributes,
             digest_for=_digest_for,
             max_backoff_s=settings.hub.max_backoff_s,
         )

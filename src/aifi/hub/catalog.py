@@ -40,6 +40,7 @@ def sync_catalog(session: Session, manifests: Iterable[Manifest]) -> list[Catalo
         entry.vendor = manifest.vendor
         entry.intended_use = manifest.intended_use
         entry.regulatory_status = manifest.regulatory_status
+        entry.keep_attributes = list(manifest.keep_attributes)
     session.commit()
     for entry in added:
         audit_log_of(session).append(

@@ -141,6 +141,8 @@ class CatalogEntry(Base):
     vendor: Mapped[str] = mapped_column(String(200))
     intended_use: Mapped[str] = mapped_column(Text)
     regulatory_status: Mapped[str] = mapped_column(String(200))
+    # attributes the edge keeps when pseudonymizing for this version (PS3.15 E.3 options)
+    keep_attributes: Mapped[list[str]] = mapped_column(JSON, default=list)
     state: Mapped[str] = mapped_column(String(16), default=AlgorithmState.ACTIVE.value)
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

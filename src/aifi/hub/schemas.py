@@ -142,6 +142,11 @@ class CatalogEntryOut(BaseModel):
     vendor: str
     intended_use: str
     regulatory_status: str
+    keep_attributes: list[str] = Field(
+        default_factory=list,
+        description="attributes the edge keeps for this algorithm when pseudonymizing, "
+        "beyond what the de-identification profile retains",
+    )
     state: AlgorithmState
     registered_at: datetime
 

@@ -28,6 +28,7 @@ def entry_out(entry: CatalogEntry) -> CatalogEntryOut:
         vendor=entry.vendor,
         intended_use=entry.intended_use,
         regulatory_status=entry.regulatory_status,
+        keep_attributes=list(entry.keep_attributes or ()),
         state=AlgorithmState(entry.state),
         registered_at=entry.registered_at,
     )
