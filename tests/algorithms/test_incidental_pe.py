@@ -69,11 +69,6 @@ def test_manifest_keeps_what_selection_needs(algorithm: IncidentalPE) -> None:
     assert DEMO_DISCLAIMER in algorithm.manifest.regulatory_status
 
 
-@pytest.mark.xfail(
-    reason="the demo PE model does not yet separate embolus from no-embolus phantoms "
-    "(held-out AUC 0.62, see training/evaluate.py); retraining is an open item",
-    strict=True,
-)
 def test_embolus_is_found_urgent_and_located(algorithm: IncidentalPE, tmp_path: Path) -> None:
     volume = chest_ct_volume(np.random.default_rng(41), embolus=True)
     study = chest_ct_series(embolus=True, seed=41, volume=volume)
