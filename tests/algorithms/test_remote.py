@@ -356,7 +356,7 @@ any_of = ["CT", "MR"]
     assert algorithm.manifest.produces == ("sr", "gsps", "sc")
     assert algorithm.run(study).summary == "1 lung nodule suspected"
     monkeypatch.setenv("VENDOR_NODULE_TOKEN", TOKEN)
-    resolve = registry.resolver(tmp_path)
+    resolve = registry.install(remote_dir=tmp_path)
     assert resolve("vendor-nodule").manifest == algorithm.manifest
     assert resolve("integrity-check").manifest.id == "integrity-check"
     with pytest.raises(ConfigError, match="VENDOR_NODULE_TOKEN"):

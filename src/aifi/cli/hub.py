@@ -22,6 +22,7 @@ from aifi.errors import AifiError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from aifi.algorithms.registry import Installation
     from aifi.hub.config import HubSettings
 
 __all__ = ["app"]
@@ -50,12 +51,21 @@ ConfigOption = Annotated[
 
 @app.command()
 def serve(config: ConfigOption = None) -> None:
-    """Run the hub (HTTP API and workers) on the configured host and port."""
+    """Run the hub (HTTP API and workers) on the configured host and port.
+
+    The algorithms (built-in, the model store's, the remote ones) are loaded
+    and the port bound before the hub starts; a problem with either is one
+    line naming the setting, exit status 1.
+    """
     settings = _settings(config)
 
     from aifi.hub.server import serve as serve_hub
 
-    serve_hub(settings)
+    try:
+        serve_hub(settings, _installation(settings))
+    except AifiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command()
@@ -186,13 +196,28 @@ def token_list(config: ConfigOption = None) -> None:
 
 @algorithm_app.command("list")
 def algorithm_list(config: ConfigOption = None) -> None:
-    """The catalog: every version with vendor, regulatory status and state."""
+    """The catalog: every version with state, vendor, regulatory status and source.
+
+    The source of the version this hub runs is "built-in", the model
+    manifest in the model store, or the vendor's endpoint; a refused model
+    says why it is not run. Older versions read "not installed".
+    """
     from aifi.hub.catalog import list_catalog
 
-    with _session(_settings(config), sync=True) as session:
+    settings = _settings(config)
+    installation = _installation(settings)
+    with _session(settings, sync=True, installation=installation) as session:
         for e in list_catalog(session):
+            installed = installation.entries.get(e.algorithm_id)
+            if installed is None or installed.manifest.version != e.version:
+                source = "not installed"
+            elif installed.refused is not None:
+                source = f"{installed.source}  REFUSED: {installed.refused}"
+            else:
+                source = installed.source
             typer.echo(
                 f"{e.algorithm_id}  {e.version}  {e.state}  {e.vendor}  {e.regulatory_status}"
+                f"  {source}"
             )
 
 
@@ -340,8 +365,14 @@ def report_usage(
 
 
 @contextmanager
-def _session(settings: HubSettings, *, sync: bool = False) -> Iterator[Session]:
-    """A migrated database session; an :class:`AifiError` becomes exit status 1."""
+def _session(
+    settings: HubSettings, *, sync: bool = False, installation: Installation | None = None
+) -> Iterator[Session]:
+    """A migrated database session; an :class:`AifiError` becomes exit status 1.
+
+    With ``sync`` the catalog first gets the manifests of the algorithms the
+    settings install (``installation``, made here when not given).
+    """
     from aifi.hub.db import make_engine, make_sessions, migrate
 
     engine = make_engine(settings.effective_database_url)
@@ -349,10 +380,10 @@ def _session(settings: HubSettings, *, sync: bool = False) -> Iterator[Session]:
         migrate(engine)
         with make_sessions(engine)() as session:
             if sync:
-                from aifi.algorithms.registry import manifests
                 from aifi.hub.catalog import sync_catalog
 
-                sync_catalog(session, manifests())
+                installed = installation or _installation(settings)
+                sync_catalog(session, installed.manifests())
             yield session
     except AifiError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -367,6 +398,17 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _installation(settings: HubSettings) -> Installation:
+    """The algorithms ``settings`` configure; a configuration error becomes exit status 1."""
+    from aifi.algorithms.registry import install
+
+    try:
+        return install(settings.model_dir, settings.remote_algorithms_dir)
+    except AifiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 def _settings(config: Path | None) -> HubSettings:

@@ -47,23 +47,35 @@ def create_app(
 ) -> FastAPI:
     """The hub as an ASGI app; nothing touches disk or starts until its lifespan begins.
 
-    ``algorithms`` resolves an algorithm id (default: :mod:`aifi.algorithms.registry`),
+    ``algorithms`` resolves an algorithm id (default: the
+    :func:`aifi.algorithms.registry.install` of ``settings.model_dir`` and
+    ``settings.remote_algorithms_dir``, made when the lifespan begins),
     ``store`` holds objects (default: a folder in ``settings.data_dir``),
     ``dispatcher`` builds the task dispatcher around the task runner
     (default: a thread pool of ``settings.workers``), ``manifests`` lists what
-    goes into the catalog (default: :func:`aifi.algorithms.registry.manifests`).
+    goes into the catalog (default: the installation's, or
+    :func:`aifi.algorithms.registry.manifests` beside a custom ``algorithms``).
+    Workers resolve through ``algorithms.runnable`` where it has one (an
+    :class:`~aifi.algorithms.registry.Installation`), so a refused model's
+    tasks are canceled with the reason.
     """
-    resolve = algorithms or registry.get
-    installed = manifests or registry.manifests
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if algorithms is None:
+            installation = registry.install(settings.model_dir, settings.remote_algorithms_dir)
+            resolve: Callable[[str], Algorithm] = installation
+            installed = manifests or installation.manifests
+        else:
+            resolve = algorithms
+            installed = manifests or registry.manifests
+        run_resolve: Callable[[str], Algorithm] = getattr(resolve, "runnable", resolve)
         engine = make_engine(settings.effective_database_url)
         migrate(engine)
         sessions = make_sessions(engine)
         objects = store or LocalFolderStore(settings.data_dir)
         objects.clear_staging()
-        runner = TaskRunner(sessions, objects, resolve)
+        runner = TaskRunner(sessions, objects, run_resolve)
         pool = (
             dispatcher(runner)
             if dispatcher is not None

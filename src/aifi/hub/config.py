@@ -1,9 +1,14 @@
 """The hub's one typed settings object, read from a TOML file.
 
-Values come from ``hub.toml`` (top level or a ``[hub]`` table) and may be
-overridden by ``AIFI_HUB_*`` environment variables. The database sits behind
-``database_url`` (SQLite by default, PostgreSQL at national scale); a
-placeholder password in it is refused outside development. Example::
+Where a value comes from, strongest first: keyword arguments in code, then
+``AIFI_HUB_<SETTING>`` environment variables (``AIFI_HUB_PORT``,
+``AIFI_HUB_MODEL_DIR``, ...), then ``hub.toml`` (top level or a ``[hub]``
+table), then the defaults below. A key, section or ``AIFI_HUB_*`` variable
+that is not a setting is refused at start: a typo never silently falls back
+to a default. Relative folders in the file are taken from the file's folder.
+The database sits behind ``database_url`` (SQLite by default, PostgreSQL at
+national scale); a placeholder password in it is refused outside
+development. Example::
 
     [hub]
     environment = "production"
@@ -14,30 +19,36 @@ placeholder password in it is refused outside development. Example::
     retention_images_max_hours = 24   # images go at acknowledgement, at the latest after this
     retention_results_days = 30
     # database_url = "postgresql+psycopg://aifi:<password>@db/aifi"
+    model_dir = "/srv/aifi/models"               # <id>.toml + ONNX file: replaces a built-in model
+    remote_algorithms_dir = "/srv/aifi/remote"   # <id>.remote.toml: vendor-hosted algorithms
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from aifi.errors import ConfigError
 
-__all__ = ["PLACEHOLDER_PASSWORD", "HubSettings", "load_hub_settings"]
+__all__ = ["ENV_PREFIX", "PLACEHOLDER_PASSWORD", "HubSettings", "load_hub_settings"]
 
 PLACEHOLDER_PASSWORD = "change-me"
+ENV_PREFIX = "AIFI_HUB_"
+_FOLDERS = ("data_dir", "model_dir", "remote_algorithms_dir")
 
 
 class HubSettings(BaseSettings):
     """Everything the hub needs to start; validated once, passed in everywhere."""
 
-    model_config = SettingsConfigDict(env_prefix="AIFI_HUB_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     environment: Literal["development", "production"] = "development"
     host: str = "127.0.0.1"
@@ -60,11 +71,31 @@ class HubSettings(BaseSettings):
     purge_interval_s: float = Field(
         default=600.0, gt=0, description="how often the hub runs the retention purge"
     )
+    model_dir: Path | None = Field(
+        default=None,
+        description="model store: <algorithm-id>.toml manifests and the ONNX files they pin; "
+        "each replaces that algorithm's built-in demo model (docs/models.md)",
+    )
+    remote_algorithms_dir: Path | None = Field(
+        default=None,
+        description="folder of <id>.remote.toml (or .remote.json) files, one per "
+        "vendor-hosted algorithm (docs/remote-algorithms.md)",
+    )
 
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("model_dir", "remote_algorithms_dir")
+    @classmethod
+    def _existing_folder(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        folder = value.expanduser().resolve()
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder; create it or remove the setting")
+        return folder
 
     @field_validator("database_url")
     @classmethod
@@ -95,26 +126,83 @@ class HubSettings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'hub.sqlite'}"
 
 
-def load_hub_settings(path: Path | None = None, **overrides: Any) -> HubSettings:
-    """Read and validate ``hub.toml``; relative ``data_dir`` is taken from the file's folder.
+def load_hub_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> HubSettings:
+    """Read and validate ``hub.toml``, with ``AIFI_HUB_*`` variables winning over it.
 
-    Without ``path`` only defaults, ``AIFI_HUB_*`` variables and ``overrides`` apply.
+    Without ``path`` only defaults, ``AIFI_HUB_*`` variables and ``overrides``
+    apply. ``environ`` defaults to the process environment. Raises
+    :class:`aifi.errors.ConfigError` naming the file, key or variable at fault.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"hub configuration {path} does not exist") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"hub configuration {path} is not valid TOML: {exc}") from exc
-        if isinstance(raw.get("hub"), dict):
-            raw = dict(raw["hub"])
-        data_dir = Path(raw.get("data_dir", "hub-data")).expanduser()
-        raw["data_dir"] = str(data_dir if data_dir.is_absolute() else path.parent / data_dir)
-    raw.update(overrides)
+    environ = os.environ if environ is None else environ
+    where = f"hub configuration {path}" if path is not None else "hub settings"
+    values = _file_values(path) if path is not None else {}
+    from_env = _env_values(environ)
+    values.update(from_env)
+    values.update(overrides)
     try:
-        return HubSettings(**raw)
+        return HubSettings(**values)
     except ValidationError as exc:
-        where = f"hub configuration {path}" if path is not None else "hub settings"
-        raise ConfigError(f"{where} is invalid:\n{exc}") from exc
+        raise ConfigError(f"{where} is invalid:\n{_explained(exc, set(from_env))}") from exc
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    """The settings in ``path``; unknown keys and sections are refused, folders made absolute."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"hub configuration {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"hub configuration {path} is not valid TOML: {exc}") from exc
+    if isinstance(raw.get("hub"), dict):
+        others = sorted(set(raw) - {"hub"})
+        if others:
+            raise ConfigError(
+                f"hub configuration {path}: {_named(others[0], raw)} sits outside the [hub] "
+                "table; move it into [hub] or remove it"
+            )
+        raw = dict(raw["hub"])
+    unknown = sorted(set(raw) - set(HubSettings.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"hub configuration {path}: {_named(unknown[0], raw)} is not a hub setting; "
+            f"the settings are {', '.join(sorted(HubSettings.model_fields))}"
+        )
+    for key in _FOLDERS:
+        if isinstance(raw.get(key), str):
+            folder = Path(raw[key]).expanduser()
+            raw[key] = str(folder if folder.is_absolute() else path.parent / folder)
+    raw.setdefault("data_dir", str(path.parent / "hub-data"))
+    return raw
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``AIFI_HUB_*`` variables as settings (pydantic-settings' parsing); strangers refused."""
+    names = {f"{ENV_PREFIX}{field}".upper() for field in HubSettings.model_fields}
+    strangers = sorted(
+        k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in names
+    )
+    if strangers:
+        raise ConfigError(
+            f"environment variable {strangers[0]} is not a hub setting; the variables are "
+            f"{', '.join(sorted(names))}"
+        )
+    source = EnvSettingsSource(HubSettings)
+    source.env_vars = {k.lower(): v for k, v in environ.items()}
+    return dict(source())
+
+
+def _named(key: str, raw: Mapping[str, Any]) -> str:
+    return f"section [{key}]" if isinstance(raw.get(key), dict) else f"key {key!r}"
+
+
+def _explained(exc: ValidationError, from_env: set[str]) -> str:
+    """One line per problem: the setting (and its variable), then what is wrong with it."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        setting = ".".join(str(part) for part in error["loc"]) or "settings"
+        if setting in from_env:
+            setting += f" (from {ENV_PREFIX}{setting.upper()})"
+        lines.append(f"  {setting}: {error['msg']}")
+    return "\n".join(lines)

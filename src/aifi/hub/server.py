@@ -7,29 +7,76 @@ stay SCHEDULED for the next start).
 
 from __future__ import annotations
 
+import errno
+import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 import uvicorn
 from fastapi import FastAPI
 
-from aifi.errors import AifiError
+from aifi.algorithms.base import Algorithm
+from aifi.algorithms.registry import Installation
+from aifi.errors import AifiError, ConfigError
 from aifi.hub.app import create_app
 from aifi.hub.config import HubSettings
 
-__all__ = ["HubServer", "serve"]
+__all__ = ["HubServer", "bind", "serve"]
 
 
-def serve(settings: HubSettings) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM), on ``settings.host:settings.port``."""
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,
+def serve(settings: HubSettings, installation: Installation | None = None) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM), on ``settings.host:settings.port``.
+
+    ``installation`` is the algorithms to run (default: made from
+    ``settings`` when the app starts). The port is bound before anything
+    starts, so a port in use is one :class:`ConfigError` (:func:`bind`).
+    """
+    sock = bind(settings)
+    algorithms: Callable[[str], Algorithm] | None = installation
+    app = create_app(
+        settings,
+        algorithms=algorithms,
+        manifests=installation.manifests if installation is not None else None,
     )
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def bind(settings: HubSettings) -> socket.socket:
+    """A socket listening on ``settings.host:settings.port``; ConfigError naming the setting."""
+    try:
+        infos = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"host {settings.host!r} (setting 'host', AIFI_HUB_HOST) is not an address "
+            f"of this machine: {exc.strerror}"
+        ) from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {settings.port} on {settings.host} is in use by another program "
+                "(setting 'port' in hub.toml, or AIFI_HUB_PORT); stop that program or "
+                "choose another port"
+            ) from exc
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port} (settings 'host' and 'port'): "
+            f"{exc.strerror}"
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 class HubServer:
@@ -50,7 +97,11 @@ class HubServer:
             lifespan="on",
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="aifi-hub", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="aifi-hub", daemon=True)
+        self._socket: socket.socket | None = None
+
+    def _run(self) -> None:
+        self._server.run(sockets=[self._socket] if self._socket is not None else None)
 
     @property
     def url(self) -> str:
@@ -58,6 +109,7 @@ class HubServer:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start serving; returns once the hub answers (or raises AifiError)."""
+        self._socket = bind(self.settings)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -75,6 +127,8 @@ class HubServer:
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._socket is not None:
+            self._socket.close()
 
     def __enter__(self) -> HubServer:
         self.start()
