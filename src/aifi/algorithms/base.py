@@ -147,11 +147,22 @@ class ImageFinding:
     texts: tuple[tuple[Code, str], ...] = ()
     boxes: tuple[Box, ...] = ()
     frame_number: int | None = None
+    evaluations: tuple[tuple[Code, Code], ...] = ()
+    """Coded qualitative evaluations (name, value) of this image, e.g. presence: absent."""
 
 
 @dataclass(frozen=True)
 class Findings:
-    """The whole answer of one run: per study and per image."""
+    """The whole answer of one run: per study and per image.
+
+    ``finding`` is the coded positive finding (None when nothing was found).
+    ``finding_type`` is what the algorithm looks for whatever the answer
+    (the "Finding" of every TID 1501 measurement group), ``presence`` its
+    answer (CID 240: present, absent; or equivocal), so that a negative
+    result is coded too. ``evaluations`` are further coded study-level
+    answers (name, value), ``procedure`` the imaging procedure the result
+    reports on (TID 1500 Procedure Reported).
+    """
 
     summary: str
     finding: Code | None = None
@@ -160,6 +171,10 @@ class Findings:
     images: tuple[ImageFinding, ...] = ()
     demo_model: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    finding_type: Code | None = None
+    presence: Code | None = None
+    evaluations: tuple[tuple[Code, Code], ...] = ()
+    procedure: Code | None = None
 
 
 @runtime_checkable

@@ -13,7 +13,15 @@ the hub records with a completed task and what the edge reads are one shape::
                  "boxes": [{"x0": 10, "y0": 20, "x1": 50, "y1": 60,
                             "label": "fracture", "score": 0.87}]}],
      "demo_model": false,
-     "details": {}}
+     "details": {},
+     "finding_type": {"value": "125605004", "scheme": "SCT", "meaning": "Fracture of bone"},
+     "presence": {"value": "52101004", "scheme": "SCT", "meaning": "Present"},
+     "evaluations": [],
+     "procedure": {"value": "24689-2", "scheme": "LN", "meaning": "XR Upper extremity Views"}}
+
+``finding_type``, ``presence``, ``evaluations`` and ``procedure`` (and an
+image's ``evaluations``: ``[[name code, value code], ...]``) are optional:
+an older vendor's answer without them is read as before.
 
 ``docs/remote-algorithm.openapi.json`` describes the same shape as the
 ``Findings`` schema. Reading is strict: a missing or mistyped field is
@@ -53,6 +61,13 @@ def findings_from_json(value: Mapping[str, Any] | str | bytes) -> Findings:
     document = _object(value, "findings")
     finding = document.get("finding")
     return Findings(
+        finding_type=_optional_code(document, "finding_type", "findings"),
+        presence=_optional_code(document, "presence", "findings"),
+        evaluations=tuple(
+            _coded_pair(item, f"findings.evaluations[{index}]")
+            for index, item in enumerate(_array(document, "evaluations", "findings"))
+        ),
+        procedure=_optional_code(document, "procedure", "findings"),
         summary=_text(document, "summary", "findings"),
         finding=None if finding is None else _code(finding, "findings.finding"),
         urgent=_flag(document, "urgent", "findings", default=False),
@@ -119,6 +134,17 @@ def _code(value: object, where: str) -> Code:
     )
 
 
+def _optional_code(document: Mapping[str, Any], key: str, where: str) -> Code | None:
+    value = document.get(key)
+    return None if value is None else _code(value, f"{where}.{key}")
+
+
+def _coded_pair(value: object, where: str) -> tuple[Code, Code]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(f"{where} must be a [name code, value code] pair")
+    return _code(value[0], f"{where}[0]"), _code(value[1], f"{where}[1]")
+
+
 def _measurement(value: object, where: str) -> Measurement:
     document = _object(value, where)
     return Measurement(
@@ -166,4 +192,8 @@ def _image(value: object, where: str) -> ImageFinding:
             for index, item in enumerate(_array(document, "boxes", where))
         ),
         frame_number=frame,
+        evaluations=tuple(
+            _coded_pair(item, f"{where}.evaluations[{index}]")
+            for index, item in enumerate(_array(document, "evaluations", where))
+        ),
     )

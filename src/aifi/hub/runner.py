@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from aifi.algorithms.base import Algorithm, Findings, InputInstance, Manifest
@@ -103,7 +103,8 @@ class TaskRunner:
         findings = algorithm.run(inputs)
         logger.debug("task %s: algorithm ran in %.3f s", task.id, time.perf_counter() - ran)
         sources = [i.read(stop_before_pixels=True) for i in inputs.instances]
-        objects = encode_results(findings, manifest, sources)
+        earlier = _earlier_result_series(session, task, inputs.study_instance_uid)
+        objects = encode_results(findings, manifest, sources, earlier_series=earlier)
         for kind, ds in objects:
             result = self._store_result(task, kind, ds)
             written.append(result.object_key)
@@ -151,6 +152,25 @@ class TaskRunner:
             object_key=key,
             size=size,
         )
+
+
+def _earlier_result_series(session: Session, task: Task, study_instance_uid: str) -> int:
+    """How many result series this hospital's earlier tasks of this algorithm made on the study.
+
+    A re-run's series are numbered after them
+    (:func:`aifi.results.sources.series_numbers`).
+    """
+    count = session.scalar(
+        select(func.count(func.distinct(Result.series_instance_uid)))
+        .join(Task, Result.task_id == Task.id)
+        .where(
+            Result.hospital_id == task.hospital_id,
+            Result.study_instance_uid == study_instance_uid,
+            Task.algorithm_id == task.algorithm_id,
+            Task.id != task.id,
+        )
+    )
+    return int(count or 0)
 
 
 def _claim(session: Session, task_id: str) -> bool:

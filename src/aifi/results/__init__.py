@@ -14,7 +14,9 @@ kind      object                                                 builder
 
 Every object joins the source (pseudonymized) study and carries the
 algorithm's identity and version; the kind travels with each object so
-that each hospital receives only the kinds it chose.
+that each hospital receives only the kinds it chose. Each kind is one
+series with its own Series Number (:func:`aifi.results.sources.series_numbers`),
+and every object is written in UTF-8 whatever the sources' character set.
 """
 
 from __future__ import annotations
@@ -27,29 +29,31 @@ from aifi.algorithms.base import Findings, Manifest
 from aifi.errors import AlgorithmError
 from aifi.results.gsps import build_gsps
 from aifi.results.sc import build_sc
+from aifi.results.sources import series_numbers
 from aifi.results.sr import build_sr
 
-__all__ = ["BUILDERS", "encode_results"]
+__all__ = ["BUILDERS", "encode_results", "series_numbers"]
 
-Builder = Callable[[Findings, Manifest, Sequence[pydicom.Dataset]], list[pydicom.Dataset]]
+Builder = Callable[[Findings, Manifest, Sequence[pydicom.Dataset], int], list[pydicom.Dataset]]
+"""(findings, manifest, sources, series number) → the objects of one result series."""
 
 
 def _sr(
-    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset]
+    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset], series: int
 ) -> list[pydicom.Dataset]:
-    return [build_sr(findings, manifest, sources)]
+    return [build_sr(findings, manifest, sources, series_number=series)]
 
 
 def _gsps(
-    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset]
+    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset], series: int
 ) -> list[pydicom.Dataset]:
-    return list(build_gsps(findings, manifest, sources))
+    return list(build_gsps(findings, manifest, sources, series_number=series))
 
 
 def _sc(
-    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset]
+    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset], series: int
 ) -> list[pydicom.Dataset]:
-    return [build_sc(findings, manifest, sources)]
+    return [build_sc(findings, manifest, sources, series_number=series)]
 
 
 BUILDERS: dict[str, Builder] = {
@@ -61,11 +65,17 @@ BUILDERS: dict[str, Builder] = {
 
 
 def encode_results(
-    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset]
+    findings: Findings,
+    manifest: Manifest,
+    sources: Sequence[pydicom.Dataset],
+    *,
+    earlier_series: int = 0,
 ) -> list[tuple[str, pydicom.Dataset]]:
     """The DICOM objects for ``findings``, as (kind, dataset), in ``manifest.produces`` order.
 
-    ``sources`` are the pseudonymized images the algorithm ran on. Headers
+    ``earlier_series`` is how many result series this algorithm already
+    made on this study (a re-run), so that the new series are numbered
+    after them. ``sources`` are the pseudonymized images the algorithm ran on. Headers
     suffice: the rendered image (``sc``) reads its key image's pixel data
     from the file a header was read from (``ds.filename``). Raises
     :class:`aifi.errors.AlgorithmError` when the manifest asks for a kind
@@ -77,8 +87,9 @@ def encode_results(
             f"algorithm {manifest.id!r} produces {', '.join(unknown)}, which aifi cannot "
             f"encode; known result kinds: {', '.join(sorted(BUILDERS))}"
         )
+    numbers = series_numbers(manifest.id, earlier=earlier_series, count=len(manifest.produces))
     return [
         (kind, ds)
-        for kind in manifest.produces
-        for ds in BUILDERS[kind](findings, manifest, sources)
+        for kind, number in zip(manifest.produces, numbers, strict=True)
+        for ds in BUILDERS[kind](findings, manifest, sources, number)
     ]

@@ -18,13 +18,18 @@ State IOD), built with highdicom:
   presentation state annotates the key image (the first image with
   findings, else the first source) with the summary alone, so that what the
   algorithm said is visible wherever the images are;
-* Modality and VOI LUTs are taken from the referenced images, the
-  Presentation LUT is IDENTITY;
+* Modality and VOI LUTs are taken from the referenced images; the
+  Presentation LUT Shape (PS3.3 C.11.6.1.1) is INVERSE for MONOCHROME1
+  images and IDENTITY for MONOCHROME2, so that the image is shown with its
+  own polarity (bone white on a radiograph, PS3.3 C.7.6.3.1.2): a
+  presentation state's P-values are always "white is high", and a
+  MONOCHROME1 image has its minimum displayed white;
 * the Contributing Equipment Sequence names the algorithm, its vendor and
   version (as in :mod:`aifi.results.sr`).
 
 Like the SR, the presentation state joins the source study with a new
-Series and SOP Instance UID; headers without pixel data suffice.
+Series and SOP Instance UID, in UTF-8 whatever the sources' character set
+(:mod:`aifi.results.sources`); headers without pixel data suffice.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from pydicom.multival import MultiValue
 import aifi
 from aifi.algorithms.base import Box, Findings, ImageFinding, Manifest
 from aifi.results.render import plain_punctuation
+from aifi.results.sources import RESULT_CHARACTER_SET, check_sources, source_header
 from aifi.results.sr import algorithm_equipment, is_point, series_description
 
 __all__ = ["DEMO_BANNER", "GSPS_SERIES_NUMBER", "build_gsps", "series_laterality"]
@@ -48,7 +54,7 @@ __all__ = ["DEMO_BANNER", "GSPS_SERIES_NUMBER", "build_gsps", "series_laterality
 logger = logging.getLogger(__name__)
 
 GSPS_SERIES_NUMBER = 9902
-"""Series Number of result presentation states, after the SR's 9901."""
+"""Default Series Number of result presentation states; the hub numbers each series."""
 
 DEMO_BANNER = "DEMO MODEL - NOT FOR CLINICAL USE"
 """Text shown on images annotated by a demo model (ASCII: ST in any character set)."""
@@ -74,12 +80,8 @@ def build_gsps(
     Raises ``ValueError`` when they are empty, span several studies, or lack
     an image a finding refers to.
     """
-    if not sources:
-        raise ValueError("sources must hold at least one image of the study")
-    study_uids = {str(ds.StudyInstanceUID) for ds in sources}
-    if len(study_uids) != 1:
-        raise ValueError(f"sources must belong to one study, not {len(study_uids)}")
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    sources = [source_header(ds) for ds in sources]
+    by_uid = check_sources(sources)
     missing = [i.sop_instance_uid for i in findings.images if i.sop_instance_uid not in by_uid]
     if missing:
         raise ValueError(f"findings refer to instance {missing[0]}, which is not in sources")
@@ -92,7 +94,9 @@ def build_gsps(
     for image in marked:
         ds = by_uid[image.sop_instance_uid]
         alone = str(ds.SOPInstanceUID) if _is_multiframe(ds) else ""
-        by_size.setdefault((int(ds.Rows), int(ds.Columns), alone), []).append(image)
+        # one Presentation LUT per presentation state: polarities apart too
+        group = (int(ds.Rows), int(ds.Columns), alone + _photometric(ds))
+        by_size.setdefault(group, []).append(image)
     series_instance_uid = hd.UID()
     return [
         _presentation_state(
@@ -143,7 +147,8 @@ def _presentation_state(
         graphic_annotations=annotations,
         graphic_layers=[layer],
         contributing_equipment=[algorithm_equipment(manifest)],
-        specific_character_set=_character_set(findings, manifest, referenced[0]),
+        specific_character_set=RESULT_CHARACTER_SET,
+        presentation_lut_transformation=_presentation_lut(referenced[0]),
         **_luts_without_functional_groups(referenced[0]),
     )
     gsps.SeriesDescription = series_description(manifest, demo_model=findings.demo_model)
@@ -156,6 +161,19 @@ def _presentation_state(
         len(annotations),
     )
     return gsps
+
+
+def _photometric(ds: pydicom.Dataset) -> str:
+    return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+
+
+def _presentation_lut(ds: pydicom.Dataset) -> hd.PresentationLUTTransformation:
+    """INVERSE for a MONOCHROME1 image, IDENTITY otherwise (PS3.3 C.11.6.1.1)."""
+    inverse = _photometric(ds) == "MONOCHROME1"
+    shape = (
+        hd.PresentationLUTShapeValues.INVERSE if inverse else hd.PresentationLUTShapeValues.IDENTITY
+    )
+    return hd.PresentationLUTTransformation(presentation_lut_shape=shape)
 
 
 def _first_uid(sources: Sequence[pydicom.Dataset]) -> str:
@@ -282,17 +300,3 @@ def _first(value: object) -> float:
 
 def _is_multiframe(ds: pydicom.Dataset) -> bool:
     return int(ds.get("NumberOfFrames", 1) or 1) > 1
-
-
-def _character_set(
-    findings: Findings, manifest: Manifest, source: pydicom.Dataset
-) -> str | list[str] | None:
-    """The source's Specific Character Set, or UTF-8 if aifi's text needs it (PS3.3 C.12.1.1.2)."""
-    texts = [_plain(findings.summary), manifest.name, manifest.version]
-    texts += [_plain(box.label) for image in findings.images for box in image.boxes]
-    if not all(text.isascii() for text in texts):
-        return "ISO_IR 192"
-    value = source.get("SpecificCharacterSet")
-    if value is None or isinstance(value, str):
-        return value
-    return [str(item) for item in value]

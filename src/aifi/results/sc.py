@@ -20,7 +20,10 @@ The text burned into the pixels is pseudonymous (no name, no ID), so
 re-identifying the header at the edge is enough; Burned In Annotation
 (0028,0301) is YES and Conversion Type (0008,0064) is WSD (workstation).
 Like the other results it joins the source study with a new Series and
-SOP Instance UID, and names the algorithm as Contributing Equipment.
+SOP Instance UID, in UTF-8 whatever the sources' character set and with
+empty Type 2 attributes where the sources lack them
+(:mod:`aifi.results.sources`), and names the algorithm as Contributing
+Equipment.
 
 Sources may be headers only (the hub reads them without pixel data): the
 key image's pixel data is then read from the file it came from
@@ -40,6 +43,7 @@ import pydicom
 from aifi.algorithms.base import Box, Findings, ImageFinding, Manifest, Measurement
 from aifi.results.gsps import DEMO_BANNER, series_laterality
 from aifi.results.render import display_pixels, render_page
+from aifi.results.sources import RESULT_CHARACTER_SET, check_sources, source_header
 from aifi.results.sr import algorithm_equipment, series_description
 
 __all__ = ["DEMO_BANNER", "SC_SERIES_NUMBER", "build_sc", "key_image"]
@@ -47,7 +51,7 @@ __all__ = ["DEMO_BANNER", "SC_SERIES_NUMBER", "build_sc", "key_image"]
 logger = logging.getLogger(__name__)
 
 SC_SERIES_NUMBER = 9903
-"""Series Number of rendered summary images, after the SR's and presentation state's."""
+"""Default Series Number of rendered summary images; the hub numbers each series."""
 
 _REVIEW = "AI result - review together with the original images."
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -66,12 +70,7 @@ def build_sc(
     Raises ``ValueError`` when ``sources`` are empty, span several studies,
     or lack an image a finding refers to.
     """
-    if not sources:
-        raise ValueError("sources must hold at least one image of the study")
-    study_uids = {str(ds.StudyInstanceUID) for ds in sources}
-    if len(study_uids) != 1:
-        raise ValueError(f"sources must belong to one study, not {len(study_uids)}")
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    by_uid = check_sources(sources)
     missing = [i.sop_instance_uid for i in findings.images if i.sop_instance_uid not in by_uid]
     if missing:
         raise ValueError(f"findings refer to instance {missing[0]}, which is not in sources")
@@ -85,7 +84,7 @@ def build_sc(
         _report_lines(findings, manifest, key, source),
         banner=DEMO_BANNER if findings.demo_model else None,
     )
-    header = _header(source)
+    header = source_header(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
         pixel_array=page,
@@ -100,6 +99,7 @@ def build_sc(
         patient_orientation=("L", "F"),  # replaced below: highdicom takes single letters only
         contributing_equipment=[algorithm_equipment(manifest)],
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+        specific_character_set=RESULT_CHARACTER_SET,
     )
     orientation: list[str] | str = _orientation(source) if pixels is not None else ""
     sc["PatientOrientation"].value = orientation
@@ -109,8 +109,6 @@ def build_sc(
     sc.BurnedInAnnotation = "YES"
     sc.ConversionType = "WSD"
     sc.ImageType = ["DERIVED", "SECONDARY"]
-    if not all(text.isascii() for text in (manifest.name, manifest.version)):
-        sc.SpecificCharacterSet = "ISO_IR 192"
     logger.debug("SC %s for %s %s", sc.SOPInstanceUID, manifest.id, manifest.version)
     return sc
 
@@ -195,14 +193,6 @@ def _source_reference(source: pydicom.Dataset, frame_number: int | None) -> pydi
         item.ReferencedFrameNumber = frame_number
     item.SpatialLocationsPreserved = "NO"
     return item
-
-
-def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
-    header = pydicom.Dataset()
-    for element in ds:
-        if element.keyword not in _PIXEL_KEYWORDS:
-            header.add(element)
-    return header
 
 
 def _orientation(ds: pydicom.Dataset) -> list[str] | str:

@@ -2,29 +2,38 @@
 
 The structure follows IHE AI Results (AIR) and PS3.16:
 
-* TID 1500 Measurement Report, Procedure Reported = imaging procedure;
+* TID 1500 Measurement Report, Procedure Reported = the procedure the
+  algorithm says it reports on (e.g. CT Chest), else "Imaging procedure";
 * TID 1001 Observation Context with a device observer (TID 1004): Device
   Observer UID derived from the algorithm id and version, name, manufacturer
   = the algorithm's vendor, model name = the algorithm's id;
 * TID 1600 Image Library listing every source image;
+* every measurement group carries the coded "Finding" (121071, DCM) the
+  algorithm looks for (``Findings.finding_type``, e.g. Pulmonary embolism),
+  whether it was found or not;
 * per image with findings, a TID 1501 measurement group referencing its
   source image (SOP Class/Instance UID, frame), carrying TID 4019 Algorithm
-  Identification, the measurements (TID 300, UCUM units) and the text
+  Identification, the measurements (TID 300, UCUM units), the coded
+  qualitative evaluations (e.g. Presence of property = Absent) and the text
   findings as TEXT content items (e.g. the pixel data digest,
   :data:`aifi.results.codes.PIXEL_DATA_SHA256`);
 * per box, a TID 1410 planar ROI group whose region is a closed POLYLINE
   SCOORD rectangle on the source image, with the score as "Probability" and
-  the label as a TEXT "Finding"; a box of zero size (x0 = x1, y0 = y1) is a
-  location, e.g. of a suspected embolus, and becomes a POINT SCOORD
+  the label in its tracking identifier; a box of zero size (x0 = x1, y0 = y1)
+  is a location, e.g. of a suspected embolus, and becomes a POINT SCOORD
   (:func:`is_point`);
-* study-level measurements in one more TID 1501 group without source image;
-* the summary (and, for a demo model, the notice "demo model - not for
-  clinical use") as TEXT in the report's "Qualitative Evaluations"
-  container (TID 1500 row 12, (C0034375, UMLS)).
+* study-level measurements and the study's presence in one more TID 1501
+  group without source image;
+* the coded headline finding (the positive finding, else the finding type)
+  with its presence as a HAS PROPERTIES child, so a negative result is coded
+  too, the study-level coded evaluations, the summary and, for a demo model,
+  the notice "demo model - not for clinical use", in the report's
+  "Qualitative Evaluations" container (TID 1500 row 12, (C0034375, UMLS)).
 
 The SR joins the source study: Patient and General Study Module attributes
 are copied from the (pseudonymized) sources, with a new Series and SOP
-Instance UID. The Contributing Equipment Sequence (0018,A001) names the
+Instance UID, written in UTF-8 whatever the sources' character set
+(:mod:`aifi.results.sources`). The Contributing Equipment Sequence (0018,A001) names the
 algorithm, its vendor and version with purpose (109102, DCM, "Processing
 Equipment"), after the acquisition equipment and highdicom that highdicom
 itself records.
@@ -43,7 +52,9 @@ from pydicom.uid import generate_uid
 
 import aifi
 from aifi.algorithms.base import Box, Code, Findings, ImageFinding, Manifest, Measurement
+from aifi.algorithms.codes import IMAGING_PROCEDURE, PRESENCE
 from aifi.results.codes import AIFI_CODING_SCHEME, AIFI_SCHEME, DEMO_MODEL_NOTICE
+from aifi.results.sources import RESULT_CHARACTER_SET, check_sources, source_header
 
 __all__ = [
     "DEMO_NOTICE",
@@ -58,22 +69,9 @@ logger = logging.getLogger(__name__)
 
 DEMO_NOTICE = "demo model - not for clinical use"
 SR_SERIES_NUMBER = 9901
-"""Series Number of result SRs: high, so PACS viewers list them after the images."""
+"""Default Series Number of a result SR; the hub gives each its own (:func:`series_numbers`)."""
 
 _QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
-_PATIENT_AND_STUDY_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "StudyID",
-)
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 def build_sr(
@@ -91,12 +89,9 @@ def build_sr(
     they are empty, span several studies, or do not contain an image a
     finding refers to.
     """
-    if not sources:
-        raise ValueError("sources must hold at least one image of the study")
-    study_uids = {str(ds.StudyInstanceUID) for ds in sources}
-    if len(study_uids) != 1:
-        raise ValueError(f"sources must belong to one study, not {len(study_uids)}")
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    sources = [source_header(ds) for ds in sources]
+    by_uid = check_sources(sources)
+    finding_type = _finding_type(findings)
     algorithm_id = hd.sr.AlgorithmIdentification(name=manifest.name, version=manifest.version)
 
     groups: list[
@@ -109,26 +104,26 @@ def build_sr(
                 f"findings refer to instance {image.sop_instance_uid}, which is not in sources"
             )
         source = by_uid[image.sop_instance_uid]
-        groups.append(_image_group(image, source, number, algorithm_id))
+        groups.append(_image_group(image, source, number, algorithm_id, finding_type))
         groups.extend(
-            _box_group(box, image, source, f"{number}.{index}", algorithm_id)
+            _box_group(box, image, source, f"{number}.{index}", algorithm_id, finding_type)
             for index, box in enumerate(image.boxes, start=1)
         )
-    if findings.measurements or not groups:
+    if findings.measurements or findings.presence is not None or not groups:
         # highdicom (like TID 1500's Imaging Measurements) wants at least one group
-        groups.append(_study_group(findings.measurements, algorithm_id))
+        groups.append(_study_group(findings, algorithm_id, finding_type))
 
+    procedure = findings.procedure or IMAGING_PROCEDURE
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(manifest),
-        procedure_reported=codes.SCT.ImagingProcedure,
+        procedure_reported=_coded(procedure),
         imaging_measurements=groups,
         referenced_images=_describable(sources) or None,
     )
     report[0].ContentSequence.append(_qualitative_evaluations(findings))
 
-    evidence = [_header(ds) for ds in sources]
     sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
+        evidence=sources,
         content=report,
         series_instance_uid=hd.UID(),
         series_number=series_number,
@@ -142,7 +137,7 @@ def build_sr(
         is_final=True,
         contributing_equipment=[algorithm_equipment(manifest)],
         coding_schemes=[AIFI_CODING_SCHEME] if _uses_aifi_codes(findings) else None,
-        specific_character_set=_character_set(findings, manifest, sources[0]),
+        specific_character_set=RESULT_CHARACTER_SET,
     )
     logger.debug(
         "SR %s for %s %s: %d measurement groups",
@@ -168,6 +163,18 @@ def is_point(box: Box) -> bool:
 
 def _coded(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def _finding_type(findings: Findings) -> hd.sr.CodedConcept | None:
+    """The "Finding" of every measurement group: what was looked for, else what was found."""
+    code = findings.finding_type or findings.finding
+    return None if code is None else _coded(code)
+
+
+def _evaluations(pairs: Sequence[tuple[Code, Code]]) -> list[hd.sr.QualitativeEvaluation] | None:
+    return [
+        hd.sr.QualitativeEvaluation(_coded(name), _coded(value)) for name, value in pairs
+    ] or None
 
 
 def _text(code: Code, value: str) -> hd.sr.TextContentItem:
@@ -200,12 +207,15 @@ def _image_group(
     source: pydicom.Dataset,
     number: int,
     algorithm_id: hd.sr.AlgorithmIdentification,
+    finding_type: hd.sr.CodedConcept | None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group for one source image: its measurements and text findings."""
+    """TID 1501 group for one source image: finding, measurements, evaluations, texts."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(f"image {number}"),
+        finding_type=finding_type,
         algorithm_id=algorithm_id,
         measurements=[_measurement(m, algorithm_id) for m in image.measurements] or None,
+        qualitative_evaluations=_evaluations(image.evaluations),
         source_images=[
             hd.sr.SourceImageForMeasurementGroup(
                 referenced_sop_class_uid=source.SOPClassUID,
@@ -224,8 +234,13 @@ def _box_group(
     source: pydicom.Dataset,
     identifier: str,
     algorithm_id: hd.sr.AlgorithmIdentification,
+    finding_type: hd.sr.CodedConcept | None,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 group: a closed POLYLINE rectangle or a POINT (PS3.3 C.18.6.1.2), score, label."""
+    """TID 1410 group: a closed POLYLINE rectangle or a POINT (PS3.3 C.18.6.1.2), score, label.
+
+    The label names the group (Tracking Identifier, at most 64 characters);
+    the coded finding is the study's finding type.
+    """
     corners = [(box.x0, box.y0), (box.x1, box.y0), (box.x1, box.y1), (box.x0, box.y1)]
     if is_point(box):
         graphic_type = hd.sr.GraphicTypeValues.POINT
@@ -242,9 +257,10 @@ def _box_group(
             referenced_frame_numbers=_frames(image),
         ),
     )
-    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(f"box {identifier}"),
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(f"{box.label[:48]} {identifier}"),
         referenced_region=region,
+        finding_type=finding_type,
         algorithm_id=algorithm_id,
         measurements=[
             hd.sr.Measurement(
@@ -255,38 +271,57 @@ def _box_group(
             )
         ],
     )
-    group[0].ContentSequence.append(
-        _text(Code("121071", "DCM", "Finding"), box.label),
-    )
-    return group
 
 
 def _study_group(
-    measurements: Sequence[Measurement], algorithm_id: hd.sr.AlgorithmIdentification
+    findings: Findings,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    finding_type: hd.sr.CodedConcept | None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group for study-level measurements (no single source image)."""
+    """TID 1501 group for the study (no single source image): measurements, presence."""
+    pairs = [] if findings.presence is None else [(PRESENCE, findings.presence)]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking("study"),
+        finding_type=finding_type,
         algorithm_id=algorithm_id,
-        measurements=[_measurement(m, algorithm_id) for m in measurements] or None,
+        measurements=[_measurement(m, algorithm_id) for m in findings.measurements] or None,
+        qualitative_evaluations=_evaluations(pairs),
     )
 
 
 def _qualitative_evaluations(findings: Findings) -> hd.sr.ContainerContentItem:
-    """TID 1500 "Qualitative Evaluations": the finding, the summary, the demo notice."""
+    """TID 1500 "Qualitative Evaluations": the finding and its presence, the summary, the notice."""
     container = hd.sr.ContainerContentItem(
         name=_QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     items: list[hd.sr.ContentItem] = []
-    if findings.finding is not None:
-        items.append(
-            hd.sr.CodeContentItem(
-                name=codes.DCM.Finding,
-                value=_coded(findings.finding),
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
+    headline = findings.finding or findings.finding_type
+    if headline is not None:
+        finding = hd.sr.CodeContentItem(
+            name=codes.DCM.Finding,
+            value=_coded(headline),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
+        if findings.presence is not None:
+            finding.ContentSequence = pydicom.Sequence(
+                [
+                    hd.sr.CodeContentItem(
+                        name=_coded(PRESENCE),
+                        value=_coded(findings.presence),
+                        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+                    )
+                ]
+            )
+        items.append(finding)
+    items.extend(
+        hd.sr.CodeContentItem(
+            name=_coded(name),
+            value=_coded(value),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        for name, value in findings.evaluations
+    )
     items.append(_text(Code("121111", "DCM", "Summary"), findings.summary))
     if findings.demo_model:
         items.append(_text(DEMO_MODEL_NOTICE, DEMO_NOTICE))
@@ -338,42 +373,12 @@ def _describable(sources: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     return describable
 
 
-def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """The source's header without pixel data, Type 2 patient/study attributes present."""
-    header = pydicom.Dataset()
-    for element in ds:
-        if element.keyword not in _PIXEL_KEYWORDS:
-            header.add(element)
-    for keyword in _PATIENT_AND_STUDY_KEYWORDS:
-        if keyword not in header:
-            setattr(header, keyword, "")
-    if hasattr(ds, "file_meta"):
-        header.file_meta = ds.file_meta
-    return header
-
-
-def _character_set(
-    findings: Findings, manifest: Manifest, source: pydicom.Dataset
-) -> str | list[str] | None:
-    """The sources' Specific Character Set, or UTF-8 (ISO_IR 192) when aifi's text needs it.
-
-    PS3.3 C.12.1.1.2; the patient's name keeps its characters either way.
-    """
-    texts = [findings.summary, manifest.name, manifest.vendor, manifest.version]
-    texts += [value for image in findings.images for _, value in image.texts]
-    texts += [box.label for image in findings.images for box in image.boxes]
-    if not all(text.isascii() for text in texts):
-        return "ISO_IR 192"
-    value = source.get("SpecificCharacterSet")
-    if value is None or isinstance(value, str):
-        return value
-    return [str(item) for item in value]
-
-
 def _uses_aifi_codes(findings: Findings) -> bool:
     used: list[Code] = [code for image in findings.images for code, _ in image.texts]
     used += [m.concept for image in findings.images for m in image.measurements]
     used += [m.concept for m in findings.measurements]
-    if findings.finding is not None:
-        used.append(findings.finding)
+    used += [code for image in findings.images for pair in image.evaluations for code in pair]
+    used += [code for pair in findings.evaluations for code in pair]
+    optional = (findings.finding, findings.finding_type, findings.presence, findings.procedure)
+    used += [code for code in optional if code is not None]
     return findings.demo_model or any(code.scheme == AIFI_SCHEME for code in used)
