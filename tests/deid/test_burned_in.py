@@ -54,9 +54,38 @@ def test_recognizable_face_is_refused(instance: Dataset) -> None:
 def test_a_plain_radiograph_passes_and_the_option_can_be_off(instance: Dataset) -> None:
     del instance.BurnedInAnnotation
     assert Pseudonymizer(KEY).pseudonymize_dataset(instance).dataset
-    instance.BurnedInAnnotation = "YES"
+    screenshot = make_instance(modality="OT", sop_class="1.2.840.10008.5.1.4.1.1.7")
     options = DeidOptions(clean_pixel_data=False)
-    assert Pseudonymizer(KEY, options=options).pseudonymize_dataset(instance).dataset
+    assert Pseudonymizer(KEY, options=options).pseudonymize_dataset(screenshot).dataset
+
+
+@pytest.mark.parametrize("flag", ["BurnedInAnnotation", "RecognizableVisualFeatures"])
+def test_yes_flags_are_refused_even_from_a_known_clean_source(flag: str) -> None:
+    ds = make_instance()
+    setattr(ds, flag, "YES")
+    for pseudonymizer in (
+        Pseudonymizer(KEY, known_clean_pixels=True),
+        Pseudonymizer(KEY, options=DeidOptions(clean_pixel_data=False)),
+    ):
+        with pytest.raises(PseudonymizationError, match=r"\(0028,030[12]\) is YES"):
+            pseudonymizer.pseudonymize_dataset(ds)
+
+
+@pytest.mark.parametrize(
+    ("modality", "sop_class"),
+    [
+        ("US", "1.2.840.10008.5.1.4.1.1.6.1"),
+        ("OT", "1.2.840.10008.5.1.4.1.1.7"),
+        ("XA", "1.2.840.10008.5.1.4.1.1.12.1"),
+        ("DX", "1.2.840.10008.5.1.4.1.1.7"),  # a screenshot labelled as a radiograph
+    ],
+)
+def test_class_and_modality_are_judged_before_the_flag(modality: str, sop_class: str) -> None:
+    ds = make_instance(modality=modality, sop_class=sop_class)
+    ds.BurnedInAnnotation = "NO"  # not believed for these classes
+    with pytest.raises(PseudonymizationError, match="whatever Burned In Annotation"):
+        Pseudonymizer(KEY).pseudonymize_dataset(ds)
+    assert Pseudonymizer(KEY, known_clean_pixels=True).pseudonymize_dataset(ds).dataset
 
 
 def test_an_overlay_embedded_in_pixel_bits_is_refused(instance: Dataset) -> None:

@@ -14,7 +14,12 @@ def test_exported_members() -> None:
         "PseudonymizedInstance",
         "Pseudonymizer",
         "check_deidentified",
+        "check_deidentified_file",
+        "clean_descriptor",
+        "default_vocabulary",
+        "is_clean_descriptor",
         "load_or_create_key",
+        "load_vocabulary",
         "pseudo_uid",
     }
     for name in set(aifi.deid.__all__) - {"CID_7050"}:

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 from fastapi import FastAPI
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from aifi.algorithms import registry
@@ -65,7 +65,11 @@ def pseudonymized(
     for element in original:
         if element.keyword in KEEP:
             ds.add(element)
-    ds.file_meta = original.file_meta
+    ds.file_meta = FileMetaDataset()  # new, as the edge writes it: nothing of the source's
+    ds.file_meta.MediaStorageSOPClassUID = original.file_meta.MediaStorageSOPClassUID
+    ds.file_meta.TransferSyntaxUID = original.file_meta.TransferSyntaxUID
+    if "FrameOfReferenceUID" in ds:
+        ds.FrameOfReferenceUID = new_uid()  # every UID replaced (PS3.15 Table E.1-1: U)
     ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = series or new_uid()
     ds.SOPInstanceUID = sop or new_uid()

@@ -3,14 +3,23 @@
 PS3.15 E.1.1: every attribute of Table E.1-1 gets its action, recursively in
 every sequence item; all private attributes are removed; attributes the
 table does not list pass only when they are on the safe list (or named by
-the algorithm's manifest); everything else, unknown and retired attributes
-included, is removed. Then the instance is marked (PS3.15 E.1.1 step 6;
-PS3.3 C.7.1.1 Patient Identity Removed, De-identification Method (Code
-Sequence); PS3.3 C.7.6.1 Longitudinal Temporal Information Modified).
+the algorithm's manifest and on the safe list's "on request" part);
+everything else, unknown and retired attributes included, is removed. Then
+the instance is marked (PS3.15 E.1.1 step 6; PS3.3 C.7.1.1 Patient Identity
+Removed, De-identification Method (Code Sequence); PS3.3 C.7.6.1
+Longitudinal Temporal Information Modified).
+
+There is no raw channel: every sequence is walked whatever its VR (a
+sequence sent as UN, of defined or undefined length, is read as implicit VR
+little endian, PS3.5 6.2.2, or removed when it cannot be); no text passes
+raw: a kept or safe-listed text value is reduced to the descriptor
+vocabulary (:mod:`aifi.deid.descriptors`) or checked to be a code, and a
+coded string, number, age or time passes only when it has its VR's form.
+Binary values (US, FL, OB, ...) are copied as they are.
 
 The engine works on bytes (:mod:`aifi.deid.encoding`): an element that
 passes unchanged is copied without being decoded, and the walk stops at
-Pixel Data, which the caller copies as it is.
+Pixel Data, which the caller copies as it is (nothing after it is copied).
 """
 
 from __future__ import annotations
@@ -21,9 +30,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pydicom import charset
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from aifi.deid import keys, values
+from aifi.deid.descriptors import Vocabulary, clean_descriptor, is_code
 from aifi.deid.encoding import (
     SWAP_WIDTH,
     Element,
@@ -31,10 +41,11 @@ from aifi.deid.encoding import (
     encode_element,
     encode_sequence,
     swap,
+    vr_of,
 )
 from aifi.deid.options import CID_7050, DeidOptions
 from aifi.deid.profile import Profile, load_profile
-from aifi.errors import ConfigError
+from aifi.errors import ConfigError, DicomInputError
 
 __all__ = ["NEVER_KEEP", "PIXEL_TAGS", "ProfileRun", "resolve_keep"]
 
@@ -66,13 +77,16 @@ NEVER_KEEP = frozenset(
 )
 #: Float, double float and integer Pixel Data: the walk stops at the first of them.
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-_TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "CS", "AE", "UR"})
+#: Free text: reduced to the descriptor vocabulary whenever it is kept.
+_FREE_TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC"})
+#: Never kept, whatever the list says: names, AE titles, addresses, unknown content.
+_NEVER_COPIED_VRS = frozenset({"PN", "AE", "UR", "UN"})
 _SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
-_IDENTIFYING_VRS = _TEXT_VRS | {"PN", "DA", "DT"}
 _DATES_FOR_AGE = (0x00080020, 0x00080021, 0x00080022, 0x00080023)  # Study, Series, Acq., Content
 _CHARSET = 0x00080005
 _TIMEZONE = 0x00080201
 _PATIENT_NAME, _PATIENT_ID, _ACCESSION = 0x00100010, 0x00100020, 0x00080050
+_ISSUER = 0x00100021  # Issuer of Patient ID
 _BIRTH_DATE, _PATIENT_AGE = 0x00100030, 0x00101010
 _SOP_INSTANCE, _STUDY, _SERIES, _SOP_CLASS = 0x00080018, 0x0020000D, 0x0020000E, 0x00080016
 _SUMMARY = {
@@ -83,8 +97,14 @@ _SUMMARY = {
 }
 
 
-def resolve_keep(keep: Iterable[str]) -> frozenset[int]:
-    """Tags of the keywords an algorithm's manifest asks to keep; refuse identifying ones."""
+def resolve_keep(keep: Iterable[str], profile: Profile | None = None) -> frozenset[int]:
+    """Tags of the keywords an algorithm's manifest asks to keep; refuse identifying ones.
+
+    A keyword the profile cannot vet (neither safe-listed nor kept or cleaned by
+    Table E.1-1 under an implemented option, e.g. StationName) is not kept: it is
+    logged and left to the profile, which removes it.
+    """
+    profile = profile or load_profile()
     tags: set[int] = set()
     for keyword in keep:
         tag = tag_for_keyword(keyword)
@@ -98,11 +118,18 @@ def resolve_keep(keep: Iterable[str]) -> frozenset[int]:
             raise ConfigError(
                 f"keep names {keyword!r}, which is not a DICOM keyword; fix the manifest"
             )
-        if dictionary_VR(tag) in ("UI", "DA", "DT"):
+        if dictionary_VR(tag) in ("UI", "DA", "DT", "TM"):
             raise ConfigError(
-                f"keep names {keyword}, a UID or date: UIDs are always replaced and dates "
+                f"keep names {keyword}, a UID, date or time: UIDs are always replaced and dates "
                 "removed; use the Modified Dates option or PatientAge instead"
             )
+        if not profile.keepable(tag):
+            logger.warning(
+                "keep names %s, which the profile cannot vet (not on the safe list, not kept or "
+                "cleaned by Table E.1-1): it is removed as the profile says",
+                keyword,
+            )
+            continue
         tags.add(tag)
     return frozenset(tags)
 
@@ -116,12 +143,15 @@ class ProfileRun:
     keep: frozenset[int]
     profile: Profile = field(default_factory=load_profile)
     uid_map: dict[str, str] = field(default_factory=dict)
-    tokens: set[str] = field(default_factory=set)
     shift_days: int | None = None
     patient_pseudonym: str = ""
     encodings: list[str] = field(default_factory=lambda: ["iso8859"])
     #: tag -> decision, shared by the runs of one Pseudonymizer (same options and keep)
     decisions: dict[int, str] = field(default_factory=dict)
+    #: words a cleaned text may keep; None is the packaged vocabulary
+    vocabulary: Vocabulary | None = None
+    #: whether what is written is implicit VR (as the top-level dataset read)
+    out_implicit: bool = False
 
     # -- entry point -----------------------------------------------------------
     def top_level(self, reader: Reader, start: int) -> tuple[list[Element], Element | None]:
@@ -166,17 +196,17 @@ class ProfileRun:
         original_id = (
             self._text(reader, by_tag[_PATIENT_ID]).strip() if _PATIENT_ID in by_tag else ""
         )
-        if original_id:
-            self.patient_pseudonym = keys.pseudonym(self.key, "patient", original_id)
-            patient_key = original_id
+        if original_id:  # an ID is unique only within its issuer (PS3.3 C.7.1.1)
+            issuer = self._text(reader, by_tag[_ISSUER]).strip() if _ISSUER in by_tag else ""
+            patient_key = f"{issuer}\\{original_id}" if issuer else original_id
+            self.patient_pseudonym = keys.pseudonym(self.key, "patient", patient_key)
         else:  # no ID: one pseudonym per study, never one shared by all ID-less patients
             study = self._text(reader, by_tag[_STUDY]).strip() if _STUDY in by_tag else ""
             self.patient_pseudonym = keys.pseudonym(self.key, "patient-without-id", study)
             patient_key = "study:" + study
         if self.options.retain_longitudinal_modified_dates:
             self.shift_days = keys.date_shift_days(self.key, patient_key)
-        if self.options.clean_descriptors or self.keep:
-            self._collect_tokens(reader, elements)
+        self.out_implicit = reader.implicit
         out: dict[int, bytes] = {}
         for element in elements:
             encoded = self._element(reader, element)
@@ -204,18 +234,65 @@ class ProfileRun:
 
     def _element(self, reader: Reader, element: Element) -> bytes | None:
         decision = self.decide(element.tag)
-        if decision == "drop" or (element.undefined and element.vr == "UN"):
-            return None  # ... or a sequence of unknown VR, whose content cannot be vetted
+        if decision == "drop":
+            return None
+        if element.vr == "UN":
+            return self._unknown_vr(reader, element, decision)
+        return self._decided(reader, element, decision)
+
+    def _decided(self, reader: Reader, element: Element, decision: str) -> bytes | None:
         if decision in ("keep", "keep-listed", "safe"):
             if element.vr == "SQ":
                 return self._sequence(reader, element)
-            if decision == "keep-listed" and element.vr in _TEXT_VRS:
-                return self._clean(reader, element)  # needed, but free text: cleaned
-            return self._raw(reader, element)
+            return self._vetted(reader, element)  # needed, but never copied unchecked
         return self._act(reader, element, decision)
 
+    def _unknown_vr(self, reader: Reader, element: Element, decision: str) -> bytes | None:
+        """An element sent with VR UN: read as its dictionary VR, a sequence as implicit VR.
+
+        PS3.5 6.2.2: the value of a UN element is encoded as implicit VR little
+        endian; a sequence of undefined length sent as UN is always a sequence.
+        What cannot be read so is removed.
+        """
+        vr = vr_of(element.tag)
+        if vr == "UN":
+            return None  # not in the dictionary: nothing can say what it holds
+        inner = Reader(reader.buf, implicit=True, size=reader.size)
+        if element.undefined or vr == "SQ":
+            as_sequence = Element(
+                element.tag, "SQ", element.start, element.vstart, element.vend, element.undefined
+            )
+            try:
+                return self._decided(inner, as_sequence, decision)
+            except DicomInputError:
+                logger.info("a sequence sent as UN cannot be read; it is removed")
+                return None
+        typed = Element(element.tag, vr, element.start, element.vstart, element.vend, False)
+        return self._decided(inner, typed, decision)
+
+    def _vetted(self, reader: Reader, element: Element) -> bytes | None:
+        """A kept or safe-listed element: binary values as they are, text reduced, forms checked."""
+        vr = element.vr
+        if vr in _NEVER_COPIED_VRS:
+            return None
+        if vr in _FREE_TEXT_VRS:
+            if element.vstart == element.vend:
+                return self._raw(reader, element)
+            if self.profile.text.get(element.tag) == "code":
+                text = self._text(reader, element)
+                keyword = keyword_for_tag(element.tag)
+                if all(is_code(keyword, v, self.vocabulary) for v in text.split("\\")):
+                    return self._raw(reader, element)
+                return None
+            return self._clean(reader, element)
+        if vr in ("DA", "DT", "TM"):
+            return None  # dates and times pass only shifted (action C, Modified Dates)
+        if vr in values.FORM_VRS and not values.conforms(vr, reader.value(element)):
+            return None
+        return self._raw(reader, element)
+
     def _act(self, reader: Reader, element: Element, action: str) -> bytes | None:
-        tag, vr, implicit = element.tag, element.vr, reader.implicit
+        tag, vr, implicit = element.tag, element.vr, self.out_implicit
         if action == "X":
             return None
         if vr == "SQ" or element.undefined:
@@ -231,14 +308,16 @@ class ProfileRun:
             return self._uids(reader, element)
         if action == "C":
             return self._clean(reader, element)
-        return self._raw(reader, element)  # K
+        return self._vetted(reader, element)  # K
 
     def _raw(self, reader: Reader, element: Element) -> bytes:
-        """The element unchanged: its bytes, or re-encoded little endian from big endian."""
-        if not reader.big_endian:
+        """The element unchanged: its bytes, or re-encoded (from big endian, from UN)."""
+        if reader.implicit == self.out_implicit and not reader.big_endian:
             return bytes(reader.buf[element.start : element.vend])
-        value = swap(reader.value(element), SWAP_WIDTH.get(element.vr, 1))
-        return encode_element(element.tag, element.vr, value, implicit=False)
+        value = reader.value(element)
+        if reader.big_endian:
+            value = swap(value, SWAP_WIDTH.get(element.vr, 1))
+        return encode_element(element.tag, element.vr, value, implicit=self.out_implicit)
 
     def _sequence(self, reader: Reader, element: Element) -> bytes:
         items = []
@@ -249,7 +328,7 @@ class ProfileRun:
                 if encoded is not None:
                     parts.append(encoded)
             items.append(b"".join(parts))
-        return encode_sequence(element.tag, items, implicit=reader.implicit)
+        return encode_sequence(element.tag, items, implicit=self.out_implicit)
 
     def _uids(self, reader: Reader, element: Element) -> bytes | None:
         if element.vr not in {"UI", "UN"}:
@@ -257,7 +336,7 @@ class ProfileRun:
         text = self._text(reader, element, ascii_only=True)
         uids = [u.strip(" \0") for u in text.split("\\")]
         mapped = "\\".join(self.map_uid(u) if u else "" for u in uids)
-        return encode_element(element.tag, "UI", mapped.encode("ascii"), implicit=reader.implicit)
+        return encode_element(element.tag, "UI", mapped.encode("ascii"), implicit=self.out_implicit)
 
     def map_uid(self, uid: str) -> str:
         """The pseudonymous UID for ``uid`` (remembered in :attr:`uid_map`)."""
@@ -268,7 +347,8 @@ class ProfileRun:
         return new
 
     def _clean(self, reader: Reader, element: Element) -> bytes | None:
-        vr, implicit = element.vr, reader.implicit
+        """Action C: dates shifted, times kept, text reduced to the descriptor vocabulary."""
+        vr, implicit = element.vr, self.out_implicit
         if element.vstart == element.vend:
             return self._raw(reader, element)
         if vr == "DA":
@@ -280,11 +360,14 @@ class ProfileRun:
             return encode_element(element.tag, vr, shifted.encode("ascii"), implicit=implicit)
         if vr == "TM" or element.tag == _TIMEZONE:  # times of day and offsets survive a shift
             return self._raw(reader, element)
-        if vr not in _TEXT_VRS:
-            return None  # numbers or binary under a clean action: nothing to clean, remove
+        if vr == "CS":
+            ok = values.conforms(vr, reader.value(element))
+            return self._raw(reader, element) if ok else None
+        if vr not in _FREE_TEXT_VRS:
+            return None  # names, numbers or binary under a clean action: remove
         text = self._text(reader, element)
         parts = [text] if vr in _SINGLE_VALUED else text.split("\\")
-        cleaned = "\\".join(values.clean_text(p, self.tokens) for p in parts).strip("\\")
+        cleaned = "\\".join(clean_descriptor(p, self.vocabulary) for p in parts).strip("\\")
         value = charset.encode_string(cleaned, self.encodings)
         return encode_element(element.tag, vr, value, implicit=implicit)
 
@@ -295,34 +378,10 @@ class ProfileRun:
         return charset.decode_bytes(raw, self.encodings, {0x5C})
 
     # -- identifiers, age, marks -------------------------------------------------
-    def _collect_tokens(self, reader: Reader, elements: Iterable[Element]) -> None:
-        """Identifying words of the instance, before it changes (for Clean Descriptors)."""
-        found: list[str] = []
-        self._collect(reader, elements, found)
-        self.tokens = values.identifying_tokens(found)
-
-    def _collect(self, reader: Reader, elements: Iterable[Element], found: list[str]) -> None:
-        for element in elements:
-            if element.tag & 0x00010000:
-                continue
-            rule = self.profile.rule_for(element.tag)
-            if rule is None or element.tag in self.keep:
-                continue
-            if rule.options.get("clean_descriptors") == "C" and element.vr != "SQ":
-                continue  # a description: what it says is cleaned, not a source of identifiers
-            if element.vr == "SQ":
-                for start, end in reader.items(element):
-                    self._collect(reader, list(reader.elements(start, end)), found)
-            elif element.vr in _IDENTIFYING_VRS and rule.action(self.options) in {"X", "Z", "D"}:
-                text = self._text(reader, element)
-                found.extend(text.split("\\"))
-                if element.vr == "DA":
-                    found.extend(_date_spellings(text))
-
     def _identifiers(
         self, reader: Reader, by_tag: dict[int, Element], out: dict[int, bytes]
     ) -> None:
-        implicit = reader.implicit
+        implicit = self.out_implicit
         pseudonym = self.patient_pseudonym.encode("ascii")
         out[_PATIENT_ID] = encode_element(_PATIENT_ID, "LO", pseudonym, implicit=implicit)
         # The pseudonym as family name, the caret making it one (PS3.5 §6.2.1.2).
@@ -377,12 +436,3 @@ def _marks(
         0x00120064: encode_sequence(0x00120064, items, implicit=implicit),
         0x00280303: encode_element(0x00280303, "CS", longitudinal, implicit=implicit),
     }
-
-
-def _date_spellings(value: str) -> list[str]:
-    """Other ways a DA value may be written in free text (for Clean Descriptors)."""
-    value = value.strip()
-    if len(value) != 8 or not value.isdigit():
-        return []
-    y, m, d = value[:4], value[4:6], value[6:]
-    return [f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{y}-{m}-{d}", f"{d}-{m}-{y}"]

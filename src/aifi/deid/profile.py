@@ -5,8 +5,10 @@ Application Level Confidentiality Profile acts on, with its action (D, Z, X,
 K, C, U and combinations such as X/Z/D) and its action under each option.
 The table lives in ``data/table_e1_1.csv`` (its header names the edition);
 ``data/safe_attributes.csv`` lists the standard attributes the table does
-not name that may pass because images and algorithms need them. This module
-only loads the two files and resolves one row to one action.
+not name that may pass because images and algorithms need them: ``always``, or
+``on request`` when an algorithm's keep list names them; a text VR on it says
+how its value is vetted (``vocabulary`` or ``code``, :mod:`aifi.deid.descriptors`).
+This module only loads the two files and resolves one row to one action.
 
 Combined actions depend on the attribute's type in the IOD (PS3.15 E.1.1,
 note on "X/Z" etc.). Without per-IOD knowledge the resolution is
@@ -78,6 +80,16 @@ def _resolve(basic: str) -> str:
     return basic
 
 
+#: Options whose action the engine implements (aifi.deid.options.DeidOptions); a row's action
+#: under another option (Retain Device Identity, Retain UIDs, ...) never applies.
+IMPLEMENTED_OPTIONS = (
+    "retain_patient_characteristics",
+    "retain_longitudinal_modified_dates",
+    "clean_descriptors",
+    "clean_graphics",
+)
+
+
 @dataclass(frozen=True)
 class Profile:
     """Table E.1-1 indexed by tag, plus the safe list."""
@@ -86,6 +98,29 @@ class Profile:
     rules: dict[int, Rule]
     safe: frozenset[int]
     version: str = "1"
+    #: safe-listed tags that pass only when an algorithm asks for them
+    on_request: frozenset[int] = frozenset()
+    #: safe-listed tags of a text VR -> how their value is vetted ("vocabulary" or "code")
+    text: dict[int, str] = field(default_factory=dict)
+
+    def actions(self, tag: int) -> frozenset[str]:
+        """Every action the row of ``tag`` allows under the implemented options (PS3.15 E.1.1).
+
+        ``X/Z/D`` allows X, Z and D; ``U*`` is U. Empty when the table has no row.
+        """
+        rule = self.rule_for(tag)
+        if rule is None:
+            return frozenset()
+        found = set(rule.basic.replace("*", "").split("/"))
+        found.update(rule.options[o] for o in IMPLEMENTED_OPTIONS if rule.options.get(o))
+        return frozenset(found)
+
+    def keepable(self, tag: int) -> bool:
+        """Whether an algorithm may ask to keep ``tag``: safe-listed, or the table lets it be
+        kept or cleaned under an implemented option (sex, age, descriptions, ...)."""
+        if tag in self.safe or tag in self.on_request:
+            return True
+        return bool(self.actions(tag) & {"K", "C"})
 
     def rule_for(self, tag: int) -> Rule | None:
         """The row for ``tag``, including the repeating groups 50xx (curves) and 60xx (overlays)."""
@@ -100,6 +135,7 @@ class Profile:
         return None
 
     def is_safe(self, tag: int) -> bool:
+        """On the safe list for every algorithm (not only on request)."""
         return tag in self.safe
 
 
@@ -126,12 +162,18 @@ def load_profile() -> Profile:
         rules[_tag_value(row["tag"])] = rule
     _, safe_rows = _data_lines("safe_attributes.csv")
     safe: set[int] = set()
+    on_request: set[int] = set()
+    text: dict[int, str] = {}
     for row in safe_rows:
         tag = tag_for_keyword(row["keyword"])
         if tag is None:  # pragma: no cover - guarded by a test on the data file
             raise ValueError(f"safe list names unknown keyword {row['keyword']!r}")
-        safe.add(tag)
+        (on_request if row.get("scope") == "on request" else safe).add(tag)
+        if row.get("text"):
+            text[tag] = row["text"]
     version = next(
         (c.split(":", 1)[1].strip() for c in comments if c.startswith("Table version:")), "?"
     )
-    return Profile(" ".join(comments[:3]), rules, frozenset(safe), version)
+    return Profile(
+        " ".join(comments[:3]), rules, frozenset(safe), version, frozenset(on_request), text
+    )

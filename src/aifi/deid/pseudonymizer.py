@@ -29,6 +29,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from aifi.deid.descriptors import Vocabulary
 from aifi.deid.encoding import (
     SWAP_WIDTH,
     Element,
@@ -96,7 +97,10 @@ class Pseudonymizer:
     minimisation): they are kept although the profile would remove them.
     ``PatientAge`` kept means it is computed from birth and study dates when
     absent; the birth date itself is never sent. ``known_clean_pixels`` says
-    the source's images carry no burned-in text.
+    the source's images carry no burned-in text (Burned In Annotation YES is
+    refused even then). ``vocabulary`` is the set of words a cleaned text may
+    keep (:func:`aifi.deid.descriptors.load_vocabulary`; the packaged one by
+    default): every kept text attribute is reduced to it.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class Pseudonymizer:
         options: DeidOptions | None = None,
         keep: Iterable[str] = (),
         known_clean_pixels: bool = False,
+        vocabulary: Vocabulary | None = None,
     ) -> None:
         if not isinstance(key, bytes | bytearray) or len(key) < 16:
             raise ConfigError("key must be at least 16 bytes; use load_or_create_key(path)")
@@ -114,6 +119,7 @@ class Pseudonymizer:
         self.keep = tuple(keep)
         self._keep_tags = resolve_keep(self.keep)
         self.known_clean_pixels = known_clean_pixels
+        self.vocabulary = vocabulary
         self._decisions: dict[int, str] = {}
 
     # -- files -----------------------------------------------------------------
@@ -261,7 +267,13 @@ class Pseudonymizer:
         pixel_header, swap_width = b"", 0
         if transfer_syntax in (_DEFLATED, _BIG_ENDIAN):
             transfer_syntax = ExplicitVRLittleEndian  # what is written: inflated, little endian
-        run = ProfileRun(self._key, self.options, self._keep_tags, decisions=self._decisions)
+        run = ProfileRun(
+            self._key,
+            self.options,
+            self._keep_tags,
+            decisions=self._decisions,
+            vocabulary=self.vocabulary,
+        )
         elements, pixel = run.top_level(reader, start)
         summary = run.summary(reader, elements)
         for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -270,11 +282,11 @@ class Pseudonymizer:
                     f"the instance has no {keyword}; it cannot be pseudonymized consistently. "
                     "Check the sending modality's configuration"
                 )
-        if self.options.clean_pixel_data and not self.known_clean_pixels:
-            reason = burned_in_text_reason(summary)
-            if reason is not None:
-                pseudo = run.map_uid(summary["SOPInstanceUID"])
-                raise PseudonymizationError(f"instance {pseudo} is not sent: {reason}")
+        known_clean = self.known_clean_pixels or not self.options.clean_pixel_data
+        reason = burned_in_text_reason(summary, known_clean=known_clean)
+        if reason is not None:
+            pseudo = run.map_uid(summary["SOPInstanceUID"])
+            raise PseudonymizationError(f"instance {pseudo} is not sent: {reason}")
         header = run.rewrite(reader, elements)
         sop_instance = run.map_uid(summary["SOPInstanceUID"])
         sop_class = summary.get("SOPClassUID", "")

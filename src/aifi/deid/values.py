@@ -2,28 +2,28 @@
 
 * Dummy values (action D, PS3.15 E.1.1) are fixed, VR-conformant, and carry
   nothing of the original.
-* Cleaning (action C on descriptors, E.3.5) removes from a text every token
-  that also occurs in an identifying attribute of the same instance, and
-  anything shaped like a date, a number of 4+ digits, an e-mail address or a
-  phone number.
+* Cleaning (action C on descriptors, E.3.5) is :mod:`aifi.deid.descriptors`:
+  a text keeps only words of a vocabulary known to be safe.
 * Date shifting (E.3.6, Modified Dates) moves DA and DT values back by whole
   days; times of day stay, so intervals and ages survive.
 * Age (PS3.5 Table 6.2-1, VR AS) is computed from birth date and study date.
+* Form (PS3.5 Table 6.2-1): a kept coded string, number, age, time or UID
+  passes only when its value has the form of its VR, so no free text hides
+  in a CS or DS element.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
 
 __all__ = [
     "AGE_CAP_YEARS",
+    "FORM_VRS",
     "age_string",
     "cap_age",
-    "clean_text",
+    "conforms",
     "dummy_value",
-    "identifying_tokens",
     "shift_date",
     "shift_datetime",
 ]
@@ -47,41 +47,32 @@ _DUMMIES: dict[str, str] = {
     "UR": "",
 }
 
-_PATTERNS = re.compile(
-    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail
-    r"|\+?\d[\d ()/.-]{6,}\d"  # phone-like and long numbers with separators
-    r"|\b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b"  # dates like 12.03.2011 or 2011-03-12
-    r"|\d{4,}",  # IDs, dates as digits
-    re.UNICODE,
-)
-_SPACES = re.compile(r"\s{2,}")
+#: One value of each VR whose form PS3.5 Table 6.2-1 restricts (bytes, padding stripped).
+_FORMS = {
+    "CS": re.compile(rb"[A-Za-z0-9 _]{0,16}"),
+    "DS": re.compile(rb" *[0-9+\-Ee.]{0,16} *"),
+    "IS": re.compile(rb" *[0-9+\-]{0,12} *"),
+    "AS": re.compile(rb"(?:\d{3}[DWMY])?"),
+    "TM": re.compile(rb"[0-9.: ]{0,28}"),
+    "DA": re.compile(rb"(?:\d{8})?(?:-(?:\d{8})?)?"),
+    "DT": re.compile(rb"[0-9.+\- ]{0,54}"),
+    "UI": re.compile(rb"[0-9.]{0,64}"),
+}
+#: The VRs :func:`conforms` checks.
+FORM_VRS = frozenset(_FORMS)
+
+
+def conforms(vr: str, value: bytes) -> bool:
+    """Whether every value of ``value`` has the form ``vr`` allows (True for unrestricted VRs)."""
+    form = _FORMS.get(vr)
+    if form is None:
+        return True
+    return all(form.fullmatch(part) for part in value.rstrip(b"\0 ").split(b"\\"))
 
 
 def dummy_value(vr: str) -> str:
     """A fixed value for action D that is valid for ``vr`` (empty for binary VRs)."""
     return _DUMMIES.get(vr, "")
-
-
-def identifying_tokens(values: Iterable[str]) -> set[str]:
-    """Words of 2+ characters (case-folded) found in identifying values, for :func:`clean_text`."""
-    tokens: set[str] = set()
-    for value in values:
-        for word in re.split(r"[\s^=\\,;:/]+", value):
-            word = word.strip(".-_()[]'\"")
-            if len(word) >= 2:
-                tokens.add(word.casefold())
-    return tokens
-
-
-def clean_text(text: str, tokens: set[str]) -> str:
-    """``text`` without identifying tokens, dates, long numbers, e-mail addresses, phones."""
-    kept = [
-        word
-        for word in re.split(r"(\s+)", text)
-        if word.strip(".,;:-_()[]'\"^").casefold() not in tokens
-    ]
-    text = _PATTERNS.sub(" ", "".join(kept))
-    return _SPACES.sub(" ", text).strip(" ,;:-")
 
 
 def _parse_da(value: str) -> dt.date | None:

@@ -1,12 +1,17 @@
 """Accept or refuse each instance of a STOW-RS request, and answer it.
 
-For every staged part the header alone is read (pixel data never enters
-memory), checked for identity (:mod:`aifi.deid.verify`), then the file is
-moved into the store and recorded. A refused instance is not stored; it is
-listed in the Failed SOP Sequence (0008,1198) of the response with a
-Failure Reason (0008,1197) from PS3.18 Table I.2-2, and its reason is kept
-in the ``refusals`` table. Re-sending an instance already stored for the
-same hospital succeeds without storing it twice.
+For every staged part the header is read for its UIDs (pixel data never
+enters memory), then the staged file's bytes are checked for identity in
+full (:func:`aifi.deid.verify.check_deidentified_file`: File Meta
+Information, every sequence, duplicate tags, whatever follows Pixel Data)
+against the profile's allowlist, and only then is the file moved into the
+store and recorded: the check is before the store, never after. A refused
+instance is not stored and its staged file is deleted; it is listed in the
+Failed SOP Sequence (0008,1198) of the response with a Failure Reason
+(0008,1197) from PS3.18 Table I.2-2, and its reason (attributes named by
+keyword and tag, never a value) is kept in the ``refusals`` table.
+Re-sending an instance already stored for the same hospital succeeds
+without storing it twice.
 
 Each request adds one event to the audit trail (``stow.received``, or
 ``stow.refused`` when nothing was stored): counts, bytes and failure
@@ -27,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from aifi.deid.verify import check_deidentified
+from aifi.deid.verify import check_deidentified_file
 from aifi.errors import StorageError
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.models import Instance, Refusal, utcnow
@@ -208,7 +213,7 @@ def _store_one(
             sop_instance_uid,
             sop_class_uid,
         )
-    problems = check_deidentified(ds)
+    problems = check_deidentified_file(part.path)
     if problems:
         return Failed(
             FAILURE_IDENTITY_PRESENT,
