@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from aifi.deid.options import DeidOptions
 from aifi.deid.profile import load_profile
@@ -44,7 +44,17 @@ def test_combined_actions_resolve_to_one() -> None:
 
 def test_safe_list_holds_no_free_text_and_no_listed_attribute() -> None:
     profile = load_profile()
-    free_text = {"PN", "LT", "ST", "UT", "UC"}
-    for tag in profile.safe:
+    free_text = {"PN", "LT", "ST", "UT", "UC", "UR", "AE"}
+    for tag in profile.safe | profile.on_request:
         assert tag not in profile.rules, keyword_for_tag(tag)
         assert dictionary_VR(tag) not in free_text, keyword_for_tag(tag)
+
+
+def test_every_text_attribute_on_the_safe_list_says_how_it_is_vetted() -> None:
+    profile = load_profile()
+    for tag in profile.safe | profile.on_request:
+        if dictionary_VR(tag) in {"LO", "SH"}:
+            assert profile.text.get(tag) in {"vocabulary", "code"}, keyword_for_tag(tag)
+    assert profile.text[tag_for_keyword("Manufacturer")] == "vocabulary"
+    assert profile.text[tag_for_keyword("CodeMeaning")] == "vocabulary"
+    assert profile.text[tag_for_keyword("CodeValue")] == "code"

@@ -41,6 +41,7 @@ _NUMBER = re.compile(
     r"\d{1,3}(?:[.,]\d{1,3})?(?:mm|cm|ml|kv|kvp|mas|ma|mg|mgi|ms|s|h|%|x|mgi/ml)?", re.IGNORECASE
 )
 _KERNEL = re.compile(r"[a-z]{1,2}\d{2,3}[a-z]?", re.IGNORECASE)
+_SIZE = re.compile(r"\d{1,3}(?:cm|in)x\d{1,3}(?:cm|in)", re.IGNORECASE)  # Cassette Size 24CMX30CM
 #: Coding schemes (PS3.16 Section 8) whose codes may appear in a kept code sequence.
 _SCHEMES = frozenset(
     {"DCM", "SCT", "SRT", "SNM3", "LN", "UCUM", "RADLEX", "FMA", "NCIT", "ACR", "I10", "UMLS"}
@@ -73,6 +74,7 @@ def _safe_token(token: str, vocabulary: Vocabulary) -> bool:
         folded in vocabulary
         or _NUMBER.fullmatch(folded) is not None
         or _KERNEL.fullmatch(folded) is not None
+        or _SIZE.fullmatch(folded) is not None
     )
 
 

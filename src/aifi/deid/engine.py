@@ -33,7 +33,7 @@ from pydicom import charset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from aifi.deid import keys, values
-from aifi.deid.descriptors import Vocabulary, clean_descriptor, is_code
+from aifi.deid.descriptors import Vocabulary, clean_descriptor, is_clean_descriptor, is_code
 from aifi.deid.encoding import (
     SWAP_WIDTH,
     Element,
@@ -89,6 +89,8 @@ _PATIENT_NAME, _PATIENT_ID, _ACCESSION = 0x00100010, 0x00100020, 0x00080050
 _ISSUER = 0x00100021  # Issuer of Patient ID
 _BIRTH_DATE, _PATIENT_AGE = 0x00100030, 0x00101010
 _SOP_INSTANCE, _STUDY, _SERIES, _SOP_CLASS = 0x00080018, 0x0020000D, 0x0020000E, 0x00080016
+#: Kept once even when sent twice: UIDs are replaced, the character set must stay.
+_REQUIRED = frozenset({_SOP_INSTANCE, _STUDY, _SERIES, _SOP_CLASS, _CHARSET})
 _SUMMARY = {
     "BurnedInAnnotation": 0x00280301,
     "RecognizableVisualFeatures": 0x00280302,
@@ -208,7 +210,10 @@ class ProfileRun:
             self.shift_days = keys.date_shift_days(self.key, patient_key)
         self.out_implicit = reader.implicit
         out: dict[int, bytes] = {}
+        twice = _repeated(elements)
         for element in elements:
+            if element.tag in twice:
+                continue
             encoded = self._element(reader, element)
             if encoded is not None:
                 out[element.tag] = encoded
@@ -287,8 +292,14 @@ class ProfileRun:
             return self._clean(reader, element)
         if vr in ("DA", "DT", "TM"):
             return None  # dates and times pass only shifted (action C, Modified Dates)
-        if vr in values.FORM_VRS and not values.conforms(vr, reader.value(element)):
+        value = reader.value(element)
+        if vr in values.FORM_VRS and not values.conforms(vr, value):
             return None
+        if vr == "CS" and element.tag not in self.profile.safe:
+            # asked for by an algorithm (body part, view, sex): defined terms, not any string
+            text = value.rstrip(b"\0 ").decode("ascii")
+            if not is_clean_descriptor(text, self.vocabulary):
+                return None
         return self._raw(reader, element)
 
     def _act(self, reader: Reader, element: Element, action: str) -> bytes | None:
@@ -323,7 +334,11 @@ class ProfileRun:
         items = []
         for start, end in reader.items(element):
             parts = []
-            for inner in reader.elements(start, end):
+            found = list(reader.elements(start, end))
+            twice = _repeated(found)
+            for inner in found:
+                if inner.tag in twice:
+                    continue
                 encoded = self._element(reader, inner)
                 if encoded is not None:
                     parts.append(encoded)
@@ -415,6 +430,16 @@ class ProfileRun:
     def _mark(self, out: dict[int, bytes], implicit: bool) -> None:
         codes = tuple(self.options.codes())
         out.update(_marks(codes, self.shift_days is not None, implicit, self.profile.version))
+
+
+def _repeated(elements: list[Element]) -> frozenset[int]:
+    """Tags present twice in one data set (malformed, PS3.5 7.1): every copy is removed,
+    since which one a reader sees is up to the reader. Identifiers and UIDs are written anew."""
+    if len({e.tag for e in elements}) == len(elements):
+        return frozenset()
+    seen: set[int] = set()
+    twice = {e.tag for e in elements if e.tag in seen or seen.add(e.tag)}
+    return frozenset(twice - _REQUIRED)
 
 
 @functools.cache

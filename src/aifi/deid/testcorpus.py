@@ -6,6 +6,11 @@
   the table does not list, in the character set asked for (ISO_IR 100 or
   ISO_IR 192). :attr:`Planted.markers` lists the encoded byte strings that
   must not survive pseudonymization.
+* :func:`planted_file` — the same written as a file, then given what pydicom
+  would not write: sequences sent as UN (defined and undefined length), tags
+  present twice, elements after Pixel Data, identity in the File Meta
+  Information, names in safe-listed text and in attributes an algorithm may
+  ask for.
 * :func:`radiograph` and :func:`ct_series` — realistic-size images for the
   benchmark (a ~10 MB DX radiograph, a 512 x 512 CT series).
 """
@@ -13,6 +18,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,19 +28,28 @@ import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
+from aifi.deid.encoding import Reader, encode_element
 from aifi.deid.profile import load_profile
 
-__all__ = ["Planted", "ct_series", "planted_dataset", "radiograph"]
+__all__ = ["CHARSETS", "Planted", "ct_series", "planted_dataset", "planted_file", "radiograph"]
 
+_HH = struct.Struct("<HH")
+_HHI = struct.Struct("<HHI")
+_H = struct.Struct("<H")
+_I = struct.Struct("<I")
 _CT = "1.2.840.10008.5.1.4.1.1.2"
 _DX = "1.2.840.10008.5.1.4.1.1.1.1"
 _PLANTABLE = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "CS", "AE", "DA", "DT", "UI", "UR"}
 _NAMES = {
     "ISO_IR 100": "Müller^Jürgen",
+    "ISO_IR 144": "Иванов^Пётр",
     "ISO_IR 192": "Ωμέγα^Jürgen李",
 }
+_STREETS = {"ISO_IR 100": "Hauptstraße", "ISO_IR 144": "Тверская", "ISO_IR 192": "Hauptstraße"}
+#: The character sets a planted corpus can be written in.
+CHARSETS = tuple(_NAMES)
 
 
 @dataclass
@@ -76,7 +92,7 @@ def _value(vr: str, n: int, charset: str, prefix: str) -> str:
     if vr == "UI":
         return f"1.2.826.0.1.3680043.10.543.{n}.{len(prefix)}"
     if vr in {"LT", "ST", "UT", "UC"}:
-        return f"{prefix}{n:04d} {_NAMES[charset]} Hauptstraße 5"
+        return f"{prefix}{n:04d} {_NAMES[charset]} {_STREETS[charset]} 5"
     return f"{prefix}{n:04d}"
 
 
@@ -100,7 +116,7 @@ def planted_dataset(charset: str = "ISO_IR 192", *, rows: int = 8, cols: int = 8
             planted.markers[name] = value[:8].encode()
         elif vr in {"LT", "ST", "UT", "UC"}:
             planted.markers[name] = f"{prefix}{n:04d}".encode()
-            planted.markers[name + "/street"] = "Hauptstraße".encode(encoding)
+            planted.markers[name + "/street"] = _STREETS[charset].encode(encoding)
         else:
             planted.markers[name] = value.encode(encoding)
 
@@ -150,6 +166,121 @@ def planted_dataset(charset: str = "ISO_IR 192", *, rows: int = 8, cols: int = 8
     planted.markers["unknown-even"] = b"UNKNOWNEVEN"
     ds.PixelData = np.arange(rows * cols, dtype=np.uint16).tobytes()
     return planted
+
+
+def _implicit_item(elements: list[bytes], *, undefined: bool) -> bytes:
+    body = b"".join(elements)
+    if undefined:
+        return _HHI.pack(0xFFFE, 0xE000, 0xFFFFFFFF) + body + _HHI.pack(0xFFFE, 0xE00D, 0)
+    return _HHI.pack(0xFFFE, 0xE000, len(body)) + body
+
+
+def _un(tag: int, value: bytes, *, undefined: bool = False) -> bytes:
+    """An explicit VR element with VR UN (PS3.5 6.2.2), of defined or undefined length."""
+    head = _HH.pack(tag >> 16, tag & 0xFFFF) + b"UN\0\0"
+    if undefined:
+        return head + _I.pack(0xFFFFFFFF) + value + _HHI.pack(0xFFFE, 0xE0DD, 0)
+    return head + _I.pack(len(value)) + value
+
+
+def planted_file(
+    path: Path, charset: str = "ISO_IR 192", transfer_syntax: str = ExplicitVRLittleEndian
+) -> Planted:
+    """Write a planted instance to ``path`` with the byte-level hiding places added."""
+    planted = planted_dataset(charset)
+    ds, markers = planted.dataset, planted.markers
+    encoding = pydicom.charset.python_encoding[charset]
+    surname = _NAMES[charset].split("^")[0]
+    implicit = transfer_syntax == ImplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.SourceApplicationEntityTitle = "FMETAAE0001"
+    ds.file_meta.ImplementationVersionName = "FMETAIVN01"
+    ds.file_meta.add_new(0x00020102, "OB", b"FMETAPRIV01\0")
+    markers.update(
+        {"meta-ae": b"FMETAAE0001", "meta-ivn": b"FMETAIVN01", "meta-private": b"FMETAPRIV01"}
+    )
+    profile = load_profile()
+    for n, tag in enumerate(sorted(profile.text), start=1):  # safe-listed text, with a name
+        value = f"SAFE{n:04d} {surname}" if profile.text[tag] == "vocabulary" else f"SAFE{n:04d}"
+        ds.add_new(tag, str(dictionary_VR(tag)), value)
+        markers[f"safe-text-{keyword_for_tag(tag)}"] = f"SAFE{n:04d}".encode()
+    for n, tag in enumerate(sorted(profile.on_request), start=1):  # asked for by an algorithm
+        ds.add_new(tag, str(dictionary_VR(tag)), f"ONRQ{n:04d}")
+        markers[f"on-request-{keyword_for_tag(tag)}"] = f"ONRQ{n:04d}".encode()
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator = "T-D8800", "SRT"
+    region.CodeMeaning = f"Hand CODEM0001 {surname}"
+    ds.AnatomicRegionSequence = Sequence([region])
+    markers["code-meaning"] = b"CODEM0001"
+    raw = _to_bytes(ds)
+    start = _dataset_start(raw)
+    reader = Reader(raw, implicit=implicit)
+    chunks = [(e.tag, raw[e.start : e.vend]) for e in reader.elements(start, len(raw))]
+
+    def text(tag: int, vr: str, value: str) -> bytes:
+        return encode_element(tag, vr, value.encode(encoding), implicit=implicit)
+
+    # a second copy of a tag right after the first: a reader keeping one sees the other
+    extra = [
+        (0x00080070, text(0x00080070, "LO", f"DUP0001 {surname}")),  # Manufacturer
+        (0x00080080, text(0x00080080, "LO", "DUP0002 Hospital")),  # Institution Name
+        (0x00100010, text(0x00100010, "PN", f"{surname}^DUP0003")),  # Patient's Name
+        (0x00080060, text(0x00080060, "CS", "DUP0004")),  # Modality
+    ]
+    markers.update({f"duplicate#{i}": f"DUP000{i}".encode() for i in range(1, 5)})
+    if not implicit:
+        nested_uid = "1.2.826.0.1.3680043.10.543.777.1"
+        inner = [
+            encode_element(
+                0x00080104, "LO", b"UNSEQ0001 " + surname.encode(encoding), implicit=True
+            ),
+            encode_element(0x00081155, "UI", nested_uid.encode(), implicit=True),
+            encode_element(0x00100010, "PN", b"UNNAME0001^X", implicit=True),
+        ]
+        extra.append((0x00540220, _un(0x00540220, _implicit_item(inner, undefined=False))))
+        inner_undefined = [
+            encode_element(0x00080104, "LO", b"UNSEQ0002", implicit=True),
+            encode_element(0x00100020, "LO", b"UNID0002", implicit=True),
+        ]
+        extra.append(
+            (
+                0x00209222,
+                _un(0x00209222, _implicit_item(inner_undefined, undefined=True), undefined=True),
+            )
+        )
+        extra.append((0x00081090, _un(0x00081090, f"UNMODEL1 {surname} ".encode(encoding))))
+        markers.update(
+            {
+                "un-defined-text": b"UNSEQ0001",
+                "un-defined-uid": nested_uid.encode(),
+                "un-defined-name": b"UNNAME0001",
+                "un-undefined-text": b"UNSEQ0002",
+                "un-undefined-id": b"UNID0002",
+                "un-value": b"UNMODEL1",
+            }
+        )
+    ordered = sorted(chunks + extra, key=lambda chunk: chunk[0])  # stable: copies after originals
+    after = [  # after Pixel Data and the Digital Signatures Sequence (FFFA,FFFA) planted above
+        text(0x00104000, "LT", f"AFTERPX0001 {surname}"),  # Patient Comments, out of order
+        encode_element(0xFFFCFFFC, "OB", b"AFTERPAD0001", implicit=implicit),  # padding
+    ]
+    markers.update({"after-pixel-comments": b"AFTERPX0001", "after-pixel-padding": b"AFTERPAD0001"})
+    body = raw[:start] + b"".join(c for _, c in ordered) + b"".join(after)
+    Path(path).write_bytes(body)
+    return planted
+
+
+def _to_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _dataset_start(raw: bytes) -> int:
+    pos = 132
+    while pos + 8 <= len(raw) and _H.unpack_from(raw, pos)[0] == 0x0002:
+        pos = Reader(raw, implicit=False).element_at(pos).vend
+    return pos
 
 
 def _image(sop_class: str, rows: int, cols: int, seed: int) -> Dataset:

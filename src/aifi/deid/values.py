@@ -49,7 +49,7 @@ _DUMMIES: dict[str, str] = {
 
 #: One value of each VR whose form PS3.5 Table 6.2-1 restricts (bytes, padding stripped).
 _FORMS = {
-    "CS": re.compile(rb"[A-Za-z0-9 _]{0,16}"),
+    "CS": re.compile(rb"[A-Z0-9 _]{0,16}"),
     "DS": re.compile(rb" *[0-9+\-Ee.]{0,16} *"),
     "IS": re.compile(rb" *[0-9+\-]{0,12} *"),
     "AS": re.compile(rb"(?:\d{3}[DWMY])?"),

@@ -354,6 +354,8 @@ class _Checker:
         if "K" in actions and vr not in _FREE_TEXT_VRS and vr not in _EMPTY_ONLY_VRS:
             if vr in FORM_VRS and not conforms(vr, raw):
                 self.problems.append(f"{where} does not have the form of its VR {vr}; {_FIX}")
+            elif vr == "CS" and not is_clean_descriptor(text, self.vocabulary):
+                self.problems.append(f"{where} is not a defined term; {_FIX}")
             return  # a patient characteristic (sex, age, size, weight)
         if actions & {"K", "C"} and vr in _FREE_TEXT_VRS:
             if not all(is_clean_descriptor(p, self.vocabulary) for p in text.split("\\")):
@@ -395,6 +397,12 @@ class _Checker:
                 )
         elif vr in FORM_VRS and not conforms(vr, raw):
             self.problems.append(f"{where} does not have the form of its VR {vr}; {_FIX}")
+        elif (
+            vr == "CS"
+            and tag in self.profile.on_request
+            and not is_clean_descriptor(self._text(reader, element), self.vocabulary)
+        ):
+            self.problems.append(f"{where} is not a defined term; {_FIX}")
         elif tag == _BURNED_IN and raw.strip().upper() == b"YES":
             self.problems.append(
                 f"{where} is YES: the pixels carry text that may identify the patient; send "

@@ -1,0 +1,73 @@
+"""No raw channel: identifiers planted everywhere a file can hide them, for every shipped keep list.
+
+The corpus is made here (:func:`aifi.deid.testcorpus.planted_file`): every
+plantable Table E.1-1 attribute, nested sequences, sequences sent as UN of
+defined and undefined length, private blocks, three character sets, a tag
+sent twice, elements after Pixel Data, identity in the File Meta
+Information, names in safe-listed text and in attributes an algorithm may
+ask for. A byte scan of the pseudonymized file finds none of them, and the
+hub's own check accepts the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from deid_support import KEY
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from aifi.algorithms import registry
+from aifi.deid import Pseudonymizer, check_deidentified_file
+from aifi.deid.testcorpus import CHARSETS, planted_file
+
+KEEP_LISTS = {m.id: m.keep_attributes for m in registry.manifests()}
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("charset", CHARSETS)
+@pytest.mark.parametrize("algorithm", sorted(KEEP_LISTS))
+def test_no_planted_identifier_survives_any_keep_list(
+    tmp_path: Path, algorithm: str, charset: str, transfer_syntax: str
+) -> None:
+    src = tmp_path / "in.dcm"
+    planted = planted_file(src, charset, transfer_syntax)
+    raw_in = src.read_bytes()
+    assert [n for n, m in planted.markers.items() if m not in raw_in] == []  # the scan sees them
+    assert len(planted.markers) > 750
+
+    Pseudonymizer(KEY, keep=KEEP_LISTS[algorithm]).pseudonymize_file(src, tmp_path / "out.dcm")
+
+    raw_out = (tmp_path / "out.dcm").read_bytes()
+    assert sorted(n for n, m in planted.markers.items() if m in raw_out) == []
+    assert check_deidentified_file(tmp_path / "out.dcm") == []
+
+
+def test_sequences_sent_as_un_are_walked_not_dropped_or_copied(tmp_path: Path) -> None:
+    src = tmp_path / "in.dcm"
+    planted = planted_file(src, "ISO_IR 100")
+    Pseudonymizer(KEY).pseudonymize_file(src, tmp_path / "out.dcm")
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    (defined,) = out.ViewCodeSequence  # defined length, read as implicit VR
+    assert defined.ReferencedSOPInstanceUID.startswith("2.25.")
+    assert defined.CodeMeaning == "" and defined.PatientName == ""
+    (undefined,) = out.DimensionIndexSequence  # undefined length
+    assert undefined.PatientID == ""
+    assert out.AnatomicRegionSequence[0].CodeMeaning == "Hand"  # vocabulary words stay
+    assert "Manufacturer" not in out  # sent twice: every copy removed
+    assert "PatientComments" not in out  # after Pixel Data: never copied
+    assert out.PixelData == planted.dataset.PixelData
+
+
+def test_a_sequence_sent_as_un_that_cannot_be_read_is_removed(tmp_path: Path) -> None:
+    from deid_support import make_instance, write
+
+    src = write(make_instance(), tmp_path / "in.dcm")
+    raw = src.read_bytes()
+    # View Code Sequence (0054,0220) as UN whose 12 bytes are no item at all
+    garbage = b"\x54\x00\x20\x02UN\x00\x00" + (12).to_bytes(4, "little") + b"\x01\x02" * 6
+    pixel = raw.index(b"\xe0\x7f\x10\x00")
+    src.write_bytes(raw[:pixel] + garbage + raw[pixel:])
+    Pseudonymizer(KEY).pseudonymize_file(src, tmp_path / "out.dcm")
+    assert "ViewCodeSequence" not in pydicom.dcmread(tmp_path / "out.dcm")
