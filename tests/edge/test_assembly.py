@@ -5,9 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pydicom
+
+from aifi.demo.samples import cr_study, write_study
 from aifi.edge.assembly import Assembler
+from aifi.edge.config import DicomPeer, EdgeSettings, HubPeer, ListenerSettings
+from aifi.edge.pacs import store_to_pacs
 from aifi.edge.rules import Rule
+from aifi.edge.service import EdgeService
 from aifi.edge.state import EdgeState, InstanceRow
+from aifi.netutil import free_port
 
 STUDY = "1.2.3.100"
 
@@ -85,3 +92,49 @@ def test_unrouted_study_is_recorded(tmp_path: Path) -> None:
     add(state, "1.1", "1.9.1", "MR")
     assert Assembler(state, [Rule(algorithm="x", match={"Modality": ["CT"]})], 0).tick() == []
     assert state.events("study-not-routed")
+
+
+def test_a_study_cut_off_by_a_crash_becomes_one_task_when_the_rest_arrives(
+    tmp_path: Path,
+) -> None:
+    """The time the edge was down is not quiet time (issue 11, item 7).
+
+    Part of a study arrives, the edge stops before the quiet period ends, stays
+    down longer than the quiet period, and the rest arrives soon after it is
+    back: one task with every instance, not one on the part and one whole.
+    """
+    quiet = 1.0
+    settings = EdgeSettings(
+        data_dir=tmp_path / "edge",
+        quiet_period_s=quiet,
+        listener=ListenerSettings(port=free_port(), allowed_calling_aets=["PACS"]),
+        hub=HubPeer(url=f"http://127.0.0.1:{free_port()}"),  # down: tasks wait in the outbox
+        rules=[Rule(algorithm="integrity-check")],
+    )
+    files = write_study(cr_study(4, rows=64, columns=64), tmp_path / "modality")
+    datasets = [pydicom.dcmread(f) for f in files]
+    to_edge = DicomPeer(
+        ae_title=settings.listener.ae_title,
+        host="127.0.0.1",
+        port=settings.listener.port,
+        calling_ae_title="PACS",
+    )
+
+    first = EdgeService(settings)
+    first.start()
+    assert all(r.ok for r in store_to_pacs(to_edge, datasets[:2]))
+    first.stop()  # before the quiet period ends
+    assert first.state.tasks() == []
+    time.sleep(quiet * 1.5)  # down for longer than the quiet period
+
+    second = EdgeService(settings)
+    second.start()
+    try:
+        time.sleep(quiet / 4)
+        assert all(r.ok for r in store_to_pacs(to_edge, datasets[2:]))
+        time.sleep(quiet * 2)
+    finally:
+        second.stop()
+
+    (task,) = second.state.tasks()
+    assert task_sops(second.state, task.id) == {str(ds.SOPInstanceUID) for ds in datasets}

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from aifi.edge.config import load_edge_settings
@@ -24,10 +25,14 @@ logger = logging.getLogger(__name__)
 @app.command()
 def serve(config: ConfigOption = Path("edge.toml")) -> None:
     """Run the DICOM listener, the outbox and result delivery until stopped."""
+    from aifi.edge.checks import check_listener
     from aifi.edge.service import EdgeService
 
     try:
-        service = EdgeService(load_edge_settings(config))
+        settings = load_edge_settings(config)
+        if settings.listener.port and not (port := check_listener(settings.listener)).ok:
+            raise typer.Exit(_fail(port.detail))  # one line, before anything else is logged
+        service = EdgeService(settings)
         service.start()
     except AifiError as exc:
         raise typer.Exit(_fail(str(exc))) from exc
@@ -52,6 +57,53 @@ def tasks(config: ConfigOption = Path("edge.toml")) -> None:
     Console().print(table)
 
 
+@app.command()
+def check(config: ConfigOption = Path("edge.toml")) -> None:
+    """Check edge.toml against the peers: data folder, listener port, hub token, catalog,
+    subscriptions, PACS C-ECHO. Exits 1 when any check fails."""
+    from aifi.edge.checks import run_checks
+
+    try:
+        settings = load_edge_settings(config)
+    except AifiError as exc:
+        raise typer.Exit(_fail(str(exc))) from exc
+    results = run_checks(settings, listener=True)
+    table = Table("check", "result", "detail")
+    for result in results:
+        verdict = "[green]ok[/green]" if result.ok else "[red]FAILED[/red]"
+        table.add_row(result.name, verdict, escape(result.detail))
+    Console().print(table)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def purge(config: ConfigOption = Path("edge.toml")) -> None:
+    """Delete received instances and outbox copies past retention now (audited)."""
+    from aifi.edge.retention import Purger
+
+    try:
+        settings = load_edge_settings(config)
+    except AifiError as exc:
+        raise typer.Exit(_fail(str(exc))) from exc
+    state = EdgeState(settings.data_dir / "edge.db", hospital=settings.hospital)
+    try:
+        report = Purger(
+            state,
+            settings.retention,
+            settings.data_dir / "outbox",
+            settings.data_dir / "received",
+        ).tick()
+    finally:
+        state.close()
+    typer.echo(
+        f"purged {report.instances} received instances ({report.bytes} bytes) and"
+        f" {report.outbox_folders} outbox folders of {report.tasks} tasks"
+    )
+
+
 def _fail(message: str) -> int:
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    Console(stderr=True, soft_wrap=True).print(
+        f"[red]error:[/red] {escape(message)}", highlight=False
+    )
     return 2

@@ -6,11 +6,20 @@ host:port in code. A placeholder hub token is refused outside development.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from aifi.edge.notify import RisPeer
 from aifi.edge.rules import Rule
@@ -21,6 +30,7 @@ __all__ = [
     "EdgeSettings",
     "HubPeer",
     "ListenerSettings",
+    "RetentionSettings",
     "RisPeer",
     "load_edge_settings",
 ]
@@ -33,6 +43,8 @@ ALL_RESULT_KINDS: tuple[ResultKind, ...] = ("sr", "gsps", "sc")
 
 class ListenerSettings(BaseModel):
     """The DICOM listener the PACS sends to (PS3.8 association parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     ae_title: str = Field(default="AIFI_EDGE", min_length=1, max_length=16)
     host: str = "127.0.0.1"
@@ -53,6 +65,8 @@ class ListenerSettings(BaseModel):
 class HubPeer(BaseModel):
     """The national hub, reached by outgoing HTTPS only."""
 
+    model_config = ConfigDict(extra="forbid")
+
     url: str = "http://127.0.0.1:8000"
     token: str = PLACEHOLDER_TOKEN
     poll_interval_s: float = Field(default=0.25, gt=0)
@@ -63,13 +77,44 @@ class HubPeer(BaseModel):
 class DicomPeer(BaseModel):
     """A DICOM node the edge sends to (the hospital's PACS)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     ae_title: str = Field(min_length=1, max_length=16)
     host: str
     port: int = Field(ge=1, le=65535)
     calling_ae_title: str = Field(default="AIFI_EDGE", min_length=1, max_length=16)
 
 
+class RetentionSettings(BaseModel):
+    """How long received originals and outbox copies stay on the edge's disk.
+
+    Files go; the state rows (which instance, which task, when, that it was
+    purged) stay for the audit. Days may be fractional.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_delivered_days: float = Field(
+        default=7.0,
+        ge=0,
+        description="files of a task kept this long after its results are in PACS",
+    )
+    max_failed_age_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="files of failed or canceled work kept this long after it ended",
+    )
+    keep_unrouted_days: float = Field(
+        default=1.0,
+        ge=0,
+        description="instances no rule sent anywhere kept this long after their study was stable",
+    )
+    interval_s: float = Field(default=3600.0, gt=0, description="how often the edge purges")
+
+
 class EdgeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     environment: Literal["development", "production"] = "development"
     hospital: str | None = Field(default=None, description="this hospital's name, for the audit")
     data_dir: Path = Path("edge-data")
@@ -85,6 +130,7 @@ class EdgeSettings(BaseModel):
         description="which result objects this hospital stores into its PACS",
     )
     rules: list[Rule] = Field(default_factory=list)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @field_validator("data_dir", "key_file")
     @classmethod
@@ -121,4 +167,77 @@ def load_edge_settings(path: Path) -> EdgeSettings:
     try:
         return EdgeSettings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"edge configuration {path} is invalid:\n{exc}") from exc
+        problems = "\n".join(f"  - {line}" for line in explain_errors(exc))
+        raise ConfigError(f"edge configuration {path} is invalid:\n{problems}") from exc
+
+
+def explain_errors(exc: ValidationError) -> list[str]:
+    """One sentence per problem, naming the TOML section and key as the operator wrote them.
+
+    An unknown key is refused rather than ignored (a rule with ``mach =``
+    instead of ``match =`` would otherwise match every image), with the
+    nearest known name as a suggestion.
+    """
+    lines: list[str] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        where = _toml_path((*loc[:-1], "")).strip() if len(loc) > 1 else ""
+        if error["type"] == "extra_forbidden":
+            name = str(loc[-1])
+            known = _known_fields(loc[:-1])
+            if isinstance(error["input"], dict) and not where:
+                sections = _known_fields(loc[:-1], sections=True)
+                close = difflib.get_close_matches(name, sections, n=1, cutoff=0.6)
+                hint = f" (did you mean [{close[0]}]?)" if close else ""
+                lines.append(f"unknown section [{name}]{hint}; known: {', '.join(sections)}")
+            else:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                place = f" in {where}" if where else " at the top level"
+                lines.append(f"unknown key {name!r}{place}{hint}; known: {', '.join(known)}")
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{_toml_path(loc) or 'the file'}: {message}")
+    return lines
+
+
+def _toml_path(loc: tuple[int | str, ...]) -> str:
+    """Where an error is, as written in TOML: ``("rules", 0, "match")`` → ``[[rules]] #1 match``."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            parts[-1] = f"[[{loc[i - 1]}]] #{part + 1}"
+        elif i == 0 and len(loc) > 1:
+            parts.append(f"[{part}]")
+        else:
+            parts.append(str(part))
+    return " ".join(parts)
+
+
+def _known_fields(loc: tuple[int | str, ...], *, sections: bool = False) -> list[str]:
+    """The field names of the settings model at ``loc``; only tables when ``sections``."""
+    model: type[BaseModel] | None = EdgeSettings
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    if model is None:
+        return []
+    return [
+        name
+        for name, field in model.model_fields.items()
+        if not sections or _model_in(field.annotation) is not None
+    ]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -19,7 +19,13 @@ import httpx
 
 from aifi.edge.config import HubPeer
 from aifi.errors import HubRefused, HubUnavailable
-from aifi.hub.schemas import Acknowledge, CatalogEntryOut, TaskCreate, TaskOut
+from aifi.hub.schemas import (
+    Acknowledge,
+    CatalogEntryOut,
+    SubscriptionOut,
+    TaskCreate,
+    TaskOut,
+)
 
 __all__ = ["HubClient", "StoreOutcome", "split_multipart"]
 
@@ -57,7 +63,10 @@ class HubClient:
             "Accept": "application/dicom+json",
         }
         response = self._send(
-            "POST", "/dicomweb/studies", content=_multipart(paths, boundary), headers=headers
+            "POST",
+            "/dicomweb/studies",
+            content=_multipart(paths, boundary),
+            headers=headers,
         )
         body = response.json() if response.content else {}
         stored = tuple(
@@ -76,6 +85,11 @@ class HubClient:
     def catalog(self) -> list[CatalogEntryOut]:
         """Every algorithm version the hub offers, with its keep list and state."""
         return [CatalogEntryOut.model_validate(e) for e in self._send("GET", "/catalog").json()]
+
+    def my_subscriptions(self) -> list[SubscriptionOut]:
+        """This hospital's subscriptions (``GET /subscriptions/mine``)."""
+        response = self._send("GET", "/subscriptions/mine")
+        return [SubscriptionOut.model_validate(s) for s in response.json()]
 
     # -- tasks -------------------------------------------------------------
     def create_task(self, body: TaskCreate) -> TaskOut:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import hl7
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydicom import Dataset
 
 from aifi.errors import DeliveryError
@@ -31,6 +31,8 @@ _START, _END = b"\x0b", b"\x1c\x0d"
 
 class RisPeer(BaseModel):
     """The RIS (or interface engine) that receives urgent results over MLLP."""
+
+    model_config = ConfigDict(extra="forbid")
 
     host: str
     port: int = Field(ge=1, le=65535)

@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydicom.datadict import keyword_dict
 
 __all__ = ["NON_IMAGE_MODALITIES", "Rule", "age_in_years", "rule_matches"]
 
@@ -33,6 +34,10 @@ NON_IMAGE_MODALITIES = frozenset({"PR", "KO", "SR", "DOC", "REG", "RTSTRUCT", "R
 
 
 class Rule(BaseModel):
+    """One routing rule; unknown keys are refused (``mach =`` must not mean "match everything")."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: str = ""
     algorithm: str = Field(min_length=1)
     match: dict[str, list[str]] = Field(default_factory=dict)
@@ -40,6 +45,18 @@ class Rule(BaseModel):
     min_age_years: float | None = None
     max_age_years: float | None = None
     include_non_images: bool = False
+
+    @field_validator("match", "patterns")
+    @classmethod
+    def _dicom_keywords(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Keys are DICOM keywords (PS3.6 §6); a misspelt one would match nothing, silently."""
+        unknown = sorted(k for k in value if k not in keyword_dict)
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} is not a DICOM keyword (PS3.6), e.g. Modality,"
+                " BodyPartExamined, SeriesDescription"
+            )
+        return value
 
 
 def age_in_years(attrs: Mapping[str, Any]) -> float | None:

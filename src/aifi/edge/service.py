@@ -7,6 +7,7 @@ is down) without the others losing anything.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -16,13 +17,15 @@ import pydicom
 from aifi.deid import PseudonymMap, load_or_create_key
 from aifi.edge.assembly import Assembler
 from aifi.edge.catalog import HubCatalog
+from aifi.edge.checks import check_listener, port_in_use_message, run_checks
 from aifi.edge.config import EdgeSettings
 from aifi.edge.deliver import INTEGRITY_CHECK, Deliverer
 from aifi.edge.hub_client import HubClient
 from aifi.edge.outbox import DigestFn, Outbox
+from aifi.edge.retention import Purger
 from aifi.edge.scp import EdgeReceiver
 from aifi.edge.state import EdgeState
-from aifi.errors import HubError
+from aifi.errors import ConfigError, HubError
 
 __all__ = ["EdgeService"]
 
@@ -69,6 +72,12 @@ class EdgeService:
             result_kinds=settings.result_kinds,
             max_backoff_s=settings.hub.max_backoff_s,
         )
+        self.purger = Purger(
+            self.state, settings.retention, data_dir / "outbox", data_dir / "received"
+        )
+        # The assembler and the purge never run at once: a purge never deletes
+        # an instance a task is being created for.
+        self._assembly_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -77,18 +86,68 @@ class EdgeService:
         return self.receiver.port
 
     def start(self) -> None:
-        self.receiver.start()
-        loops: list[tuple[str, Callable[[], int | list[str]], float]] = [
-            ("assembler", self.assembler.tick, 0.1),
+        """Check the configuration against the peers, then start every stage.
+
+        Raises :class:`~aifi.errors.ConfigError` for a definite configuration
+        error (see :mod:`aifi.edge.checks` for which those are and why a hub or
+        PACS that is down is only a warning) and for a listener port in use.
+        """
+        if self.settings.listener.port:
+            port = check_listener(self.settings.listener)
+            if not port.ok:
+                raise ConfigError(port.detail)
+        self.check()
+        # Time the edge was down is not quiet time: a study cut off by a crash
+        # waits a full quiet period again before it counts as complete.
+        reopened = self.state.restart_quiet_periods()
+        if reopened:
+            logger.info("quiet period restarted for %d open studies", reopened)
+        try:
+            self.receiver.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(port_in_use_message(self.settings.listener)) from exc
+            raise ConfigError(
+                f"the DICOM listener cannot listen on {self.settings.listener.host}:"
+                f"{self.settings.listener.port} ({exc.strerror}); check [listener] host and port"
+            ) from exc
+        loops: list[tuple[str, Callable[[], object], float]] = [
+            ("assembler", lambda: self._serialised(self.assembler.tick), 0.1),
             ("outbox", self.outbox.tick, 0.1),
             ("delivery", self.deliverer.tick, self.settings.hub.poll_interval_s),
+            ("retention", self.purge, self.settings.retention.interval_s),
         ]
         for name, tick, interval in loops:
             thread = threading.Thread(
-                target=self._loop, args=(name, tick, interval), name=f"edge-{name}", daemon=True
+                target=self._loop,
+                args=(name, tick, interval),
+                name=f"edge-{name}",
+                daemon=True,
             )
             thread.start()
             self._threads.append(thread)
+
+    def check(self) -> None:
+        """Run the start-up checks; log each, raise on the first definite configuration error."""
+        results = run_checks(self.settings)
+        for result in results:
+            if result.ok:
+                logger.info("check %s: %s", result.name, result.detail)
+            elif not result.fatal:
+                logger.warning("check %s: %s", result.name, result.detail)
+        fatal = [r for r in results if r.fatal]
+        if fatal:
+            raise ConfigError(
+                "; ".join(f"start-up check '{r.name}' failed: {r.detail}" for r in fatal)
+            )
+
+    def purge(self) -> object:
+        """Apply retention now (also run every ``retention.interval_s``)."""
+        return self._serialised(self.purger.tick)
+
+    def _serialised(self, tick: Callable[[], object]) -> object:
+        with self._assembly_lock:
+            return tick()
 
     def stop(self) -> None:
         self._stop.set()

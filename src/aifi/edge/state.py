@@ -99,6 +99,14 @@ CREATE TABLE IF NOT EXISTS events (
     task_id TEXT,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS purged_instances (
+    sop_instance_uid TEXT PRIMARY KEY REFERENCES instances(sop_instance_uid),
+    purged_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS purged_tasks (
+    task_id TEXT PRIMARY KEY REFERENCES tasks(id),
+    purged_at REAL NOT NULL
+);
 """
 
 # States in which the edge still has work to do for a task.
@@ -185,7 +193,11 @@ class EdgeState:
     def has_instance(self, sop_instance_uid: str) -> bool:
         row = (
             self._conn()
-            .execute("SELECT 1 FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,))
+            .execute(
+                "SELECT 1 FROM instances WHERE sop_instance_uid=? AND NOT EXISTS"
+                " (SELECT 1 FROM purged_instances p WHERE p.sop_instance_uid=?)",
+                (sop_instance_uid, sop_instance_uid),
+            )
             .fetchone()
         )
         return row is not None
@@ -210,11 +222,15 @@ class EdgeState:
                     now,
                 ),
             )
-            if cur.rowcount == 0:
+            if cur.rowcount == 0 and not _received_again(db, row, calling_aet, now):
                 return False
             db.execute(
                 "INSERT OR IGNORE INTO series VALUES (?,?,?)",
-                (row.series_instance_uid, row.study_instance_uid, json.dumps(series_attrs)),
+                (
+                    row.series_instance_uid,
+                    row.study_instance_uid,
+                    json.dumps(series_attrs),
+                ),
             )
             db.execute(
                 "INSERT INTO studies (study_instance_uid, first_received_at, last_received_at)"
@@ -299,8 +315,9 @@ class EdgeState:
         rows = (
             self._conn()
             .execute(
-                "SELECT * FROM instances WHERE study_instance_uid=? ORDER BY series_instance_uid,"
-                " received_at",
+                "SELECT * FROM instances i WHERE study_instance_uid=? AND NOT EXISTS (SELECT 1"
+                " FROM purged_instances p WHERE p.sop_instance_uid=i.sop_instance_uid)"
+                " ORDER BY series_instance_uid, received_at",
                 (study_instance_uid,),
             )
             .fetchall()
@@ -384,6 +401,20 @@ class EdgeState:
                 (time.time(), study_instance_uid, seen_last_received_at),
             )
 
+    def restart_quiet_periods(self) -> int:
+        """Start the quiet period again for every open study; return how many.
+
+        Called when the edge starts: the time it was down is not quiet time
+        (the sender may have been cut off mid-study), so a study interrupted by
+        a crash waits a full quiet period of running time before it is stable.
+        """
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE studies SET last_received_at=MAX(last_received_at, ?) WHERE dispatched=0",
+                (time.time(),),
+            )
+        return cur.rowcount
+
     def last_received_at(self, study_instance_uid: str) -> float:
         row = (
             self._conn()
@@ -457,6 +488,77 @@ class EdgeState:
                 (pseudo_uid, digest, task_id, sop_instance_uid),
             )
 
+    # -- retention ---------------------------------------------------------
+    def expired_tasks(self, delivered_before: float, ended_before: float) -> list[TaskRow]:
+        """Final tasks past their retention, not yet purged (delivered, or failed/canceled)."""
+        ended = [s for s in FINAL_STATES if s != "delivered"]
+        marks = ",".join("?" * len(ended))
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT * FROM tasks t WHERE ((state='delivered' AND delivered_at<=?)"
+                f" OR (state IN ({marks}) AND updated_at<=?)) AND NOT EXISTS"
+                " (SELECT 1 FROM purged_tasks p WHERE p.task_id=t.id) ORDER BY created_at",
+                (delivered_before, *ended, ended_before),
+            )
+            .fetchall()
+        )
+        return [_task(r) for r in rows]
+
+    def purgeable_instances(
+        self, delivered_before: float, ended_before: float, unrouted_before: float
+    ) -> list[tuple[InstanceRow, str | None]]:
+        """Received instances whose files may go, each with one expired task holding it.
+
+        An instance goes when its study is not receiving (dispatched) and either
+        every task holding it is past retention, or no task holds it and its
+        study was dispatched before ``unrouted_before``. An instance still
+        needed by an open task never goes.
+        """
+        ended = [s for s in FINAL_STATES if s != "delivered"]
+        marks = ",".join("?" * len(ended))
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT i.*, (SELECT MIN(ti.task_id) FROM task_instances ti"
+                "  WHERE ti.sop_instance_uid=i.sop_instance_uid) AS task_id"
+                " FROM instances i JOIN studies s ON s.study_instance_uid=i.study_instance_uid"
+                " WHERE s.dispatched=1"
+                " AND NOT EXISTS (SELECT 1 FROM purged_instances p"
+                "  WHERE p.sop_instance_uid=i.sop_instance_uid)"
+                " AND NOT EXISTS (SELECT 1 FROM task_instances ti JOIN tasks t ON t.id=ti.task_id"
+                "  WHERE ti.sop_instance_uid=i.sop_instance_uid"
+                "  AND NOT ((t.state='delivered' AND t.delivered_at<=?)"
+                f"  OR (t.state IN ({marks}) AND t.updated_at<=?)))"
+                " AND (task_id IS NOT NULL OR s.dispatched_at<=?)",
+                (delivered_before, *ended, ended_before, unrouted_before),
+            )
+            .fetchall()
+        )
+        return [(_instance(r), r["task_id"]) for r in rows]
+
+    def mark_purged(self, sop_instance_uids: Sequence[str], task_id: str | None = None) -> None:
+        """Record that these instances' files (and the task's outbox copy) are gone."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO purged_instances VALUES (?,?)",
+                [(uid, now) for uid in sop_instance_uids],
+            )
+            if task_id is not None:
+                db.execute("INSERT OR IGNORE INTO purged_tasks VALUES (?,?)", (task_id, now))
+
+    def is_purged(self, sop_instance_uid: str) -> bool:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM purged_instances WHERE sop_instance_uid=?",
+                (sop_instance_uid,),
+            )
+            .fetchone()
+        )
+        return row is not None
+
     # -- deliveries --------------------------------------------------------
     def set_delivery(
         self,
@@ -478,11 +580,27 @@ class EdgeState:
         rows = (
             self._conn()
             .execute(
-                "SELECT result_sop_instance_uid, status FROM deliveries WHERE task_id=?", (task_id,)
+                "SELECT result_sop_instance_uid, status FROM deliveries WHERE task_id=?",
+                (task_id,),
             )
             .fetchall()
         )
         return {r[0]: r[1] for r in rows}
+
+
+def _received_again(db: sqlite3.Connection, row: InstanceRow, calling_aet: str, now: float) -> bool:
+    """A purged instance sent again is received again: its file is back on disk."""
+    cur = db.execute(
+        "DELETE FROM purged_instances WHERE sop_instance_uid=?", (row.sop_instance_uid,)
+    )
+    if cur.rowcount == 0:
+        return False
+    db.execute(
+        "UPDATE instances SET path=?, size=?, calling_aet=?, received_at=?"
+        " WHERE sop_instance_uid=?",
+        (str(row.path), row.size, calling_aet, now, row.sop_instance_uid),
+    )
+    return True
 
 
 def _instance(r: sqlite3.Row) -> InstanceRow:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from aifi.errors import ConfigError
 from aifi.hub import subscriptions
-from aifi.hub.auth import Operator, Reader, actor_of
+from aifi.hub.auth import CurrentHospital, Operator, Reader, actor_of
 from aifi.hub.deps import SessionDep
 from aifi.hub.models import Subscription
 from aifi.hub.schemas import SubscriptionCreate, SubscriptionOut
@@ -36,6 +36,12 @@ def list_subscriptions(
     _reader: Reader, session: SessionDep, hospital_id: str | None = None
 ) -> list[SubscriptionOut]:
     return [subscription_out(s) for s in subscriptions.list_subscriptions(session, hospital_id)]
+
+
+@router.get("/mine", response_model=list[SubscriptionOut])
+def my_subscriptions(hospital: CurrentHospital, session: SessionDep) -> list[SubscriptionOut]:
+    """The calling hospital's own subscriptions (its edge checks its routing rules against them)."""
+    return [subscription_out(s) for s in subscriptions.list_subscriptions(session, hospital.id)]
 
 
 @router.post("", response_model=SubscriptionOut, status_code=status.HTTP_201_CREATED)
