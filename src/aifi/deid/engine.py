@@ -438,7 +438,9 @@ def _repeated(elements: list[Element]) -> frozenset[int]:
     if len({e.tag for e in elements}) == len(elements):
         return frozenset()
     seen: set[int] = set()
-    twice = {e.tag for e in elements if e.tag in seen or seen.add(e.tag)}
+    twice: set[int] = set()
+    for element in elements:
+        (twice if element.tag in seen else seen).add(element.tag)
     return frozenset(twice - _REQUIRED)
 
 

@@ -192,7 +192,7 @@ def planted_file(
     encoding = pydicom.charset.python_encoding[charset]
     surname = _NAMES[charset].split("^")[0]
     implicit = transfer_syntax == ImplicitVRLittleEndian
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     ds.file_meta.SourceApplicationEntityTitle = "FMETAAE0001"
     ds.file_meta.ImplementationVersionName = "FMETAIVN01"
     ds.file_meta.add_new(0x00020102, "OB", b"FMETAPRIV01\0")
