@@ -39,7 +39,7 @@ def test_fracture_is_found_and_boxed(
     study = fracture_study(fracture=True, seed=21, modality=modality, photometric=photometric)
     findings = algorithm.run(as_algorithm_input(write_study(study, tmp_path)))
     assert findings.details["category"] == "positive"
-    assert findings.finding is not None and findings.finding.meaning == "Fracture"
+    assert findings.finding is not None and findings.finding.meaning == "Fracture of bone"
     assert findings.demo_model is True
     assert DEMO_DISCLAIMER in findings.summary
     assert len(findings.images) == 2

@@ -19,7 +19,7 @@ from pydicom.uid import (
 )
 
 from aifi.algorithms.base import Box, Code, Findings, ImageFinding
-from aifi.results import BUILDERS, encode_results
+from aifi.results import BUILDERS, encode_results, series_numbers
 
 from .helpers import MANIFEST, dciodvfy_errors, dcmtk, headers, probability, saved
 
@@ -92,3 +92,21 @@ def test_an_embolus_location_is_a_point_in_the_sr(chest_ct: list[Path], tmp_path
 
 def test_the_builders_cover_what_hospitals_can_choose() -> None:
     assert set(BUILDERS) == {"sr", "gsps", "sc"}
+
+
+def test_each_result_series_has_its_own_number_and_a_rerun_follows(
+    chest_ct: list[Path],
+) -> None:
+    sources = headers(chest_ct)
+    findings = pe_findings(sources)
+
+    first = encode_results(findings, MANIFEST, sources)
+    rerun = encode_results(findings, MANIFEST, sources, earlier_series=3)
+
+    numbers = [int(ds.SeriesNumber) for _, ds in first]
+    assert len(set(numbers)) == 3
+    assert numbers == series_numbers(MANIFEST.id, count=3)
+    assert not {int(ds.SeriesNumber) for _, ds in rerun} & set(numbers)
+    other = series_numbers("incidental-pe", count=3)
+    assert not set(other) & set(numbers)
+    assert all(900000 <= n < 1000000 for n in numbers + other)

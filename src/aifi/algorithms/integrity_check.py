@@ -45,8 +45,8 @@ from aifi.algorithms.base import (
     Measurement,
     instances_of,
 )
+from aifi.algorithms.codes import DECODING_FAILURE, PIXEL_DATA_INTEGRITY, PIXEL_DATA_SHA256
 from aifi.errors import DicomInputError
-from aifi.results.codes import DECODING_FAILURE, PIXEL_DATA_SHA256
 
 __all__ = [
     "ALGORITHM",
@@ -217,6 +217,7 @@ class IntegrityCheck:
             )
         return Findings(
             summary=_summary(len(images), len(failures)),
+            finding_type=PIXEL_DATA_INTEGRITY,
             images=tuple(images),
             details={"digests": digests, "failures": failures},
         )

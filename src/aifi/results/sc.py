@@ -40,7 +40,8 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from aifi.algorithms.base import Box, Findings, ImageFinding, Manifest, Measurement
+from aifi.algorithms.base import Box, Code, Findings, ImageFinding, Manifest, Measurement
+from aifi.algorithms.codes import PRESENCE
 from aifi.results.gsps import DEMO_BANNER, series_laterality
 from aifi.results.render import display_pixels, render_page
 from aifi.results.sources import RESULT_CHARACTER_SET, check_sources, source_header
@@ -131,6 +132,7 @@ def _report_lines(
 ) -> list[str]:
     lines = [f"{manifest.name} {manifest.version} ({manifest.vendor})", "", findings.summary, ""]
     lines.append(_where(source, key.frame_number))
+    lines += _evaluation_lines(findings, key)
     lines += [_measurement_line(m) for m in findings.measurements]
     lines += [_measurement_line(m) for m in key.measurements if m not in findings.measurements]
     lines += [f"{code.meaning}: {value}" for code, value in key.texts if value.isprintable()]
@@ -146,6 +148,24 @@ def _where(source: pydicom.Dataset, frame_number: int | None) -> str:
     where = f"Image shown: series {source.get('SeriesNumber', '?')}"
     where += f", image {source.get('InstanceNumber', '?')}"
     return where + (f", frame {frame_number}" if frame_number else "")
+
+
+def _evaluation_lines(findings: Findings, key: ImageFinding) -> list[str]:
+    """The coded answers in words: "Pulmonary embolism: Absent", "Normality: Normal", ..."""
+    pairs: list[tuple[Code, Code]] = []
+    if findings.finding_type is not None and findings.presence is not None:
+        pairs.append((findings.finding_type, findings.presence))
+    pairs += findings.evaluations
+    shown = f"{findings.finding_type.meaning} on the image shown" if findings.finding_type else None
+    for name, value in key.evaluations:
+        pair = (
+            (Code(name.value, name.scheme, shown), value)
+            if name == PRESENCE and shown
+            else (name, value)
+        )
+        if pair not in pairs:
+            pairs.append(pair)
+    return [f"{name.meaning}: {value.meaning}" for name, value in pairs]
 
 
 def _measurement_line(measurement: Measurement) -> str:

@@ -7,6 +7,9 @@
   the values copied from the sources (the patient's name, descriptions) are
   read as text with the sources' own character set and written again as
   UTF-8, so no character set makes a result fail and no character is lost.
+  ISO 2022 escape sequences that the reader left in the text (pydicom does
+  not remove the G1 designation ESC $ ) A of ISO 2022 IR 58) are removed:
+  in UTF-8 they mean nothing (PS3.5 6.1.2.5).
 * **Type 2 attributes present**: Patient's Birth Date, Patient's Sex,
   Accession Number, Study ID, Study Date and Time and Referring Physician's
   Name are Type 2 in the Patient and General Study Modules (PS3.3 C.7.1.1,
@@ -18,10 +21,12 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Sequence
 
 import pydicom
+from pydicom.valuerep import PersonName
 
 __all__ = [
     "RESULT_CHARACTER_SET",
@@ -45,6 +50,9 @@ _TYPE_2_KEYWORDS = (
     "StudyID",
 )
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_TEXT_VRS = ("PN", "LO", "SH", "ST", "LT", "UT", "UC")
+_ESCAPE = re.compile("\x1b[\x20-\x2f]*[\x30-\x7e]")
+"""An ISO 2022 escape sequence (ISO/IEC 2022 §13: ESC, intermediates, final byte)."""
 _SERIES_BASE = 900000
 _SLOTS = 1000
 _PER_ALGORITHM = 100
@@ -69,8 +77,11 @@ def source_header(ds: pydicom.Dataset) -> pydicom.Dataset:
     """
     header = pydicom.Dataset()
     for element in ds:
-        if element.keyword not in _PIXEL_KEYWORDS:
-            header.add(element)
+        if element.keyword in _PIXEL_KEYWORDS:
+            continue
+        header.add(element)
+        if element.VR in _TEXT_VRS and _has_escape(element.value):
+            header[element.tag].value = _without_escapes(element.value, element.VR)
     for keyword in _TYPE_2_KEYWORDS:
         if keyword not in header or header[keyword].value is None:
             setattr(header, keyword, "")
@@ -81,6 +92,18 @@ def source_header(ds: pydicom.Dataset) -> pydicom.Dataset:
     if filename is not None:
         header.filename = filename
     return header
+
+
+def _has_escape(value: object) -> bool:
+    values = value if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
+    return any("\x1b" in str(item) for item in values if item is not None)
+
+
+def _without_escapes(value: object, vr: str) -> object:
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        return [_without_escapes(item, vr) for item in value]
+    text = _ESCAPE.sub("", str(value))
+    return PersonName(text) if vr == "PN" else text
 
 
 def series_numbers(algorithm_id: str, *, earlier: int = 0, count: int = 1) -> list[int]:

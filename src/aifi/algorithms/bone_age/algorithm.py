@@ -7,6 +7,13 @@ birth date is not. Answers the bone age in months and years and its
 standard deviation score against chronological age for that sex
 (:mod:`aifi.algorithms.bone_age.reference`). The reference atlases are of
 the left hand; a right hand (Image Laterality R) is mirrored first.
+
+Coded (:mod:`aifi.algorithms.codes`): Bone age (85151-9, LN) in months,
+chronological age as Age (30525-0, LN), the method as Bone age method
+(85150-1, LN), Normality Normal/Abnormal (SDS within ±2 or not); the SDS
+and the advanced/normal/delayed assessment use aifi's private codes, since
+no standard concept names them; the procedure is Bones X-ray bone age
+(37362-1, LN).
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ import pydicom
 
 from aifi.algorithms.base import (
     AlgorithmInput,
-    Code,
     Findings,
     ImageFinding,
     Manifest,
@@ -31,6 +37,19 @@ from aifi.algorithms.base import (
 )
 from aifi.algorithms.bone_age.model import canvas_for
 from aifi.algorithms.bone_age.reference import REFERENCE_CITATION, sds
+from aifi.algorithms.codes import (
+    ABNORMAL,
+    BONE_AGE_ASSESSMENT,
+    BONE_AGE_METHOD,
+    NO_UNITS,
+    NORMAL,
+    NORMALITY,
+    XR_BONE_AGE,
+)
+from aifi.algorithms.codes import BONE_AGE as _BONE_AGE
+from aifi.algorithms.codes import BONE_AGE_SDS as _BONE_AGE_SDS
+from aifi.algorithms.codes import CHRONOLOGICAL_AGE as _CHRONOLOGICAL_AGE
+from aifi.algorithms.codes import MONTHS as _MONTHS
 from aifi.algorithms.onnx_model import PinnedModel, demo_note, load_model_spec
 from aifi.algorithms.preprocess import pixel_spacing_mm, radiograph_frames
 from aifi.errors import InputNotAccepted
@@ -43,12 +62,13 @@ DEMO_STORE = Path(__file__).parent / "weights"
 MAX_AGE_YEARS = 19
 SDS_LIMIT = 2.0
 
-BONE_AGE = Code("bone-age", "99AIFI", "Bone age")
-CHRONOLOGICAL_AGE = Code("chronological-age", "99AIFI", "Chronological age")
-BONE_AGE_SDS = Code("bone-age-sds", "99AIFI", "Bone age standard deviation score")
-ASSESSMENT = Code("bone-age-assessment", "99AIFI", "Bone age assessment")
-MONTHS = Code("mo", "UCUM", "month")
-NO_UNIT = Code("1", "UCUM", "no units")
+BONE_AGE = _BONE_AGE
+CHRONOLOGICAL_AGE = _CHRONOLOGICAL_AGE
+BONE_AGE_SDS = _BONE_AGE_SDS
+ASSESSMENT = BONE_AGE_ASSESSMENT
+MONTHS = _MONTHS
+NO_UNIT = NO_UNITS
+METHOD = "Greulich and Pyle"
 
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _MONTHS_PER = {"D": 12 / 365.25, "W": 12 * 7 / 365.25, "M": 1.0, "Y": 12.0}
@@ -191,16 +211,21 @@ class BoneAge:
             f"Greulich & Pyle reference){demo_note(self.spec)}"
         )
         logger.info("bone-age: %.1f months, SDS %.2f", bone_age, score)
+        normality = ((NORMALITY, NORMAL if assessment == "normal" else ABNORMAL),)
         return Findings(
             summary=summary,
             finding=None,
+            finding_type=BONE_AGE,
+            evaluations=normality,
+            procedure=XR_BONE_AGE,
             urgent=False,
             measurements=measurements,
             images=(
                 ImageFinding(
                     sop_instance_uid=sop_instance_uid,
                     measurements=measurements[:1],
-                    texts=((ASSESSMENT, assessment),),
+                    texts=((ASSESSMENT, assessment), (BONE_AGE_METHOD, METHOD)),
+                    evaluations=normality,
                 ),
             ),
             demo_model=self.spec.demo,

@@ -6,6 +6,12 @@ Per image: boxes around suspected fractures, each with a score. Per study:
 *negative* otherwise. The thresholds live in the model manifest
 (``[parameters]``) so that a vendor's calibration travels with its model;
 ``training/evaluate.py`` reports sensitivity and specificity at both.
+
+Coded (:mod:`aifi.algorithms.codes`): the finding is Fracture of bone
+(125605004, SCT) with its presence Present / Equivocal / Absent (doubtful
+is equivocal), per study and per image; the procedure is XR Upper extremity
+Views (24689-2, LN) when every image read is of the upper limb, else XR
+unspecified body region (43468-8, LN).
 """
 
 from __future__ import annotations
@@ -27,6 +33,17 @@ from aifi.algorithms.base import (
     Resources,
     SelectionRule,
     instances_of,
+)
+from aifi.algorithms.codes import (
+    ABSENT,
+    EQUIVOCAL,
+    FRACTURE,
+    FRACTURE_SCORE,
+    NO_UNITS,
+    PRESENCE,
+    PRESENT,
+    XR_UNSPECIFIED,
+    XR_UPPER_EXTREMITY,
 )
 from aifi.algorithms.fracture.model import canvas_for, regions
 from aifi.algorithms.onnx_model import PinnedModel, demo_note, load_model_spec
@@ -70,10 +87,11 @@ APPENDICULAR_BODY_PARTS = (
     "EXTREMITY",
 )
 
-FRACTURE = Code("72704001", "SCT", "Fracture")
-ASSESSMENT = Code("fracture-assessment", "99AIFI", "Fracture assessment")
-SCORE = Code("fracture-score", "99AIFI", "Fracture likelihood score")
-NO_UNIT = Code("1", "UCUM", "no units")
+UPPER_LIMB_BODY_PARTS = frozenset(APPENDICULAR_BODY_PARTS[: APPENDICULAR_BODY_PARTS.index("HIP")])
+SCORE = FRACTURE_SCORE
+NO_UNIT = NO_UNITS
+PRESENCE_OF: dict[str, Code] = {"positive": PRESENT, "doubtful": EQUIVOCAL, "negative": ABSENT}
+"""Presence of a fracture (CID 240, and Equivocal) for each category."""
 
 
 def refusal_reason(ds: pydicom.Dataset) -> str | None:
@@ -139,12 +157,14 @@ class FractureDetection:
     def run(self, inputs: AlgorithmInput) -> Findings:
         """Read every accepted radiograph; refuse when none is accepted."""
         canvases, keys, reasons = [], [], []
+        body_parts: set[str] = set()
         for instance in instances_of(inputs):
             ds = instance.read()
             reason = refusal_reason(ds)
             if reason is not None:
                 reasons.append(reason)
                 continue
+            body_parts.add(str(ds.get("BodyPartExamined", "")).upper())
             spacing = pixel_spacing_mm(ds)
             frames = radiograph_frames(ds)
             for number, unit in enumerate(frames, start=1):
@@ -184,7 +204,7 @@ class FractureDetection:
                     sop_instance_uid=sop_uid,
                     frame_number=frame,
                     measurements=(Measurement(SCORE, round(score, 3), NO_UNIT),),
-                    texts=((ASSESSMENT, self._category(score)),),
+                    evaluations=((PRESENCE, PRESENCE_OF[self._category(score)]),),
                     boxes=tuple(boxes),
                 )
             )
@@ -200,6 +220,9 @@ class FractureDetection:
         return Findings(
             summary=f"{summary} (score {study_score:.2f}){demo_note(self.spec)}",
             finding=FRACTURE if category != "negative" else None,
+            finding_type=FRACTURE,
+            presence=PRESENCE_OF[category],
+            procedure=XR_UPPER_EXTREMITY if body_parts <= UPPER_LIMB_BODY_PARTS else XR_UNSPECIFIED,
             urgent=False,
             measurements=(Measurement(SCORE, round(study_score, 3), NO_UNIT),),
             images=tuple(images),

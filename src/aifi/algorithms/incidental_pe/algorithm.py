@@ -6,6 +6,11 @@ Hounsfield units with the Modality LUT, checked to contain lungs, and read
 by a 2.5D model. The answer: the probability of PE, the suspected emboli
 (slice SOP Instance UID and pixel column/row), and — when positive — an
 urgent flag, since an unsuspected PE needs a clinician's attention today.
+
+Coded (:mod:`aifi.algorithms.codes`): Pulmonary embolism (59282003, SCT)
+with its presence Present or Absent, so a negative result is coded too; the
+probability as Probability (122157, DCM); the procedure CT Chest
+(24627-2, LN).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import numpy as np
 from aifi.algorithms.base import (
     AlgorithmInput,
     Box,
-    Code,
     Findings,
     ImageFinding,
     Manifest,
@@ -26,6 +30,15 @@ from aifi.algorithms.base import (
     Resources,
     SelectionRule,
 )
+from aifi.algorithms.codes import (
+    ABSENT,
+    CT_CHEST,
+    NO_UNITS,
+    PRESENCE,
+    PRESENT,
+    PULMONARY_EMBOLISM,
+)
+from aifi.algorithms.codes import PROBABILITY as _PROBABILITY
 from aifi.algorithms.incidental_pe.model import CELL, canvases_for, model_inputs
 from aifi.algorithms.incidental_pe.selection import CHEST_BODY_PARTS, choose_series
 from aifi.algorithms.onnx_model import PinnedModel, demo_note, load_model_spec
@@ -44,9 +57,8 @@ __all__ = ["DEMO_STORE", "IncidentalPE"]
 logger = logging.getLogger(__name__)
 
 DEMO_STORE = Path(__file__).parent / "weights"
-PULMONARY_EMBOLISM = Code("59282003", "SCT", "Pulmonary embolism")
-PROBABILITY = Code("pe-probability", "99AIFI", "Probability of pulmonary embolism")
-NO_UNIT = Code("1", "UCUM", "no units")
+PROBABILITY = _PROBABILITY
+NO_UNIT = NO_UNITS
 LUNG_HU = (-950.0, -600.0)
 MIN_LUNG_SLICE_FRACTION = 0.3
 MAX_LOCATIONS = 5
@@ -142,6 +154,9 @@ class IncidentalPE:
         return Findings(
             summary=summary + demo_note(self.spec),
             finding=PULMONARY_EMBOLISM if positive else None,
+            finding_type=PULMONARY_EMBOLISM,
+            presence=PRESENT if positive else ABSENT,
+            procedure=CT_CHEST,
             urgent=positive,
             measurements=(Measurement(PROBABILITY, round(probability, 3), NO_UNIT),),
             images=tuple(images) if positive else (),
@@ -183,6 +198,7 @@ class IncidentalPE:
             images.append(
                 ImageFinding(
                     sop_instance_uid=uids[index],
+                    evaluations=((PRESENCE, PRESENT),),
                     boxes=(
                         Box(
                             round(x0, 1),
