@@ -12,11 +12,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from aifi.cli import edge_policy
 from aifi.edge.config import load_edge_settings
 from aifi.edge.state import EdgeState
 from aifi.errors import AifiError
 
 app = typer.Typer(help="The hospital edge gateway.", no_args_is_help=True)
+app.add_typer(edge_policy.app, name="policy")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="edge.toml")]
 logger = logging.getLogger(__name__)

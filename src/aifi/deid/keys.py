@@ -11,12 +11,14 @@ another hospital's key gives unrelated values.
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import hmac
 import logging
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 from aifi.errors import ConfigError
@@ -25,6 +27,7 @@ __all__ = [
     "KEY_BYTES",
     "date_shift_days",
     "keyed_digest",
+    "load_key",
     "load_or_create_key",
     "pseudo_uid",
     "pseudonym",
@@ -66,6 +69,33 @@ def date_shift_days(key: bytes, patient_key: str) -> int:
     """Days to subtract from every date of one patient (Modified Dates option, PS3.15 E.3.6)."""
     digest = keyed_digest(key, b"dateshift", patient_key.strip())
     return _SHIFT_MIN_DAYS + int.from_bytes(digest[:4], "big") % _SHIFT_SPAN_DAYS
+
+
+def load_key(path: Path, environ: Mapping[str, str] | None = None, *, var: str = "") -> bytes:
+    """The hospital's key: from the environment variable ``var`` when set, else from ``path``.
+
+    The variable holds the 32 bytes base64 (or hex) encoded, as a secret store
+    or KMS agent injects it; nothing is written then. Otherwise the key file
+    at ``path`` is read, or created (mode 0600) when absent.
+    """
+    environ = os.environ if environ is None else environ
+    encoded = environ.get(var, "").strip() if var else ""
+    if not encoded:
+        return load_or_create_key(path)
+    data: bytes | None = None
+    try:
+        data = bytes.fromhex(encoded)
+    except ValueError:
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            data = None
+    if data is None or len(data) != KEY_BYTES:
+        raise ConfigError(
+            f"{var} does not hold a {KEY_BYTES}-byte key in base64 or hex; "
+            "set it to the hospital's key (e.g. base64 of the key file)"
+        )
+    return data
 
 
 def load_or_create_key(path: Path) -> bytes:

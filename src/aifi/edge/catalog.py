@@ -7,9 +7,11 @@ it rather than its own installed copy, so an algorithm the edge has never
 heard of (a vendor's, added at the hub) gets exactly what it needs.
 
 A task is created for an algorithm id; the hub runs the version the
-hospital's subscription pins, or the newest active one. When several
-versions are active, the edge keeps the union of their lists, so whichever
-version runs has what it needs.
+hospital's subscription pins, or the newest active one, so the edge judges
+every active version's list (:meth:`HubCatalog.requests`). The hub's lists
+are requests only: what leaves is decided by the hospital's release policy
+(:mod:`aifi.edge.policy`), which sends the intersection with what its privacy
+officer approved and holds new versions that ask for more.
 """
 
 from __future__ import annotations
@@ -48,7 +50,13 @@ class HubCatalog:
         self._fetched_at: float | None = None
 
     def keep_attributes(self, algorithm_id: str) -> tuple[str, ...]:
-        """The attributes to keep for ``algorithm_id`` (sorted, no duplicates)."""
+        """Every attribute the active versions of ``algorithm_id`` request (sorted, unique)."""
+        return tuple(
+            sorted({name for names in self.requests(algorithm_id).values() for name in names})
+        )
+
+    def requests(self, algorithm_id: str) -> dict[str, tuple[str, ...]]:
+        """Version → attributes it requests kept, for each active version of ``algorithm_id``."""
         active = [e for e in self._current(algorithm_id) if e.algorithm_id == algorithm_id]
         if not active:
             raise HubRefused(
@@ -56,7 +64,11 @@ class HubCatalog:
                 "edge's routing rules against the hub's catalog ('aifi hub algorithm list')",
                 status_code=404,
             )
-        return tuple(sorted({name for e in active for name in e.keep_attributes}))
+        return {e.version: tuple(e.keep_attributes) for e in active}
+
+    def entries(self) -> list[CatalogEntryOut]:
+        """Every active catalog entry (fetched again when stale)."""
+        return self._current("")
 
     def _current(self, algorithm_id: str) -> list[CatalogEntryOut]:
         """Active entries; fetched again when stale or when ``algorithm_id`` is missing."""

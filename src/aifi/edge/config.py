@@ -7,10 +7,13 @@ host:port in code. A placeholder hub token is refused outside development.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import os
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -118,7 +121,17 @@ class EdgeSettings(BaseModel):
     environment: Literal["development", "production"] = "development"
     hospital: str | None = Field(default=None, description="this hospital's name, for the audit")
     data_dir: Path = Path("edge-data")
-    key_file: Path | None = Field(default=None, description="default: <data_dir>/secret.key")
+    key_file: Path | None = Field(
+        default=None,
+        description="the pseudonymization key; AIFI_EDGE_KEY_FILE (a file a KMS agent writes) or"
+        " AIFI_EDGE_KEY (the key, base64) override it; default in development:"
+        " <data_dir>/secret.key; production refuses a key inside data_dir",
+    )
+    release_policy: Path | None = Field(
+        default=None,
+        description="the hospital's release policy (TOML): what may leave per algorithm version;"
+        " default: release-policy.toml beside the data folder",
+    )
     quiet_period_s: float = Field(default=5.0, ge=0)
     late_instances: Literal["new-task", "ignore"] = "new-task"
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
@@ -132,7 +145,7 @@ class EdgeSettings(BaseModel):
     rules: list[Rule] = Field(default_factory=list)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
-    @field_validator("data_dir", "key_file")
+    @field_validator("data_dir", "key_file", "release_policy")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
@@ -146,9 +159,50 @@ class EdgeSettings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _key_outside_data_and_hub_over_https(self) -> EdgeSettings:
+        env_file = os.environ.get(KEY_FILE_ENV, "").strip()
+        if env_file:
+            self.key_file = Path(env_file).expanduser().resolve()
+        production = self.environment != "development"
+        if production and not os.environ.get(KEY_ENV, "").strip():
+            key = self.secret_key_path
+            if key.is_relative_to(self.data_dir):
+                raise ValueError(
+                    f"the key file {key} is inside the data folder {self.data_dir}: in "
+                    "production keep it apart (a copy of the data folder must not carry the "
+                    f"key): set key_file, or {KEY_FILE_ENV} to a file your KMS agent writes, or "
+                    f"{KEY_ENV}"
+                )
+        url = urlsplit(self.hub.url)
+        if url.scheme == "http" and (production or not _loopback(url.hostname or "")):
+            raise ValueError(
+                f"hub.url {self.hub.url} is plain http: use https:// (plain http is accepted "
+                "only to a loopback address in development)"
+            )
+        return self
+
     @property
     def secret_key_path(self) -> Path:
         return self.key_file or self.data_dir / "secret.key"
+
+    @property
+    def release_policy_path(self) -> Path:
+        return self.release_policy or self.data_dir.parent / "release-policy.toml"
+
+
+#: Environment variables that locate the key outside the configuration file.
+KEY_ENV = "AIFI_EDGE_KEY"
+KEY_FILE_ENV = "AIFI_EDGE_KEY_FILE"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_edge_settings(path: Path) -> EdgeSettings:
@@ -159,7 +213,7 @@ def load_edge_settings(path: Path) -> EdgeSettings:
         raise ConfigError(f"edge configuration {path} does not exist") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"edge configuration {path} is not valid TOML: {exc}") from exc
-    for key in ("data_dir", "key_file"):
+    for key in ("data_dir", "key_file", "release_policy"):
         if key in raw and not Path(raw[key]).is_absolute():
             raw[key] = str(path.parent / raw[key])
     if "data_dir" not in raw:

@@ -5,7 +5,13 @@ recorded in the edge's state before the next begins, so a
 task survives an edge restart and a hub outage:
 
 * ``pending``  → its instances are pseudonymized into ``outbox/<task id>/``
-  (deterministic: doing it again after a crash gives the same bytes);
+  (deterministic: doing it again after a crash gives the same bytes), keeping
+  only what the hospital's release policy lets leave for the algorithm
+  (:mod:`aifi.edge.policy`); every attribute the hub requested and the policy
+  withheld is recorded (``release-withheld``);
+* ``held``     → the algorithm's active version requests more than the policy
+  approved: nothing is sent, the reason says what awaits approval, and the
+  task goes back to ``pending`` once ``aifi edge policy approve`` recorded it;
 * ``ready``    → uploaded by STOW-RS, then the task is created at the hub
   with the edge's task id as idempotency key;
 * ``submitted`` once the hub confirmed the task.
@@ -26,8 +32,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aifi.deid import PseudonymizedInstance, Pseudonymizer, PseudonymMap
+from aifi.deid.descriptors import Vocabulary
 from aifi.deid.keys import keyed_digest
 from aifi.edge.hub_client import HubClient
+from aifi.edge.policy import Release
 from aifi.edge.state import EdgeState, TaskRow
 from aifi.errors import HubRefused, HubUnavailable, PseudonymizationError
 from aifi.hub.schemas import TaskCreate
@@ -38,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 # One STOW-RS request carries at most this many bytes of instances.
 _BATCH_BYTES = 64 << 20
+# A held task looks at the release policy (and the hub's catalog) again this often.
+HELD_RECHECK_S = 2.0
+HELD = "held"
 
 DigestFn = Callable[[Path], str]
 
@@ -64,8 +75,9 @@ class Outbox:
         key: bytes,
         pseudonym_map: PseudonymMap,
         outbox_dir: Path,
-        keep_attributes_of: Callable[[str], Sequence[str]],
+        release_for: Callable[[str], Release],
         *,
+        vocabulary: Callable[[], Vocabulary | None] = lambda: None,
         digest_for: Callable[[str], DigestFn | None] = lambda _algorithm_id: None,
         max_backoff_s: float = 60.0,
     ) -> None:
@@ -74,13 +86,16 @@ class Outbox:
         self.key = key
         self.pseudonym_map = pseudonym_map
         self.outbox_dir = outbox_dir
-        self.keep_attributes_of = keep_attributes_of
+        self.release_for = release_for
+        self.vocabulary = vocabulary
         self.digest_for = digest_for
         self.max_backoff_s = max_backoff_s
 
     def tick(self) -> int:
         """Advance every task that is due; return how many moved."""
         moved = 0
+        for task in self.state.due_tasks(HELD):
+            moved += self._guarded(task, self._recheck)
         for task in self.state.due_tasks("pending"):
             moved += self._guarded(task, self._prepare)
         for task in self.state.due_tasks("ready"):
@@ -112,10 +127,41 @@ class Outbox:
         self.state.record_event("task-failed", reason, task_id=task.id)
         logger.error("task %s failed: %s", task.id, reason)
 
+    # -- held ↔ pending: the release policy ----------------------------------
+    def _hold(self, task: TaskRow, reason: str) -> None:
+        self.state.update_task(
+            task.id, state=HELD, reason=reason, next_attempt_at=time.time() + HELD_RECHECK_S
+        )
+        if task.state != HELD or task.reason != reason:
+            self.state.record_event("release-held", reason, task_id=task.id)
+            logger.warning("task %s: %s", task.id, reason)
+
+    def _recheck(self, task: TaskRow) -> None:
+        release = self.release_for(task.algorithm_id)
+        if release.held_reason is not None:
+            self._hold(task, release.held_reason)
+            return
+        self.state.update_task(task.id, state="pending", reason=None, next_attempt_at=0)
+        self.state.record_event(
+            "release-approved",
+            f"the release policy now covers what {task.algorithm_id} requests; the task resumes",
+            task_id=task.id,
+        )
+        self._prepare(self.state.task(task.id))
+
     # -- pending → ready ---------------------------------------------------
     def _prepare(self, task: TaskRow) -> None:
-        keep = self.keep_attributes_of(task.algorithm_id)
-        pseudonymizer = Pseudonymizer(algorithm_key(self.key, task.algorithm_id), keep=keep)
+        release = self.release_for(task.algorithm_id)
+        if release.held_reason is not None:
+            self._hold(task, release.held_reason)
+            return
+        if release.withheld_detail is not None:
+            self.state.record_event("release-withheld", release.withheld_detail, task_id=task.id)
+        pseudonymizer = Pseudonymizer(
+            algorithm_key(self.key, task.algorithm_id),
+            keep=release.keep,
+            vocabulary=self.vocabulary(),
+        )
         folder = self.outbox_dir / task.id
         folder.mkdir(parents=True, exist_ok=True)
         digest_of = self.digest_for(task.algorithm_id)
@@ -126,8 +172,9 @@ class Outbox:
                 result: PseudonymizedInstance = pseudonymizer.pseudonymize_file(
                     instance.path, folder / "tmp.dcm"
                 )
-            except PseudonymizationError as exc:
-                refused.append(f"instance {instance.sop_instance_uid}: {exc}")
+            except PseudonymizationError as exc:  # named by its original UID only, no pair
+                why = str(exc).split(" is not sent: ", 1)[-1]
+                refused.append(f"instance {instance.sop_instance_uid} is not sent: {why}")
                 continue
             final = folder / f"{result.sop_instance_uid}.dcm"
             (folder / "tmp.dcm").replace(final)
@@ -145,8 +192,8 @@ class Outbox:
         self.state.update_task(task.id, state="ready", pseudo_study_uid=study_uid, attempts=0)
         self.state.record_event(
             "pseudonymized",
-            f"instances pseudonymized for {task.algorithm_id} (pseudonymous study {study_uid});"
-            f" {len(refused)} refused",
+            f"instances pseudonymized for {task.algorithm_id}, keeping"
+            f" {', '.join(release.keep) or 'nothing beyond the profile'}; {len(refused)} refused",
             task_id=task.id,
         )
 

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 from collections.abc import Callable
 
 import pydicom
 
-from aifi.deid import PseudonymMap, load_or_create_key
+from aifi.deid import PseudonymMap
 from aifi.edge.assembly import Assembler
+from aifi.edge.at_rest import edge_key, make_private
 from aifi.edge.catalog import HubCatalog
 from aifi.edge.checks import check_listener, port_in_use_message, run_checks
 from aifi.edge.config import EdgeSettings
 from aifi.edge.deliver import INTEGRITY_CHECK, Deliverer
 from aifi.edge.hub_client import HubClient
 from aifi.edge.outbox import DigestFn, Outbox
+from aifi.edge.policy import PolicyFile, ReleaseGate
 from aifi.edge.retention import Purger
 from aifi.edge.scp import EdgeReceiver
 from aifi.edge.state import EdgeState
@@ -44,11 +47,22 @@ class EdgeService:
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
         data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        key = load_or_create_key(settings.secret_key_path)
-        self.state = EdgeState(data_dir / "edge.db", hospital=settings.hospital)
+        self._umask = make_private(data_dir)  # every file the edge writes: 0600, folders 0700
+        key = edge_key(settings)
+        self.state = EdgeState(data_dir / "edge.db", hospital=settings.hospital, key=key)
         self.pseudonym_map = PseudonymMap(data_dir / "pseudonyms.db", key)
         self.hub = HubClient(settings.hub)
+        # What leaves is the hospital's decision: the hub's catalog only requests.
+        policy = PolicyFile(
+            settings.release_policy_path,
+            create_from_default=settings.environment == "development",
+        )
+        if policy.created:
+            self.state.record_event(
+                "release-policy-created",
+                f"release policy {policy.path} created from the shipped defaults",
+            )
+        self.release = ReleaseGate(HubCatalog(self.hub).requests, policy)
         self.receiver = EdgeReceiver(settings.listener, self.state, data_dir / "received")
         self.assembler = Assembler(
             self.state, settings.rules, settings.quiet_period_s, settings.late_instances
@@ -59,7 +73,8 @@ class EdgeService:
             key,
             self.pseudonym_map,
             data_dir / "outbox",
-            HubCatalog(self.hub).keep_attributes,
+            self.release.release_for,
+            vocabulary=self.release.vocabulary,
             digest_for=_digest_for,
             max_backoff_s=settings.hub.max_backoff_s,
         )
@@ -157,6 +172,7 @@ class EdgeService:
         self._threads.clear()
         self.hub.close()
         self.state.audit.close()
+        os.umask(self._umask)
 
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return (from a signal handler)."""

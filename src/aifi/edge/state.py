@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aifi.audit import SqliteAuditLog
+from aifi.edge.sealed import ColumnSeal
 
 __all__ = ["EdgeState", "InstanceRow", "TaskRow"]
 
@@ -149,9 +150,13 @@ class TaskRow:
 class EdgeState:
     """Thread-safe access to the edge's SQLite state."""
 
-    def __init__(self, path: Path, *, hospital: str | None = None) -> None:
+    def __init__(
+        self, path: Path, *, hospital: str | None = None, key: bytes | None = None
+    ) -> None:
+        """``key`` (the hospital's) seals the identity-bearing columns (:mod:`aifi.edge.sealed`)."""
         self.path = path
         self.hospital = hospital
+        self._seal = ColumnSeal(key) if key is not None else None
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._conn().executescript(_SCHEMA)
@@ -159,12 +164,16 @@ class EdgeState:
         # writes never wait on the per-instance writes of the listener.
         self.audit = SqliteAuditLog(path.with_name("audit.db"))
 
+    def _sealed(self, value: str) -> str:
+        """``value`` sealed when the state has a key (opened again by the row factory)."""
+        return self._seal.seal(value) if self._seal is not None else value
+
     # -- connections -------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
+            conn.row_factory = self._seal.row_factory if self._seal else sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -229,7 +238,7 @@ class EdgeState:
                 (
                     row.series_instance_uid,
                     row.study_instance_uid,
-                    json.dumps(series_attrs),
+                    self._sealed(json.dumps(_reduced(series_attrs))),
                 ),
             )
             db.execute(
@@ -461,6 +470,8 @@ class EdgeState:
 
     def update_task(self, task_id: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
+        if fields.get("pseudo_study_uid"):
+            fields["pseudo_study_uid"] = self._sealed(fields["pseudo_study_uid"])
         cols = ", ".join(f"{k}=?" for k in fields)
         with self._tx() as db:
             db.execute(f"UPDATE tasks SET {cols} WHERE id=?", (*fields.values(), task_id))
@@ -485,7 +496,7 @@ class EdgeState:
             db.execute(
                 "UPDATE task_instances SET pseudo_sop_instance_uid=?, pixel_digest=?"
                 " WHERE task_id=? AND sop_instance_uid=?",
-                (pseudo_uid, digest, task_id, sop_instance_uid),
+                (self._sealed(pseudo_uid), digest, task_id, sop_instance_uid),
             )
 
     # -- retention ---------------------------------------------------------
@@ -601,6 +612,25 @@ def _received_again(db: sqlite3.Connection, row: InstanceRow, calling_aet: str, 
         (str(row.path), row.size, calling_aet, now, row.sop_instance_uid),
     )
     return True
+
+
+def _reduced(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Routing attributes without the birth date: the age at the study is what rules need."""
+    if "PatientBirthDate" not in attrs:
+        return attrs
+    from aifi.edge.rules import age_in_years
+
+    reduced = {k: v for k, v in attrs.items() if k != "PatientBirthDate"}
+    years = age_in_years(attrs)
+    if years is not None and years >= 0 and not str(attrs.get("PatientAge") or "").strip():
+        days = round(years * 365.25)
+        if days <= 999:
+            reduced["PatientAge"] = f"{days:03d}D"
+        elif years * 12 <= 999:
+            reduced["PatientAge"] = f"{int(years * 12):03d}M"
+        else:
+            reduced["PatientAge"] = f"{min(int(years), 999):03d}Y"
+    return reduced
 
 
 def _instance(r: sqlite3.Row) -> InstanceRow:
