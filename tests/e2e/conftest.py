@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ class HubProcess:
     def data_dir(self) -> Path:
         return self.folder / "data"
 
-    def add_hospital(self, name: str) -> str:
+    def add_hospital(self, name: str, subscribe: str = "integrity-check") -> str:
         done = subprocess.run(
             [
                 sys.executable,
@@ -50,6 +51,8 @@ class HubProcess:
                 name,
                 "--config",
                 str(self.config),
+                "--subscribe",
+                subscribe,
             ],
             capture_output=True,
             text=True,
@@ -78,6 +81,52 @@ class HubProcess:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, as in a power cut."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+class EdgeProcess:
+    """``aifi edge serve --config edge.toml`` in a subprocess, killable like the hub."""
+
+    def __init__(self, folder: Path, config_text: str) -> None:
+        self.folder = folder
+        self.config = folder / "edge.toml"
+        self.config.write_text(config_text, encoding="utf-8")
+        self.log = folder / "edge.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, dicom_port: int) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "aifi", "edge", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"edge exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", dicom_port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("edge did not start listening in 30 s")
+
+    def kill(self) -> None:
+        """SIGKILL, as in a power cut."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)

@@ -102,24 +102,25 @@ def demo(
             tasks = system.tasks()
             console.print(_task_table(tasks, labels, in_pacs, system.summaries()))
             for message in system.ris.messages:
-                pid = message.segment("PID")
+                pid, obr = message.segment("PID"), message.segment("OBR")
+                critical = [obx for obx in message.segments("OBX") if str(obx[8]) == "AA"]
                 console.print(
                     f"[bold red]urgent[/bold red] ORU^R01 received by the demo RIS for patient "
-                    f"{pid[5]} ({pid[3]}): {message.segment('OBR')[4]}"
+                    f"{pid[5]} ({pid[3][0][0]}), accession {obr[18]}: "
+                    + ", ".join(str(obx[5][0][1]) for obx in critical)
                 )
-            ok = (
-                done
-                and bool(tasks)
-                and all(t.state == "delivered" and in_pacs.get(t.id) for t in tasks)
-            )
+            problems = system.problems()
+            ok = done and not problems
             elapsed = time.monotonic() - started
             if ok:
                 console.print(
-                    f"[green]every result is in the demo PACS[/green] "
+                    f"[green]every result is in the demo PACS, every urgent one at the RIS[/green] "
                     f"({elapsed:.1f} s after the last instance was sent)"
                 )
             else:
-                console.print("[red]not every result reached the demo PACS[/red]")
+                console.print("[red]the demo's promises did not all hold:[/red]")
+                for problem in problems or ["timed out waiting for the tasks"]:
+                    console.print(f"[red]  {problem}[/red]")
             if once:
                 raise typer.Exit(0 if ok else 1)
             console.print("running; send studies to the edge's DICOM port. Ctrl-C stops.")

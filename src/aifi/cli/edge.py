@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +16,7 @@ from rich.table import Table
 
 from aifi.cli import edge_policy
 from aifi.edge.config import load_edge_settings
-from aifi.edge.state import EdgeState
+from aifi.edge.state import DEAD_LETTER, EdgeState
 from aifi.errors import AifiError
 
 app = typer.Typer(help="The hospital edge gateway.", no_args_is_help=True)
@@ -48,15 +50,84 @@ def serve(config: ConfigOption = Path("edge.toml")) -> None:
 
 
 @app.command()
-def tasks(config: ConfigOption = Path("edge.toml")) -> None:
-    """List the edge's tasks and their states."""
+def tasks(
+    config: ConfigOption = Path("edge.toml"),
+    failed: Annotated[
+        bool, typer.Option("--failed", help="only dead letters, failed and canceled tasks")
+    ] = False,
+) -> None:
+    """List the edge's tasks: state, attempts, results in PACS, urgent notification."""
     settings = load_edge_settings(config)
     state = EdgeState(settings.data_dir / "edge.db")
-    table = Table("task", "algorithm", "state", "verified", "reason")
-    for task in state.tasks():
+    table = Table(
+        "task",
+        "algorithm",
+        "state",
+        "attempts",
+        "verified",
+        "in PACS",
+        "urgent / RIS",
+        "updated",
+        "reason",
+    )
+    wanted = (DEAD_LETTER, "failed", "CANCELED") if failed else None
+    for task in state.tasks(wanted):
         verified = "" if task.verified is None else ("yes" if task.verified else "NO")
-        table.add_row(task.id[:12], task.algorithm_id, task.state, verified, task.reason or "")
+        stored = sum(1 for s in state.deliveries(task.id).values() if s == "stored")
+        urgent = ("URGENT: " + (task.notification or "pending")) if task.urgent else ""
+        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(task.updated_at))
+        table.add_row(
+            task.id[:12],
+            task.algorithm_id,
+            task.state,
+            str(task.attempts),
+            verified,
+            str(stored),
+            escape(urgent),
+            updated,
+            escape(task.reason or ""),
+        )
     Console().print(table)
+
+
+@app.command()
+def retry(
+    task: Annotated[
+        str, typer.Argument(help="task id (or a unique prefix), from 'tasks --failed'")
+    ],
+    config: ConfigOption = Path("edge.toml"),
+    by: Annotated[str, typer.Option(help="who asks, for the audit trail")] = getpass.getuser(),
+) -> None:
+    """Send a dead-letter, failed or canceled task again (audited)."""
+    from aifi.edge.requeue import retry_task
+
+    state = EdgeState(load_edge_settings(config).data_dir / "edge.db")
+    try:
+        queued = retry_task(state, task, by=by)
+    except AifiError as exc:
+        raise typer.Exit(_fail(str(exc))) from exc
+    finally:
+        state.close()
+    typer.echo(f"task {queued} queued again")
+
+
+@app.command()
+def discard(
+    task: Annotated[str, typer.Argument(help="task id (or a unique prefix)")],
+    config: ConfigOption = Path("edge.toml"),
+    by: Annotated[str, typer.Option(help="who asks, for the audit trail")] = getpass.getuser(),
+) -> None:
+    """End a task for good without delivering it (audited)."""
+    from aifi.edge.requeue import discard_task
+
+    state = EdgeState(load_edge_settings(config).data_dir / "edge.db")
+    try:
+        discard_task(state, task, by=by)
+    except AifiError as exc:
+        raise typer.Exit(_fail(str(exc))) from exc
+    finally:
+        state.close()
+    typer.echo(f"task {task} discarded")
 
 
 @app.command()

@@ -24,6 +24,7 @@ class DemoRis:
         self.port = free_port()
         self.messages: list[hl7.Message] = []
         self.ack_code = "AA"  # what the RIS answers (MSA-1); "AE" rejects
+        self.hold = False  # True: keep each message but answer only once set back to False
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -38,16 +39,20 @@ class DemoRis:
                 while not writer.is_closing():
                     message = await reader.readmessage()
                     self.messages.append(message)
+                    while self.hold and not writer.is_closing():
+                        await asyncio.sleep(0.05)
                     writer.writemessage(message.create_ack(ack_code=self.ack_code))
                     await writer.drain()
-            except asyncio.IncompleteReadError:
+            except (asyncio.IncompleteReadError, ConnectionError):
                 pass
             finally:
                 writer.close()
 
         async def serve() -> None:
             self._stop = asyncio.Event()
-            server = await hl7.mllp.start_hl7_server(handle, self.host, self.port)
+            server = await hl7.mllp.start_hl7_server(
+                handle, self.host, self.port, encoding="utf-8"  # MSH-18 UNICODE UTF-8 or ASCII
+            )
             ready.set()
             await self._stop.wait()
             server.close()

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import hl7
 import pydicom
 import uvicorn
 from pydicom import Dataset
@@ -40,11 +41,11 @@ from aifi.phantoms.chest_ct import chest_ct_series
 from aifi.phantoms.hand import bone_age_study
 from aifi.phantoms.long_bone import fracture_study
 
-__all__ = ["DemoStudy", "DemoSystem", "demo_rules", "demo_studies"]
+__all__ = ["DemoStudy", "DemoSystem", "demo_problems", "demo_rules", "demo_studies"]
 
 logger = logging.getLogger(__name__)
 
-FINAL = ("delivered", "CANCELED", "failed")
+FINAL = ("delivered", "CANCELED", "failed", "discarded", "dead-letter")
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,11 @@ class DemoSystem:
             out[task.id] = ("URGENT: " if hub_task.urgent else "") + summary
         return out
 
+    def problems(self) -> list[str]:
+        """What a hospital would miss: tasks not delivered, results not in PACS, urgent
+        results the RIS never received (empty when all is well)."""
+        return demo_problems(self.tasks(), self.results_in_pacs(), self.ris.messages)
+
     def results_in_pacs(self) -> dict[str, list[str]]:
         """Task id → result SOP Instance UIDs the edge stored that the demo PACS holds."""
         assert self.edge is not None
@@ -266,3 +272,29 @@ class DemoSystem:
                 uid for uid, status in stored.items() if status == "stored" and uid in held
             )
         return out
+
+
+def demo_problems(
+    tasks: Sequence[TaskRow], in_pacs: dict[str, list[str]], ris_messages: Sequence[hl7.Message]
+) -> list[str]:
+    """Every promise of the demo that did not hold, one line each.
+
+    A task must be delivered with its results in the PACS; an urgent one
+    must also have reached the RIS as an ORU^R01 naming the task in OBR-20.
+    """
+    announced = {str(m.segment("OBR")[20]) for m in ris_messages}
+    problems: list[str] = []
+    if not tasks:
+        problems.append("no task was created")
+    for task in tasks:
+        if task.state != "delivered":
+            problems.append(
+                f"task {task.id[:12]} ({task.algorithm_id}) is {task.state}: {task.reason}"
+            )
+        elif not in_pacs.get(task.id):
+            problems.append(f"task {task.id[:12]} ({task.algorithm_id}): no result in the PACS")
+        if task.urgent and task.id not in announced:
+            problems.append(
+                f"task {task.id[:12]} ({task.algorithm_id}): urgent result never reached the RIS"
+            )
+    return problems

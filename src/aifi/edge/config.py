@@ -24,13 +24,16 @@ from pydantic import (
     model_validator,
 )
 
+from aifi.edge.fhir import FhirPeer
 from aifi.edge.notify import RisPeer
 from aifi.edge.rules import Rule
 from aifi.errors import ConfigError
 
 __all__ = [
+    "DeliverySettings",
     "DicomPeer",
     "EdgeSettings",
+    "FhirPeer",
     "HubPeer",
     "ListenerSettings",
     "RetentionSettings",
@@ -62,6 +65,24 @@ class ListenerSettings(BaseModel):
         ge=0,
         description="largest PDU we accept (0 = unlimited); 128 KiB is the most dcmtk sends,"
         " and fewer, larger PDUs cost pynetdicom less per instance",
+    )
+    min_free_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="below this much free space on the data folder's volume every C-STORE is"
+        " answered 0xA700 (Out of Resources) before anything is written; 0 turns the guard off",
+    )
+    max_inflated_bytes: int = Field(
+        default=256 << 20,
+        ge=1,
+        description="largest data set accepted once a Deflated Explicit VR Little Endian"
+        " transfer is inflated (a deflate bomb is refused, not inflated)",
+    )
+    max_nesting_depth: int = Field(
+        default=64,
+        ge=1,
+        le=200,
+        description="deepest sequence nesting accepted; no IOD nests anywhere near this",
     )
 
 
@@ -115,6 +136,20 @@ class RetentionSettings(BaseModel):
     interval_s: float = Field(default=3600.0, gt=0, description="how often the edge purges")
 
 
+class DeliverySettings(BaseModel):
+    """When the edge stops retrying a delivery and parks it as a dead letter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=100, ge=1, description="failed attempts before dead letter")
+    max_age_s: float = Field(
+        default=86400.0, gt=0, description="seconds after the first failure before dead letter"
+    )
+    reconcile_interval_s: float = Field(
+        default=60.0, gt=0, description="how often every open task is checked at the hub"
+    )
+
+
 class EdgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -138,6 +173,10 @@ class EdgeSettings(BaseModel):
     hub: HubPeer = Field(default_factory=HubPeer)
     pacs: DicomPeer | None = None
     ris: RisPeer | None = Field(default=None, description="where urgent results are announced")
+    fhir: FhirPeer | None = Field(
+        default=None, description="FHIR R4 server urgent results are POSTed to (with or for RIS)"
+    )
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     result_kinds: list[ResultKind] = Field(
         default_factory=lambda: list(ALL_RESULT_KINDS),
         description="which result objects this hospital stores into its PACS",

@@ -2,11 +2,23 @@
 
 The edge polls (hospitals allow no inbound connections). For each task the
 hub reports COMPLETED, every result object is retrieved by WADO-RS,
-re-identified (:mod:`aifi.edge.reidentify`), stored into the PACS with
-C-STORE and its status recorded per object; once all are stored the edge
-acknowledges delivery and the task becomes ``delivered``. A PACS that is
-down or refuses an object leaves the task COMPLETED, retried on the next
-poll. A task the hub CANCELED is recorded with the hub's reason.
+re-identified (:mod:`aifi.edge.reidentify`) with the identity kept in the
+pseudonym map (:mod:`aifi.edge.identity`), stored into the PACS with
+C-STORE and its status recorded per object. An urgent result is then
+announced to the RIS (HL7 v2.5.1 ORU^R01, :mod:`aifi.edge.notify`) and/or a
+FHIR server (:mod:`aifi.edge.fhir`), until each answers with an accept.
+Only then does the edge acknowledge delivery and the task become
+``delivered``.
+
+Nothing one task does can hold up another: each task (and each result
+object in it) is advanced on its own, a failure is recorded with its reason
+and retried after a back-off, and after ``delivery.max_attempts`` attempts
+or ``delivery.max_age_s`` the task is parked as ``dead-letter`` with the
+last reason, for ``aifi edge retry`` or ``aifi edge discard``. The edge pages
+through every unacknowledged task the hub lists, and reconciles: at start
+and periodically it asks the hub for each local task that is not final, so
+a task whose acknowledgement answer was lost is settled rather than kept
+COMPLETED forever. Acknowledgement is idempotent at both ends.
 
 For ``integrity-check`` tasks, the pixel digests the hub computed (carried
 in the SR) are compared with those the edge computed on what it sent: the
@@ -17,19 +29,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from io import BytesIO
 
 import pydicom
 from pydicom import Dataset
 
 from aifi.deid import PseudonymMap
-from aifi.edge.config import DicomPeer
+from aifi.edge.config import DeliverySettings, DicomPeer
+from aifi.edge.fhir import FhirPeer, build_report_bundle, post_bundle
 from aifi.edge.hub_client import HubClient
+from aifi.edge.identity import recall_identity
 from aifi.edge.notify import RisPeer, build_oru, send_mllp
 from aifi.edge.pacs import store_to_pacs
 from aifi.edge.reidentify import reidentify
-from aifi.edge.state import EdgeState, TaskRow
+from aifi.edge.state import DEAD_LETTER, FINAL_STATES, EdgeState, TaskRow
 from aifi.errors import DeliveryError, HubRefused, HubUnavailable
 from aifi.hub.schemas import TaskOut, TaskState
 from aifi.results.codes import PIXEL_DATA_SHA256
@@ -39,6 +53,8 @@ __all__ = ["Deliverer", "sr_pixel_digests"]
 logger = logging.getLogger(__name__)
 
 INTEGRITY_CHECK = "integrity-check"
+# Local states whose task the hub still works on or whose results wait for PACS.
+_AT_HUB = ("submitted", "SCHEDULED", "IN PROGRESS", "COMPLETED")
 
 
 class Deliverer:
@@ -50,35 +66,88 @@ class Deliverer:
         pseudonym_map: PseudonymMap,
         *,
         ris: RisPeer | None = None,
+        fhir: FhirPeer | None = None,
         result_kinds: Sequence[str] = ("sr", "gsps", "sc"),
         max_backoff_s: float = 60.0,
+        settings: DeliverySettings | None = None,
     ) -> None:
         self.state = state
         self.hub = hub
         self.pacs = pacs
         self.ris = ris
+        self.fhir = fhir
         self.result_kinds = frozenset(result_kinds)
         self.pseudonym_map = pseudonym_map
         self.max_backoff_s = max_backoff_s
-        self._retry_at: dict[str, float] = {}
+        self.settings = settings or DeliverySettings()
+        self._reconciled_at = 0.0
 
+    # -- the poll ----------------------------------------------------------
     def tick(self) -> int:
         """One poll of the hub; return how many tasks changed state here."""
-        if not self.state.tasks(("submitted", "SCHEDULED", "IN PROGRESS", "COMPLETED")):
+        if not self.state.tasks(_AT_HUB):
             return 0
         changed = 0
+        listed: set[str] = set()
         for hub_task in self.hub.unacknowledged_tasks():
+            listed.add(hub_task.client_task_id)
             try:
                 local = self.state.task(hub_task.client_task_id)
             except KeyError:
                 continue  # a task of another edge of the same hospital
-            if local.state in ("delivered", "CANCELED", "failed"):
-                self._acknowledge_again(local, hub_task)
-                continue
-            changed += self._advance(local, hub_task)
+            changed += self._isolated(local, lambda t=local, h=hub_task: self._advance(t, h))
+        if time.time() - self._reconciled_at >= self.settings.reconcile_interval_s:
+            changed += self.reconcile(skip=listed)
         return changed
 
+    def reconcile(self, skip: set[str] | frozenset[str] = frozenset()) -> int:
+        """Ask the hub about every open local task it did not list; settle each."""
+        self._reconciled_at = time.time()
+        changed = 0
+        for local in self.state.tasks(_AT_HUB):
+            if local.id in skip or local.hub_task_id is None:
+                continue
+            changed += self._isolated(local, lambda t=local: self._reconcile_one(t))
+        return changed
+
+    def _reconcile_one(self, local: TaskRow) -> int:
+        assert local.hub_task_id is not None
+        try:
+            hub_task = self.hub.task(local.hub_task_id)
+        except HubRefused as exc:
+            if exc.status_code == 404:
+                self._fail(local, f"the hub no longer knows task {local.hub_task_id}")
+                return 1
+            raise
+        complete = local.state == "COMPLETED" and self._delivery_complete(local, hub_task)
+        if hub_task.acknowledged and complete:
+            # The hub committed our acknowledgement but its answer was lost.
+            self._mark_delivered(local, hub_task, note="acknowledgement confirmed by the hub")
+            return 1
+        return self._advance(local, hub_task)
+
+    def _isolated(self, local: TaskRow, step: Callable[[], int]) -> int:
+        """Run one task's step; its failure is recorded and retried, never anyone else's."""
+        try:
+            return step()
+        except HubUnavailable:
+            raise  # the hub is down for every task: the service loop backs off
+        except (HubRefused, DeliveryError) as exc:
+            self._later(self.state.task(local.id), str(exc))
+        except Exception as exc:  # one task's broken result must not stop the others
+            logger.exception("task %s: delivery step failed", local.id)
+            self._later(
+                self.state.task(local.id),
+                f"delivery step failed at the edge: {type(exc).__name__}: {exc}",
+            )
+        return 0
+
     def _advance(self, local: TaskRow, hub_task: TaskOut) -> int:
+        if local.state in FINAL_STATES:
+            self._acknowledge_again(local, hub_task)
+            return 0
+        if local.state == DEAD_LETTER:
+            return 0  # waits for an operator's retry or discard
         if hub_task.state in (TaskState.SCHEDULED, TaskState.IN_PROGRESS):
             if local.state != hub_task.state.value:
                 self.state.update_task(local.id, state=hub_task.state.value)
@@ -90,114 +159,276 @@ class Deliverer:
             self.state.record_event("task-canceled", reason, task_id=local.id)
             self.hub.acknowledge(hub_task.id, [])
             return 1
-        if time.time() < self._retry_at.get(local.id, 0.0):
-            return 0
         if local.state != "COMPLETED":
             self.state.update_task(local.id, state="COMPLETED", urgent=int(hub_task.urgent))
+            local = self.state.task(local.id)
+        if time.time() < local.next_attempt_at:
+            return 0
         return self._deliver(local, hub_task)
 
+    # -- one task's delivery -----------------------------------------------
     def _deliver(self, local: TaskRow, hub_task: TaskOut) -> int:
         if self.pacs is None:
             self.state.update_task(local.id, reason="no PACS configured: results kept at the hub")
             return 0
+        if local.pseudo_study_uid is None:
+            raise DeliveryError(f"task {local.id} has no pseudonymous study; cannot re-identify")
         done = self.state.deliveries(local.id)
         wanted = [r for r in hub_task.results if r.kind in self.result_kinds]
         pending = [r for r in wanted if done.get(r.sop_instance_uid) != "stored"]
-        original = self._original_header(local)
+        verify = local.algorithm_id == INTEGRITY_CHECK and local.verified is None
+        identity: Dataset | None = None
+        if pending or hub_task.urgent or verify:
+            identity = recall_identity(
+                self.pseudonym_map,
+                local.pseudo_study_uid,
+                purpose=f"deliver results of task {local.id}",
+            )
+        failures: list[str] = []
         datasets: list[tuple[str, Dataset]] = []
-        for ref in pending:
-            raw = self.hub.retrieve_instance(
-                ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid
-            )
-            ds = pydicom.dcmread(BytesIO(raw))
-            datasets.append(
-                (ref.kind, reidentify(ds, self.pseudonym_map, original, task_id=local.id))
-            )
+        srs: list[Dataset] = []
+        for ref in pending + (
+            [r for r in wanted if r.kind == "sr" and r not in pending] if verify else []
+        ):
+            try:
+                raw = self.hub.retrieve_instance(
+                    ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid
+                )
+                ds = pydicom.dcmread(BytesIO(raw))
+                assert identity is not None
+                ds = reidentify(ds, self.pseudonym_map, identity, task_id=local.id)
+            except (HubRefused, DeliveryError) as exc:
+                failures.append(f"{ref.kind} {ref.sop_instance_uid}: {exc}")
+                self.state.set_delivery(
+                    local.id, ref.sop_instance_uid, ref.kind, "failed", str(exc)
+                )
+                continue
+            except (
+                RecursionError,
+                ValueError,
+                TypeError,
+                KeyError,
+                AttributeError,
+                OSError,
+            ) as exc:
+                why = f"result object cannot be read or re-identified ({type(exc).__name__})"
+                failures.append(f"{ref.kind} {ref.sop_instance_uid}: {why}")
+                self.state.set_delivery(local.id, ref.sop_instance_uid, ref.kind, "failed", why)
+                continue
+            if ref.kind == "sr":
+                srs.append(ds)
+            if ref in pending:
+                datasets.append((ref.kind, ds))
         if datasets:
             self.state.record_event(
                 "reidentified",
                 f"{len(datasets)} result objects re-identified from the pseudonym map",
                 task_id=local.id,
             )
-        outcomes = store_to_pacs(self.pacs, [ds for _k, ds in datasets]) if datasets else []
-        all_ok = True
-        for (kind, _ds), outcome in zip(datasets, outcomes, strict=True):
-            status = "stored" if outcome.ok else "failed"
-            self.state.set_delivery(
-                local.id, outcome.sop_instance_uid, kind, status, outcome.detail
-            )
-            all_ok &= outcome.ok
-        if not all_ok:
-            failures = [o.detail for o in outcomes if not o.ok]
-            delay = min(self.max_backoff_s, 1.0 * 2 ** min(local.attempts, 6))
-            self._retry_at[local.id] = time.time() + delay
-            self.state.update_task(
-                local.id,
-                attempts=local.attempts + 1,
-                reason="PACS store failed: " + "; ".join(failures),
-            )
-            self.state.record_event("delivery-failed", "; ".join(failures), task_id=local.id)
+            outcomes = store_to_pacs(self.pacs, [ds for _k, ds in datasets])
+            for (kind, _ds), outcome in zip(datasets, outcomes, strict=True):
+                status = "stored" if outcome.ok else "failed"
+                self.state.set_delivery(
+                    local.id, outcome.sop_instance_uid, kind, status, outcome.detail
+                )
+                if outcome.ok:
+                    logger.info(
+                        "task %s: %s %s stored in PACS", local.id, kind, outcome.sop_instance_uid
+                    )
+                else:
+                    failures.append(f"{kind} {outcome.sop_instance_uid}: {outcome.detail}")
+        if failures:
+            self._later(local, "PACS store failed: " + "; ".join(failures))
             return 0
-        if local.algorithm_id == INTEGRITY_CHECK:
-            self._verify(local, [ds for kind, ds in datasets if kind == "sr"])
-        self.hub.acknowledge(hub_task.id, [r.sop_instance_uid for r in hub_task.results])
+        if verify and srs:
+            self._verify(local, srs)
+        if hub_task.urgent:
+            assert identity is not None
+            if not self._notified(local, hub_task, identity):
+                return 0
+        self.hub.acknowledge(hub_task.id, self._stored_uids(local, hub_task))
+        self._mark_delivered(local, hub_task)
+        return 1
+
+    def _stored_uids(self, local: TaskRow, hub_task: TaskOut) -> list[str]:
+        done = self.state.deliveries(local.id)
+        return [
+            r.sop_instance_uid for r in hub_task.results if done.get(r.sop_instance_uid) == "stored"
+        ]
+
+    def _delivery_complete(self, local: TaskRow, hub_task: TaskOut) -> bool:
+        done = self.state.deliveries(local.id)
+        wanted = [r for r in hub_task.results if r.kind in self.result_kinds]
+        stored = all(done.get(r.sop_instance_uid) == "stored" for r in wanted)
+        notified = not hub_task.urgent or (local.notification or "").startswith("sent")
+        return stored and notified
+
+    def _mark_delivered(self, local: TaskRow, hub_task: TaskOut, note: str = "") -> None:
+        stored = len(self._stored_uids(local, hub_task))
         self.state.update_task(
-            local.id, state="delivered", delivered_at=time.time(), reason=None, attempts=0
+            local.id,
+            state="delivered",
+            delivered_at=time.time(),
+            reason=None,
+            attempts=0,
+            next_attempt_at=0,
+            first_failure_at=None,
         )
         self.state.record_event(
             "task-delivered",
-            f"{len(hub_task.results)} result objects stored in PACS",
+            f"{stored} result objects stored in PACS" + (f"; {note}" if note else ""),
             task_id=local.id,
         )
-        return 1
+        logger.info("task %s delivered: %d result objects in PACS", local.id, stored)
 
     def _later(self, local: TaskRow, reason: str) -> None:
-        """Try this task's delivery again after a back-off; the reason is recorded."""
-        delay = min(self.max_backoff_s, 1.0 * 2 ** min(local.attempts, 6))
-        self._retry_at[local.id] = time.time() + delay
-        self.state.update_task(local.id, attempts=local.attempts + 1, reason=reason)
+        """Try this task again after a back-off, or park it as a dead letter; recorded."""
+        now = time.time()
+        attempts = local.attempts + 1
+        first = local.first_failure_at or now
+        if attempts >= self.settings.max_attempts or now - first >= self.settings.max_age_s:
+            self.state.update_task(
+                local.id,
+                state=DEAD_LETTER,
+                attempts=attempts,
+                first_failure_at=first,
+                reason=f"gave up after {attempts} attempts: {reason}",
+            )
+            self.state.record_event(
+                "dead-letter",
+                f"after {attempts} attempts: {reason}; 'aifi edge retry {local.id}' sends again",
+                task_id=local.id,
+            )
+            logger.error(
+                "task %s is a dead letter after %d attempts: %s", local.id, attempts, reason
+            )
+            return
+        delay = min(self.max_backoff_s, 1.0 * 2 ** min(local.attempts, 10))
+        self.state.update_task(
+            local.id,
+            attempts=attempts,
+            next_attempt_at=now + delay,
+            first_failure_at=first,
+            reason=reason,
+        )
         self.state.record_event("delivery-failed", reason, task_id=local.id)
+        logger.warning(
+            "task %s: %s (attempt %d, next in %.0f s)", local.id, reason, attempts, delay
+        )
 
-    def _notified(self, local: TaskRow, hub_task: TaskOut, original: Dataset) -> bool:
-        """Announce an urgent result to the RIS once; False means try again later."""
-        if any(e["task_id"] == local.id for e in self.state.events("urgent-notified")):
+    def _fail(self, local: TaskRow, reason: str) -> None:
+        self.state.update_task(local.id, state="failed", reason=reason)
+        self.state.record_event("task-failed", reason, task_id=local.id)
+
+    # -- urgent results to the RIS / FHIR ----------------------------------
+    def _notified(self, local: TaskRow, hub_task: TaskOut, identity: Dataset) -> bool:
+        """Announce an urgent result on every configured channel; False: try again later.
+
+        Each attempt is recorded before it is made, so an edge killed before
+        the acknowledgement sends again on restart (the RIS may see the
+        message twice, never not at all).
+        """
+        if (local.notification or "").startswith(("sent", "not configured")):
             return True
-        if self.ris is None:
+        channels: list[tuple[str, Callable[[int], str]]] = []
+        if self.ris is not None:
+            ris = self.ris
+            channels.append(
+                (
+                    "HL7 ORU^R01 to RIS",
+                    lambda attempt: (
+                        "ACK "
+                        + send_mllp(
+                            ris,
+                            build_oru(
+                                ris,
+                                identity,
+                                task_id=local.id,
+                                algorithm_id=hub_task.algorithm_id,
+                                algorithm_version=hub_task.algorithm_version,
+                                findings=hub_task.findings or {},
+                                control_id=f"{local.id[:16]}{attempt:04d}",
+                                observed_at=hub_task.updated_at,
+                            ),
+                        )
+                    ),
+                )
+            )
+        if self.fhir is not None:
+            fhir = self.fhir
+            channels.append(
+                (
+                    "FHIR DiagnosticReport",
+                    lambda _attempt: (
+                        "HTTP "
+                        + str(
+                            post_bundle(
+                                fhir,
+                                build_report_bundle(
+                                    fhir,
+                                    identity,
+                                    task_id=local.id,
+                                    algorithm_id=hub_task.algorithm_id,
+                                    algorithm_version=hub_task.algorithm_version,
+                                    findings=hub_task.findings or {},
+                                    observed_at=hub_task.updated_at,
+                                ),
+                            )
+                        )
+                    ),
+                )
+            )
+        if not channels:
+            self.state.update_task(local.id, notification="not configured (no RIS or FHIR)")
             self.state.record_event(
                 "urgent-not-notified",
-                "urgent result stored in PACS; no RIS configured",
+                "urgent result stored in PACS; no RIS or FHIR endpoint configured",
                 task_id=local.id,
             )
             return True
-        message = build_oru(
-            self.ris,
-            original,
-            task_id=local.id,
-            algorithm_id=hub_task.algorithm_id,
-            algorithm_version=hub_task.algorithm_version,
-            findings=hub_task.findings or {},
-            control_id=f"{local.id[:12]}{local.attempts:03d}",
-        )
-        try:
-            code = send_mllp(self.ris, message)
-        except DeliveryError as exc:
-            self._later(local, str(exc))
-            return False
-        self.state.record_event(
-            "urgent-notified", f"ORU^R01 accepted by RIS ({code})", task_id=local.id
-        )
+        events = self.state.task_events(local.id)
+        done = {e["detail"].split(":", 1)[0] for e in events if e["kind"] == "urgent-notified"}
+        outcomes: list[str] = []
+        for name, send in channels:
+            if name in done:
+                outcomes.append(name)
+                continue
+            attempt = (
+                sum(
+                    1
+                    for e in events
+                    if e["kind"] == "urgent-notify-attempt" and e["detail"].startswith(name)
+                )
+                + 1
+            )
+            self.state.record_event(
+                "urgent-notify-attempt", f"{name} attempt {attempt}", task_id=local.id
+            )
+            try:
+                answer = send(attempt)
+            except DeliveryError as exc:
+                self.state.update_task(
+                    local.id, notification=f"pending: {name} attempt {attempt} failed: {exc}"
+                )
+                self._later(self.state.task(local.id), f"urgent result not announced: {exc}")
+                return False
+            self.state.record_event(
+                "urgent-notified", f"{name}: accepted ({answer})", task_id=local.id
+            )
+            logger.info(
+                "task %s: urgent result announced: %s accepted (%s)", local.id, name, answer
+            )
+            outcomes.append(name)
+        self.state.update_task(local.id, notification="sent: " + ", ".join(outcomes))
         return True
 
+    # -- settled tasks -----------------------------------------------------
     def _acknowledge_again(self, local: TaskRow, hub_task: TaskOut) -> None:
         """The hub missed an acknowledgement (e.g. it restarted): send it again."""
         try:
-            self.hub.acknowledge(hub_task.id, [r.sop_instance_uid for r in hub_task.results])
-        except (HubUnavailable, HubRefused) as exc:
+            self.hub.acknowledge(hub_task.id, self._stored_uids(local, hub_task))
+        except HubRefused as exc:
             logger.warning("task %s: acknowledgement not accepted yet: %s", local.id, exc)
-
-    def _original_header(self, local: TaskRow) -> Dataset:
-        instances = self.state.task_instances(local.id)
-        return pydicom.dcmread(instances[0][0].path, stop_before_pixels=True)
 
     def _verify(self, local: TaskRow, srs: list[Dataset]) -> None:
         sent = {

@@ -63,10 +63,7 @@ class HubClient:
             "Accept": "application/dicom+json",
         }
         response = self._send(
-            "POST",
-            "/dicomweb/studies",
-            content=_multipart(paths, boundary),
-            headers=headers,
+            "POST", "/dicomweb/studies", content=_multipart(paths, boundary), headers=headers
         )
         body = response.json() if response.content else {}
         stored = tuple(
@@ -99,9 +96,24 @@ class HubClient:
     def task(self, task_id: str) -> TaskOut:
         return TaskOut.model_validate(self._send("GET", f"/tasks/{task_id}").json())
 
-    def unacknowledged_tasks(self) -> list[TaskOut]:
-        response = self._send("GET", "/tasks", params={"acknowledged": "false"})
-        return [TaskOut.model_validate(t) for t in response.json()]
+    def unacknowledged_tasks(self, page_size: int = 500) -> Iterator[TaskOut]:
+        """Every task the hub holds unacknowledged for this hospital, page by page.
+
+        Paging on (keyset ``after``) means no number of old, stuck tasks can
+        hide a newer one from the edge.
+        """
+        after: str | None = None
+        while True:
+            params: dict[str, str | int] = {"acknowledged": "false", "limit": page_size}
+            if after is not None:
+                params["after"] = after
+            page = [
+                TaskOut.model_validate(t) for t in self._send("GET", "/tasks", params=params).json()
+            ]
+            yield from page
+            if len(page) < page_size:
+                return
+            after = page[-1].id
 
     def acknowledge(self, task_id: str, sop_instance_uids: Sequence[str]) -> TaskOut:
         body = Acknowledge(delivered_sop_instance_uids=list(sop_instance_uids))

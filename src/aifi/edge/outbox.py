@@ -35,6 +35,7 @@ from aifi.deid import PseudonymizedInstance, Pseudonymizer, PseudonymMap
 from aifi.deid.descriptors import Vocabulary
 from aifi.deid.keys import keyed_digest
 from aifi.edge.hub_client import HubClient
+from aifi.edge.identity import remember_identity
 from aifi.edge.policy import Release
 from aifi.edge.state import EdgeState, TaskRow
 from aifi.errors import HubRefused, HubUnavailable, PseudonymizationError
@@ -183,6 +184,8 @@ class Outbox:
             self.state.set_task_instance(
                 task.id, instance.sop_instance_uid, result.sop_instance_uid, digest
             )
+            if study_uid is None:  # identity for delivery, in the encrypted map
+                remember_identity(self.pseudonym_map, result.study_instance_uid, instance.path)
             study_uid = result.study_instance_uid
         for reason in refused:
             self.state.record_event("instance-not-sent", reason, task_id=task.id)

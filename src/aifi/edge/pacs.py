@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
 
 from aifi.edge.config import DicomPeer
 
@@ -52,9 +52,25 @@ def store_to_pacs(
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.network_timeout = 60
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    rejections: list[str] = []
+
+    def keep_rejection(event: evt.Event) -> None:
+        primitive = getattr(event, "primitive", None)
+        if getattr(primitive, "result", None) == 0x00 and hasattr(primitive, "result_str"):
+            rejections.append("")  # accepted: any failure now is about presentation contexts
+        elif getattr(primitive, "result", None) in (0x01, 0x02):
+            rejections.append(
+                f"{primitive.reason_str} ({primitive.source_str}, {primitive.result_str})"
+            )
+
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        evt_handlers=[(evt.EVT_ACSE_RECV, keep_rejection)],
+    )
     if not assoc.is_established:
-        detail = f"association with PACS {peer.ae_title} at {peer.host}:{peer.port} failed"
+        detail = _association_failure(peer, assoc, rejections, sorted({c for c, _ts in pairs}))
         return [StoreResult(str(ds.SOPInstanceUID), False, detail) for ds in datasets]
     sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
     if sock is not None:
@@ -62,17 +78,42 @@ def store_to_pacs(
     results: list[StoreResult] = []
     try:
         for ds in datasets:
-            status = assoc.send_c_store(ds)
-            code = int(getattr(status, "Status", -1)) if status else -1
             uid = str(ds.SOPInstanceUID)
+            if not assoc.is_established:
+                results.append(StoreResult(uid, False, "PACS ended the association early"))
+                continue
+            try:
+                status = assoc.send_c_store(ds)
+            except (ValueError, AttributeError, TypeError) as exc:
+                # pynetdicom: no accepted presentation context for this SOP class
+                # or transfer syntax, or a data set it cannot encode
+                results.append(StoreResult(uid, False, f"not sent: {exc}"))
+                continue
+            code = int(getattr(status, "Status", -1)) if status else -1
+            comment = str(status.get("ErrorComment", "")) if status else ""
             if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
                 results.append(StoreResult(uid, True, f"status 0x{code:04X}"))
             elif code == -1:
                 results.append(StoreResult(uid, False, "no response from PACS"))
             else:
-                results.append(StoreResult(uid, False, f"PACS answered status 0x{code:04X}"))
+                why = f" ({comment})" if comment else ""
+                results.append(StoreResult(uid, False, f"PACS answered status 0x{code:04X}{why}"))
             if on_stored is not None:
                 on_stored(results[-1])
     finally:
         assoc.release()
     return results
+
+
+def _association_failure(
+    peer: DicomPeer, assoc: object, rejections: Sequence[str], sop_classes: Sequence[str]
+) -> str:
+    """Why no association: rejected (with its PS3.8 reason), no SOP class accepted, or down."""
+    where = f"PACS {peer.ae_title} at {peer.host}:{peer.port}"
+    if getattr(assoc, "is_rejected", False):
+        reason = next((r for r in reversed(rejections) if r), "no reason received")
+        return f"{where} rejected the association: {reason}"
+    if "" in rejections:  # it answered A-ASSOCIATE-AC, but with every context refused
+        names = ", ".join(UID(uid).name for uid in sop_classes)
+        return f"{where} accepts none of the SOP classes offered ({names})"
+    return f"{where} not reachable (no association: is it running, is the port right?)"

@@ -8,6 +8,12 @@ and Series UIDs) are not in the map and stay as they are. The Patient and
 General Study modules (PS3.3 C.7.1.1, C.7.2.1) are then restored from an
 original instance of the study, so the result files under the same patient,
 in the same study, as if a modality had produced it.
+
+A re-identified result is an identified object and must not say otherwise:
+the de-identification marks the pseudonymized input carried (Patient
+Identity Removed, De-identification Method and its Code Sequence,
+Longitudinal Temporal Information Modified; PS3.15 E.1.1, PS3.3 C.7.1.1)
+are removed, as they would be wrong next to the real name.
 """
 
 from __future__ import annotations
@@ -20,7 +26,15 @@ from pydicom.multival import MultiValue
 
 from aifi.deid import PseudonymMap
 
-__all__ = ["PATIENT_STUDY_KEYWORDS", "reidentify"]
+__all__ = ["DEIDENTIFICATION_MARKS", "PATIENT_STUDY_KEYWORDS", "reidentify"]
+
+# Attributes that state an object was de-identified (PS3.15 E.1.1 item 6).
+DEIDENTIFICATION_MARKS = (
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "LongitudinalTemporalInformationModified",
+)
 
 # Patient module and General Study module attributes restored from the original.
 PATIENT_STUDY_KEYWORDS = (
@@ -69,6 +83,9 @@ def reidentify(
         if keyword in original:
             ds[keyword] = original[keyword]
         elif keyword in ds:
+            del ds[keyword]
+    for keyword in DEIDENTIFICATION_MARKS:
+        if keyword in ds:
             del ds[keyword]
     # UTF-8 holds any name the original carried, whatever its character set.
     ds.SpecificCharacterSet = "ISO_IR 192"

@@ -84,8 +84,10 @@ class EdgeService:
             settings.pacs,
             self.pseudonym_map,
             ris=settings.ris,
+            fhir=settings.fhir,
             result_kinds=settings.result_kinds,
             max_backoff_s=settings.hub.max_backoff_s,
+            settings=settings.delivery,
         )
         self.purger = Purger(
             self.state, settings.retention, data_dir / "outbox", data_dir / "received"
@@ -134,10 +136,7 @@ class EdgeService:
         ]
         for name, tick, interval in loops:
             thread = threading.Thread(
-                target=self._loop,
-                args=(name, tick, interval),
-                name=f"edge-{name}",
-                daemon=True,
+                target=self._loop, args=(name, tick, interval), name=f"edge-{name}", daemon=True
             )
             thread.start()
             self._threads.append(thread)

@@ -28,7 +28,7 @@ from typing import Any
 from aifi.audit import SqliteAuditLog
 from aifi.edge.sealed import ColumnSeal
 
-__all__ = ["EdgeState", "InstanceRow", "TaskRow"]
+__all__ = ["DEAD_LETTER", "FINAL_STATES", "OPEN_STATES", "EdgeState", "InstanceRow", "TaskRow"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -112,7 +112,15 @@ CREATE TABLE IF NOT EXISTS purged_tasks (
 
 # States in which the edge still has work to do for a task.
 OPEN_STATES = ("pending", "ready", "submitted", "SCHEDULED", "IN PROGRESS", "COMPLETED")
-FINAL_STATES = ("delivered", "CANCELED", "failed")
+FINAL_STATES = ("delivered", "CANCELED", "failed", "discarded")
+# Delivery gave up after its attempt limit or age: waits for `aifi edge retry` or `discard`.
+DEAD_LETTER = "dead-letter"
+
+# Columns added after the first release: (table, column, declaration).
+_ADDED_COLUMNS = (
+    ("tasks", "notification", "TEXT"),
+    ("tasks", "first_failure_at", "REAL"),
+)
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,8 @@ class TaskRow:
     created_at: float
     updated_at: float
     delivered_at: float | None
+    notification: str | None = None
+    first_failure_at: float | None = None
 
 
 class EdgeState:
@@ -160,9 +170,18 @@ class EdgeState:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._conn().executescript(_SCHEMA)
+        self._add_columns()
         # The hash-chained audit trail (issue 4) lives in its own file so its
         # writes never wait on the per-instance writes of the listener.
         self.audit = SqliteAuditLog(path.with_name("audit.db"))
+
+    def _add_columns(self) -> None:
+        """Bring a state file of an earlier release up to this schema (additive only)."""
+        db = self._conn()
+        for table, column, declaration in _ADDED_COLUMNS:
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def _sealed(self, value: str) -> str:
         """``value`` sealed when the state has a key (opened again by the row factory)."""
@@ -214,8 +233,13 @@ class EdgeState:
     def add_instance(
         self, row: InstanceRow, calling_aet: str, series_attrs: dict[str, Any]
     ) -> bool:
-        """Record a stored instance; False when its SOP Instance UID was already known."""
+        """Record a stored instance; False when its SOP Instance UID was already known.
+
+        Committed with ``synchronous=FULL`` (:meth:`_make_durable`): the
+        listener answers success right after this returns.
+        """
         now = time.time()
+        self._make_durable()
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?,?)",
@@ -248,6 +272,31 @@ class EdgeState:
                 (row.study_instance_uid, now, now),
             )
         return True
+
+    def _make_durable(self) -> None:
+        """This thread's commits are on disk when they return (``PRAGMA synchronous=FULL``).
+
+        In WAL mode ``NORMAL`` syncs the log only at checkpoints, so a power
+        cut can undo commits that already returned; the listener answers a
+        C-STORE with success only for an instance it has stored (PS3.4
+        B.2.3), so the commit of its row must survive one.
+        """
+        conn = self._conn()
+        if getattr(self._local, "durable", None) is not conn:
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.durable = conn
+
+    def receiving_paused(self) -> dict[str, Any] | None:
+        """The listener's last ``receive-paused`` event, unless a ``receive-resumed`` followed."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM events WHERE kind IN ('receive-paused', 'receive-resumed')"
+                " ORDER BY id DESC LIMIT 1"
+            )
+            .fetchone()
+        )
+        return dict(row) if row is not None and row["kind"] == "receive-paused" else None
 
     def record_event(self, kind: str, detail: str, task_id: str | None = None) -> None:
         """An explained outcome worth keeping (a refusal, a retry, a step done).
@@ -476,6 +525,23 @@ class EdgeState:
         with self._tx() as db:
             db.execute(f"UPDATE tasks SET {cols} WHERE id=?", (*fields.values(), task_id))
 
+    def task_events(self, task_id: str) -> list[dict[str, Any]]:
+        """Every recorded event of one task, oldest first."""
+        rows = (
+            self._conn()
+            .execute("SELECT * FROM events WHERE task_id=? ORDER BY id", (task_id,))
+            .fetchall()
+        )
+        return [dict(r) for r in rows]
+
+    def requeue_as_new_task(self, task_id: str) -> str:
+        """A fresh task for the same study, algorithm and instances (after a failure)."""
+        old = self.task(task_id)
+        uids = [inst.sop_instance_uid for inst, _p, _d in self.task_instances(task_id)]
+        return self.create_task(
+            old.study_instance_uid, old.algorithm_id, old.rule, uids, old.last_instance_at
+        )
+
     def task_instances(self, task_id: str) -> list[tuple[InstanceRow, str | None, str | None]]:
         rows = (
             self._conn()
@@ -562,10 +628,7 @@ class EdgeState:
     def is_purged(self, sop_instance_uid: str) -> bool:
         row = (
             self._conn()
-            .execute(
-                "SELECT 1 FROM purged_instances WHERE sop_instance_uid=?",
-                (sop_instance_uid,),
-            )
+            .execute("SELECT 1 FROM purged_instances WHERE sop_instance_uid=?", (sop_instance_uid,))
             .fetchone()
         )
         return row is not None
@@ -591,8 +654,7 @@ class EdgeState:
         rows = (
             self._conn()
             .execute(
-                "SELECT result_sop_instance_uid, status FROM deliveries WHERE task_id=?",
-                (task_id,),
+                "SELECT result_sop_instance_uid, status FROM deliveries WHERE task_id=?", (task_id,)
             )
             .fetchall()
         )
@@ -664,4 +726,6 @@ def _task(r: sqlite3.Row) -> TaskRow:
         created_at=float(r["created_at"]),
         updated_at=float(r["updated_at"]),
         delivered_at=r["delivered_at"],
+        notification=r["notification"],
+        first_failure_at=r["first_failure_at"],
     )

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -222,9 +222,24 @@ def list_tasks(
     state: TaskState | None = None,
     acknowledged: bool | None = None,
     limit: int = 100,
+    after: str | None = None,
 ) -> list[Task]:
-    """The hospital's tasks, oldest first; served by the ``ix_tasks_poll`` index."""
+    """The hospital's tasks, oldest first; served by the ``ix_tasks_poll`` index.
+
+    ``after`` pages on (keyset): only tasks ordered after that task of the
+    hospital; an unknown id gives an empty page.
+    """
     query = select(Task).where(Task.hospital_id == hospital_id)
+    if after is not None:
+        mark = find_task(session, hospital_id, after)
+        if mark is None:
+            return []
+        query = query.where(
+            or_(
+                Task.created_at > mark.created_at,
+                and_(Task.created_at == mark.created_at, Task.id > mark.id),
+            )
+        )
     if acknowledged is not None:
         query = query.where(Task.acknowledged == acknowledged)
     if state is not None:

@@ -51,9 +51,13 @@ def list_tasks(
     state: TaskState | None = None,
     acknowledged: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[
+        str | None,
+        Query(max_length=64, description="page on: tasks listed after this task id"),
+    ] = None,
 ) -> list[TaskOut]:
     found = tasks.list_tasks(
-        session, hospital.id, state=state, acknowledged=acknowledged, limit=limit
+        session, hospital.id, state=state, acknowledged=acknowledged, limit=limit, after=after
     )
     return [tasks.task_out(t) for t in found]
 
