@@ -23,9 +23,10 @@ that were not sent — raises :class:`aifi.errors.AlgorithmError` with the
 vendor's reason; so does the time limit, after asking the vendor to cancel
 (``DELETE {base}/v1/inferences/{id}``, best effort).
 
-Remote algorithms are configured by a file in the model store
-(:func:`remote_from_file`); the bearer token is read from the environment
-variable it names, never from the file.
+Remote algorithms are configured by a file each in the hub's
+``remote_algorithms_dir`` (:func:`remote_from_file`, read at start by
+:func:`aifi.algorithms.registry.install`); the bearer token is read from the
+environment variable it names, never from the file.
 """
 
 from __future__ import annotations
