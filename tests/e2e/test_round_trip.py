@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import pytest
 
@@ -22,6 +23,7 @@ from aifi.edge.rules import Rule
 from aifi.edge.service import EdgeService
 from peers.dcmtk import storescu
 from peers.orthanc import Orthanc
+from results.helpers import dciodvfy_errors
 
 from .conftest import HubProcess
 
@@ -119,6 +121,19 @@ def test_result_lands_in_the_original_study_and_the_hub_holds_no_identity(
         for i in orthanc.find_instances(StudyInstanceUID=study_uid)
     }
     assert refs <= in_orthanc
+    # an identified object that says so, valid, and parsed back by highdicom
+    assert sr.get("PatientIdentityRemoved") != "YES"
+    assert "DeidentificationMethod" not in sr
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    parsed = hd.sr.srread(path)
+    procedure = [
+        item
+        for item in parsed.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "121058"  # Procedure Reported (DCM)
+    ]
+    assert procedure and procedure[0].ConceptCodeSequence[0].CodeValue
 
     wait_delivered(edge)
     (task,) = edge.state.tasks()

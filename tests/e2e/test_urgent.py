@@ -10,6 +10,7 @@ server. What lands is checked as a radiologist's systems would see it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +210,7 @@ def test_urgent_pe_reaches_pacs_ris_and_fhir_once(
 
     # at the FHIR server: one transaction Bundle with the DiagnosticReport
     assert len(fhir.bundles) == 1
+    (tmp_path / "fhir-bundle.json").write_text(json.dumps(fhir.bundles[0], indent=2))
     check_report_bundle(fhir.bundles[0], originals[0], finding_code=PULMONARY_EMBOLISM)
 
     # the edge's audit trail has each step
