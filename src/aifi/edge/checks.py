@@ -220,7 +220,12 @@ def _pacs(peer: DicomPeer | None) -> CheckResult:
             f" check [pacs] ae_title and that the PACS knows {peer.calling_ae_title}",
         )
     if not assoc.is_established:
-        return CheckResult("pacs", False, f"{where} does not answer an association; results wait")
+        why = (
+            "aborted the association (does it accept Verification, C-ECHO?)"
+            if assoc.is_aborted
+            else "does not answer an association"
+        )
+        return CheckResult("pacs", False, f"{where} {why}; results wait")
     try:
         status = assoc.send_c_echo()
     finally:
