@@ -138,3 +138,21 @@ def test_a_study_cut_off_by_a_crash_becomes_one_task_when_the_rest_arrives(
 
     (task,) = second.state.tasks()
     assert task_sops(second.state, task.id) == {str(ds.SOPInstanceUID) for ds in datasets}
+
+
+def test_a_study_sent_again_after_a_failure_becomes_a_new_task(tmp_path: Path) -> None:
+    state = EdgeState(tmp_path / "edge.db")
+    assembler = Assembler(state, [Rule(algorithm="integrity-check")], quiet_period_s=0)
+    add(state, "1.1", "1.9.1")
+    add(state, "1.2", "1.9.1")
+    (first,) = assembler.tick()
+    assert not add(state, "1.1", "1.9.1")  # a duplicate while the task is open: ignored
+    assert assembler.tick() == []
+    state.update_task(first, state="failed", reason="refused by the hub")
+    assert add(state, "1.1", "1.9.1") and add(state, "1.2", "1.9.1")  # sent again
+    (second,) = assembler.tick()
+    assert second != first
+    assert task_sops(state, second) == {"1.1", "1.2"}
+    state.update_task(second, state="delivered")
+    assert not add(state, "1.1", "1.9.1")  # done once: a copy is a duplicate again
+    assert assembler.tick() == []

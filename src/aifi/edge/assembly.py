@@ -11,7 +11,9 @@ received instances no task for that algorithm has taken yet is sent *whole*
 in a new task (``late_instances = "new-task"``), so an algorithm never sees
 half a series. With ``late_instances = "ignore"`` they are kept but not sent.
 Re-sent instances (a SOP Instance UID already received) never reach this
-point: the listener ignores them.
+point: the listener ignores them, unless every task that held them ended
+badly (failed, CANCELED, discarded): a study sent again after a failure
+re-opens and becomes a new task, the PACS administrator's way to redo it.
 """
 
 from __future__ import annotations

@@ -255,7 +255,11 @@ class EdgeState:
                     now,
                 ),
             )
-            if cur.rowcount == 0 and not _received_again(db, row, calling_aet, now):
+            if (
+                cur.rowcount == 0
+                and not _received_again(db, row, calling_aet, now)
+                and not _resent_after_failure(db, row, calling_aet, now)
+            ):
                 return False
             db.execute(
                 "INSERT OR IGNORE INTO series VALUES (?,?,?)",
@@ -394,14 +398,19 @@ class EdgeState:
     def series_with_instances_outside_tasks(
         self, study_instance_uid: str, algorithm_id: str
     ) -> set[str]:
-        """Series holding instances that no task for this algorithm has taken yet."""
+        """Series holding instances that no task for this algorithm has taken yet.
+
+        An instance held only by tasks that ended badly (failed, CANCELED,
+        discarded) counts as not taken: the study sent again starts anew.
+        """
         rows = (
             self._conn()
             .execute(
                 "SELECT DISTINCT i.series_instance_uid FROM instances i"
                 " WHERE i.study_instance_uid=? AND NOT EXISTS (SELECT 1 FROM task_instances ti"
                 " JOIN tasks t ON t.id=ti.task_id"
-                " WHERE ti.sop_instance_uid=i.sop_instance_uid AND t.algorithm_id=?)",
+                " WHERE ti.sop_instance_uid=i.sop_instance_uid AND t.algorithm_id=?"
+                f" AND t.state NOT IN ({_ENDED_BADLY_SQL}))",
                 (study_instance_uid, algorithm_id),
             )
             .fetchall()
@@ -443,7 +452,8 @@ class EdgeState:
         row = (
             self._conn()
             .execute(
-                "SELECT 1 FROM tasks WHERE study_instance_uid=? AND algorithm_id=? LIMIT 1",
+                "SELECT 1 FROM tasks WHERE study_instance_uid=? AND algorithm_id=?"
+                f" AND state NOT IN ({_ENDED_BADLY_SQL}) LIMIT 1",
                 (study_instance_uid, algorithm_id),
             )
             .fetchone()
@@ -659,6 +669,34 @@ class EdgeState:
             .fetchall()
         )
         return {r[0]: r[1] for r in rows}
+
+
+# Task states after which a study sent again is processed again.
+ENDED_BADLY = ("failed", "CANCELED", "discarded")
+_ENDED_BADLY_SQL = ",".join(f"'{s}'" for s in ENDED_BADLY)
+
+
+def _resent_after_failure(
+    db: sqlite3.Connection, row: InstanceRow, calling_aet: str, now: float
+) -> bool:
+    """An instance sent again after every task holding it ended badly is received again.
+
+    The PACS administrator's way to redo failed work is to send the study
+    again; the study then re-opens and, once stable, becomes a new task.
+    """
+    held = db.execute(
+        "SELECT t.state FROM task_instances ti JOIN tasks t ON t.id=ti.task_id"
+        " WHERE ti.sop_instance_uid=?",
+        (row.sop_instance_uid,),
+    ).fetchall()
+    if not held or any(r[0] not in ENDED_BADLY for r in held):
+        return False
+    db.execute(
+        "UPDATE instances SET path=?, size=?, calling_aet=?, received_at=?"
+        " WHERE sop_instance_uid=?",
+        (str(row.path), row.size, calling_aet, now, row.sop_instance_uid),
+    )
+    return True
 
 
 def _received_again(db: sqlite3.Connection, row: InstanceRow, calling_aet: str, now: float) -> bool:
