@@ -250,3 +250,33 @@ def _first_part(body: bytes) -> io.BytesIO:
     boundary = body[: body.index(b"\r\n")]
     end = body.index(b"\r\n" + boundary, start)
     return io.BytesIO(body[start:end])
+
+
+def test_policy_diff_shows_what_awaits_approval_and_exits_1(tmp_path: Path) -> None:
+    hub = HostileHub(tmp_path / "hub", versions=("1.1.0",))
+    hub.server.start()
+    try:
+        token = hub.register("St. Example")
+        (tmp_path / "edge.toml").write_text(
+            f'data_dir = "edge-data"\n[hub]\nurl = "{hub.url}"\ntoken = "{token}"\n',
+            encoding="utf-8",
+        )
+        # the shipped policy: every shipped algorithm approved, integrity-check 1.0.0 for nothing
+        (tmp_path / "release-policy.toml").write_text(default_policy_text(), encoding="utf-8")
+        config = str(tmp_path / "edge.toml")
+        done = CliRunner().invoke(app, ["edge", "policy", "diff", "--config", config])
+        assert done.exit_code == 1, done.output
+        assert "1.1.0" in done.output and "SeriesDescri" in done.output
+        approved = CliRunner().invoke(
+            app,
+            ["edge", "policy", "approve", "--algorithm", "integrity-check", "--version", "1.1.0",
+             "--by", OFFICER, "--config", config],
+        )  # fmt: skip
+        assert approved.exit_code == 0, approved.output
+        assert "never released (identity, UIDs, dates): PatientBirthDate, PatientName" in (
+            approved.output
+        )
+        again = CliRunner().invoke(app, ["edge", "policy", "diff", "--config", config])
+        assert again.exit_code == 0, again.output
+    finally:
+        hub.server.stop()
