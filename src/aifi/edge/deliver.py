@@ -27,6 +27,7 @@ task is marked verified or not, with the instances that differ.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -95,7 +96,7 @@ class Deliverer:
                 local = self.state.task(hub_task.client_task_id)
             except KeyError:
                 continue  # a task of another edge of the same hospital
-            changed += self._isolated(local, lambda t=local, h=hub_task: self._advance(t, h))
+            changed += self._isolated(local, functools.partial(self._advance, local, hub_task))
         if time.time() - self._reconciled_at >= self.settings.reconcile_interval_s:
             changed += self.reconcile(skip=listed)
         return changed
@@ -107,7 +108,7 @@ class Deliverer:
         for local in self.state.tasks(_AT_HUB):
             if local.id in skip or local.hub_task_id is None:
                 continue
-            changed += self._isolated(local, lambda t=local: self._reconcile_one(t))
+            changed += self._isolated(local, functools.partial(self._reconcile_one, local))
         return changed
 
     def _reconcile_one(self, local: TaskRow) -> int:
@@ -194,9 +195,10 @@ class Deliverer:
                 raw = self.hub.retrieve_instance(
                     ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid
                 )
-                ds = pydicom.dcmread(BytesIO(raw))
                 assert identity is not None
-                ds = reidentify(ds, self.pseudonym_map, identity, task_id=local.id)
+                ds = reidentify(
+                    pydicom.dcmread(BytesIO(raw)), self.pseudonym_map, identity, task_id=local.id
+                )
             except (HubRefused, DeliveryError) as exc:
                 failures.append(f"{ref.kind} {ref.sop_instance_uid}: {exc}")
                 self.state.set_delivery(

@@ -91,7 +91,7 @@ def build_report_bundle(
 ) -> dict[str, Any]:
     """The transaction Bundle for one urgent result (plain JSON, FHIR R4)."""
     issued = (observed_at or datetime.now(UTC)).astimezone(UTC).isoformat()
-    subject = {
+    subject: dict[str, Any] = {
         "identifier": {
             "system": peer.patient_identifier_system,
             "value": str(original.get("PatientID", "") or "unknown"),

@@ -6,6 +6,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -55,7 +56,7 @@ def store_to_pacs(
     rejections: list[str] = []
 
     def keep_rejection(event: evt.Event) -> None:
-        primitive = getattr(event, "primitive", None)
+        primitive: Any = getattr(event, "primitive", None)
         if getattr(primitive, "result", None) == 0x00 and hasattr(primitive, "result_str"):
             rejections.append("")  # accepted: any failure now is about presentation contexts
         elif getattr(primitive, "result", None) in (0x01, 0x02):
