@@ -347,7 +347,7 @@ class EdgeReceiver:
 
         with self._uid_locks[hash(sop_uid) % _LOCK_STRIPES]:
             if self.state.has_instance(sop_uid):
-                return self._received_again(sop_uid, calling, str(transfer_syntax), raw)
+                return self._received_again(sop_uid, calling, str(transfer_syntax), raw, routing)
             path = self.store_dir / study_uid / series_uid / f"{sop_uid}.dcm"
             size = self._write(path, header_bytes, raw)
             row = InstanceRow(
@@ -440,7 +440,12 @@ class EdgeReceiver:
         return header
 
     def _received_again(
-        self, sop_uid: str, calling: str, transfer_syntax: str, raw: memoryview
+        self,
+        sop_uid: str,
+        calling: str,
+        transfer_syntax: str,
+        raw: memoryview,
+        routing: dict[str, str | list[str]],
     ) -> int:
         """An instance already stored: the same is success; different content is a conflict."""
         row = self.state.instance(sop_uid)
@@ -451,6 +456,7 @@ class EdgeReceiver:
                 f"instance {sop_uid} from {calling} sent again in transfer syntax"
                 f" {transfer_syntax} (first in {row.transfer_syntax_uid}); the first copy is kept",
             )
+            self._record_again(row, calling, routing)
             return SUCCESS
         offset = len(part10_header(row.sop_class_uid, sop_uid, row.transfer_syntax_uid))
         try:
@@ -460,7 +466,8 @@ class EdgeReceiver:
         except FileNotFoundError:
             same = False
         if same:
-            logger.debug("instance %s already received; ignored", sop_uid)
+            logger.debug("instance %s already received", sop_uid)
+            self._record_again(row, calling, routing)
             return SUCCESS
         raise _Refusal(
             DUPLICATE_SOP_INSTANCE,
@@ -470,6 +477,20 @@ class EdgeReceiver:
             " kept; the sender reuses a UID for different data",
             "instance-conflict",
         )
+
+    def _record_again(
+        self, row: InstanceRow, calling: str, routing: dict[str, str | list[str]]
+    ) -> None:
+        """Tell the state its copy was sent again: a study re-sent after failed work re-opens."""
+        try:
+            self.state.add_instance(row, calling, routing)
+        except (sqlite3.Error, OSError) as exc:
+            raise _Refusal(
+                OUT_OF_RESOURCES,
+                "edge database error",
+                f"the instance sent again could not be recorded in the state database: {exc}",
+                "store-failed",
+            ) from exc
 
     def _write(self, path: Path, header: bytes, raw: memoryview) -> int:
         """Write Part 10 header and the data set as received under ``path``, whole or not at all.
