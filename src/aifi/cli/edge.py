@@ -88,6 +88,13 @@ def tasks(
             escape(task.reason or ""),
         )
     Console().print(table)
+    paused = state.receiving_paused()
+    if paused is not None:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(paused["at"]))
+        Console(stderr=True).print(
+            f"[red]receiving paused since {since}[/red] (C-STOREs answered 0xA700):"
+            f" {escape(str(paused['detail']))}"
+        )
 
 
 @app.command()
