@@ -17,7 +17,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from typer.testing import CliRunner
 
+from aifi.cli import app
 from aifi.demo.samples import cr_study
 from aifi.edge.config import ListenerSettings
 from aifi.edge.scp import EdgeReceiver
@@ -121,6 +123,11 @@ def test_below_the_threshold_the_modality_gets_a700_and_receiving_resumes(
         paused = scp.state.receiving_paused()
         assert paused is not None and "listener.min_free_bytes" in paused["detail"]
         assert len(scp.state.events("receive-paused")) == 1  # said once, not per instance
+        config = tmp_path / "edge.toml"
+        config.write_text(f'data_dir = "{tmp_path / "state"}"\n', encoding="utf-8")
+        shown = CliRunner().invoke(app, ["edge", "tasks", "--config", str(config)])
+        assert shown.exit_code == 0, shown.output
+        assert "receiving paused since" in shown.output
         assert echoscu("127.0.0.1", scp.port, calling_aet="ECHOSCU").returncode == 0
 
         ballast.unlink()  # space returns
