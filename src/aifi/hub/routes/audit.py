@@ -26,7 +26,7 @@ def list_events(
     context: ContextDep,
     hospital_id: str | None = None,
     action: str | None = None,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # SQL's largest INTEGER
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> list[AuditEventOut]:
     """Audit events in chain order, optionally one hospital's or one action's."""
