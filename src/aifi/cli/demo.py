@@ -6,15 +6,14 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.live import Live
-from rich.progress import Progress
 from rich.table import Table
 
-from aifi.edge.state import TaskRow
+if TYPE_CHECKING:
+    from aifi.edge.state import TaskRow
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +64,9 @@ def demo(
     timeout: Annotated[float, typer.Option(help="seconds to wait for results")] = 180.0,
 ) -> None:
     """Run hub, edge and a demo PACS on loopback and send sample studies through them."""
+    from rich.live import Live
+    from rich.progress import Progress
+
     from aifi.demo.run import DemoSystem, demo_studies
 
     logging.getLogger().setLevel(logging.WARNING)

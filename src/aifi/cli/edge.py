@@ -15,8 +15,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from aifi.cli import edge_policy
-from aifi.edge.config import load_edge_settings
-from aifi.edge.state import DEAD_LETTER, EdgeState
 from aifi.errors import AifiError
 
 app = typer.Typer(help="The hospital edge gateway.", no_args_is_help=True)
@@ -30,6 +28,7 @@ logger = logging.getLogger(__name__)
 def serve(config: ConfigOption = Path("edge.toml")) -> None:
     """Run the DICOM listener, the outbox and result delivery until stopped."""
     from aifi.edge.checks import check_listener
+    from aifi.edge.config import load_edge_settings
     from aifi.edge.service import EdgeService
 
     try:
@@ -57,6 +56,9 @@ def tasks(
     ] = False,
 ) -> None:
     """List the edge's tasks: state, attempts, results in PACS, urgent notification."""
+    from aifi.edge.config import load_edge_settings
+    from aifi.edge.state import DEAD_LETTER, EdgeState
+
     settings = load_edge_settings(config)
     state = EdgeState(settings.data_dir / "edge.db")
     table = Table(
@@ -106,7 +108,9 @@ def retry(
     by: Annotated[str, typer.Option(help="who asks, for the audit trail")] = getpass.getuser(),
 ) -> None:
     """Send a dead-letter, failed or canceled task again (audited)."""
+    from aifi.edge.config import load_edge_settings
     from aifi.edge.requeue import retry_task
+    from aifi.edge.state import EdgeState
 
     state = EdgeState(load_edge_settings(config).data_dir / "edge.db")
     try:
@@ -125,7 +129,9 @@ def discard(
     by: Annotated[str, typer.Option(help="who asks, for the audit trail")] = getpass.getuser(),
 ) -> None:
     """End a task for good without delivering it (audited)."""
+    from aifi.edge.config import load_edge_settings
     from aifi.edge.requeue import discard_task
+    from aifi.edge.state import EdgeState
 
     state = EdgeState(load_edge_settings(config).data_dir / "edge.db")
     try:
@@ -142,6 +148,7 @@ def check(config: ConfigOption = Path("edge.toml")) -> None:
     """Check edge.toml against the peers: data folder, listener port, hub token, catalog,
     subscriptions, PACS C-ECHO. Exits 1 when any check fails."""
     from aifi.edge.checks import run_checks
+    from aifi.edge.config import load_edge_settings
 
     try:
         settings = load_edge_settings(config)
@@ -160,7 +167,9 @@ def check(config: ConfigOption = Path("edge.toml")) -> None:
 @app.command()
 def purge(config: ConfigOption = Path("edge.toml")) -> None:
     """Delete received instances and outbox copies past retention now (audited)."""
+    from aifi.edge.config import load_edge_settings
     from aifi.edge.retention import Purger
+    from aifi.edge.state import EdgeState
 
     try:
         settings = load_edge_settings(config)

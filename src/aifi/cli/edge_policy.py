@@ -9,19 +9,19 @@ in ``release-policy.toml`` (who and when) and in the edge's audit trail.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from aifi.edge.config import EdgeSettings, load_edge_settings
-from aifi.edge.hub_client import HubClient
-from aifi.edge.policy import ReleasePolicy, releasable
-from aifi.edge.state import EdgeState
 from aifi.errors import AifiError
-from aifi.hub.schemas import AlgorithmState, CatalogEntryOut
+
+if TYPE_CHECKING:  # the edge is imported by the commands that run, not by --help
+    from aifi.edge.config import EdgeSettings
+    from aifi.edge.policy import ReleasePolicy
+    from aifi.hub.schemas import CatalogEntryOut
 
 app = typer.Typer(help="The hospital's release policy: what may leave per algorithm version.")
 
@@ -29,6 +29,8 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="edge.toml")]
 
 
 def _settings(config: Path) -> EdgeSettings:
+    from aifi.edge.config import load_edge_settings
+
     try:
         return load_edge_settings(config)
     except AifiError as exc:
@@ -36,6 +38,8 @@ def _settings(config: Path) -> EdgeSettings:
 
 
 def _policy(settings: EdgeSettings) -> ReleasePolicy:
+    from aifi.edge.policy import ReleasePolicy
+
     try:
         return ReleasePolicy.load(settings.release_policy_path)
     except AifiError as exc:
@@ -43,6 +47,8 @@ def _policy(settings: EdgeSettings) -> ReleasePolicy:
 
 
 def _catalog(settings: EdgeSettings) -> list[CatalogEntryOut]:
+    from aifi.edge.hub_client import HubClient
+
     hub = HubClient(settings.hub)
     try:
         return hub.catalog()
@@ -68,6 +74,8 @@ def show(config: ConfigOption = Path("edge.toml")) -> None:
 @app.command()
 def diff(config: ConfigOption = Path("edge.toml")) -> None:
     """Compare the hub's requests with the policy; exit 1 while a version awaits approval."""
+    from aifi.hub.schemas import AlgorithmState
+
     settings = _settings(config)
     policy = _policy(settings)
     table = Table("algorithm", "version", "released", "withheld", "awaits approval")
@@ -102,6 +110,9 @@ def approve(
     config: ConfigOption = Path("edge.toml"),
 ) -> None:
     """Approve what one algorithm version may receive; written to the policy and audited."""
+    from aifi.edge.policy import releasable
+    from aifi.edge.state import EdgeState
+
     settings = _settings(config)
     policy = _policy(settings)
     if attribute:
