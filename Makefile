@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := orthanc dcmtk
+SYSTEM_PACKAGES := orthanc dcmtk postgresql
 
 .PHONY: setup system-deps demo test lint typecheck bench lock
 
@@ -18,12 +18,17 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-# Orthanc is the hospital's PACS and dcmtk the modality in the end-to-end tests.
+# Orthanc is the hospital's PACS and dcmtk the modality in the end-to-end tests;
+# postgresql the hub's national-scale database (a throwaway cluster per test run).
+# Any package of the list that is not installed is installed.
 system-deps:
-	@if ! command -v Orthanc >/dev/null || ! command -v storescu >/dev/null; then \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 demo: $(STAMP)

@@ -16,16 +16,23 @@ import pytest
 
 from aifi.netutil import free_port
 
+HUB_ON_BOTH_DATABASES = pytest.mark.parametrize(
+    "hub", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)
+"""Mark a test that uses ``hub`` to run on the embedded SQLite file and on PostgreSQL."""
+
 
 class HubProcess:
     """``aifi hub serve`` in a subprocess, restartable on the same port and data folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, database_url: str | None = None) -> None:
         self.folder = folder
         self.port = free_port()
+        self.database_url = database_url  # None: the embedded SQLite file in data_dir
         self.config = folder / "hub.toml"
         self.config.write_text(
-            f'[hub]\ndata_dir = "data"\nport = {self.port}\nworkers = 2\nlog_level = "warning"\n',
+            f'[hub]\ndata_dir = "data"\nport = {self.port}\nworkers = 2\nlog_level = "warning"\n'
+            + (f'database_url = "{database_url}"\n' if database_url else ""),
             encoding="utf-8",
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -144,10 +151,13 @@ class EdgeProcess:
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubProcess]:
+def hub(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HubProcess]:
+    """The hub on SQLite; on PostgreSQL where a test asks with ``HUB_ON_BOTH_DATABASES``."""
     folder = tmp_path / "hub"
     folder.mkdir()
-    process = HubProcess(folder)
+    database = getattr(request, "param", "sqlite")
+    url = request.getfixturevalue("postgres_database") if database == "postgresql" else None
+    process = HubProcess(folder, url)
     process.start()
     yield process
     process.stop()

@@ -23,9 +23,10 @@ from aifi.edge.rules import Rule
 from aifi.edge.service import EdgeService
 from peers.dcmtk import storescu
 from peers.orthanc import Orthanc
+from peers.postgres import pg_dump
 from results.helpers import dciodvfy_errors
 
-from .conftest import HubProcess
+from .conftest import HUB_ON_BOTH_DATABASES, HubProcess
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.slow]
 
@@ -98,8 +99,11 @@ def hub_bytes(hub: HubProcess) -> Iterator[tuple[Path, bytes]]:
     for path in sorted(hub.folder.rglob("*")):
         if path.is_file() and path.suffix != ".log":
             yield path, path.read_bytes()
+    if hub.database_url is not None:  # PostgreSQL: everything the database holds, as text
+        yield Path("pg_dump"), pg_dump(hub.database_url)
 
 
+@HUB_ON_BOTH_DATABASES
 def test_result_lands_in_the_original_study_and_the_hub_holds_no_identity(
     tmp_path: Path, orthanc: Orthanc, hub: HubProcess, edge: EdgeService
 ) -> None:
@@ -151,6 +155,7 @@ def test_result_lands_in_the_original_study_and_the_hub_holds_no_identity(
     assert scanned > len(files)  # the instances, the result and the database were scanned
 
 
+@HUB_ON_BOTH_DATABASES
 def test_killing_the_hub_after_upload_loses_nothing(
     tmp_path: Path, orthanc: Orthanc, hub: HubProcess, edge: EdgeService
 ) -> None:

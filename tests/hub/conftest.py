@@ -1,4 +1,4 @@
-"""Fixtures for the hub: a real SQLite database and data folder in tmp_path, the real app.
+"""Fixtures for the hub: a real database (SQLite, then PostgreSQL) and data folder, the real app.
 
 Test DICOM comes from pydicom's own test files (``pydicom.data``), copied
 with new UIDs and stripped to a whitelist of non-identifying attributes,
@@ -32,6 +32,7 @@ from aifi.hub.principals import add_principal, issue_token
 from aifi.hub.schemas import Role, TaskState
 from aifi.hub.server import HubServer
 from aifi.netutil import free_port
+from peers.postgres import pg_dump
 
 KEEP = {
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
@@ -203,9 +204,29 @@ def add_operator(settings: HubSettings, name: str, role: Role = Role.OPERATOR) -
         engine.dispose()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Every hub test runs twice: on the embedded SQLite file (None) and on PostgreSQL.
+
+    On PostgreSQL the URL is also put in ``AIFI_HUB_DATABASE_URL``, so a hub
+    configuration a test writes (``aifi hub ...`` commands) reaches the same
+    database as the test's settings.
+    """
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_database")
+    monkeypatch.setenv("AIFI_HUB_DATABASE_URL", url)
+    return url
+
+
+def database_contents(settings: HubSettings) -> bytes:
+    """What a PostgreSQL database holds, as ``pg_dump`` text; b"" on SQLite (a file in data_dir)."""
+    return pg_dump(settings.database_url) if settings.database_url else b""
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> HubSettings:
-    return HubSettings(data_dir=tmp_path / "hub-data", workers=2)
+def settings(tmp_path: Path, database_url: str | None) -> HubSettings:
+    return HubSettings(data_dir=tmp_path / "hub-data", workers=2, database_url=database_url)
 
 
 @pytest.fixture

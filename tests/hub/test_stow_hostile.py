@@ -30,7 +30,7 @@ from aifi.deid.encoding import encode_element
 from aifi.hub.db import make_engine, make_sessions
 from aifi.hub.models import Instance, Refusal
 
-from .conftest import Hub, new_uid
+from .conftest import Hub, database_contents, new_uid
 
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_SEQUENCE = "00081199"
@@ -358,8 +358,9 @@ def test_every_identity_bearing_variant_is_refused_and_nothing_of_it_stored(
     assert stored_uids == {str(clean.SOPInstanceUID)}
     assert len(refused) == len(CASES)
     data = _everything_under(hub.settings.data_dir)  # store, staging, SQLite database
+    data += database_contents(hub.settings)  # PostgreSQL: everything the database holds
     assert [c for c, (_s, marker, _r) in variants.items() if marker.encode() in data] == []
-    assert list((hub.settings.data_dir / "tmp").iterdir()) == []  # staging files deleted
+    assert [p for p in (hub.settings.data_dir / "tmp").rglob("*") if p.is_file()] == []  # staging
 
 
 def _recorded(hub: Hub) -> tuple[dict[str | None, str], set[str]]:

@@ -9,9 +9,11 @@ edge's :class:`aifi.audit.SqliteAuditLog` creates them in its own file.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
 
 __all__ = ["AuditTables", "define_audit_tables"]
+
+_SEQ = BigInteger().with_variant(Integer(), "sqlite")  # 64-bit; SQLite's INTEGER already is
 
 
 class AuditTables:
@@ -27,7 +29,7 @@ def define_audit_tables(metadata: MetaData) -> AuditTables:
     events = Table(
         "audit_events",
         metadata,
-        Column("seq", Integer, primary_key=True, autoincrement=False),
+        Column("seq", _SEQ, primary_key=True, autoincrement=False),
         Column("at", String(40), nullable=False),
         Column("actor", String(200), nullable=False),
         Column("action", String(64), nullable=False),
@@ -47,7 +49,7 @@ def define_audit_tables(metadata: MetaData) -> AuditTables:
         "audit_head",
         metadata,
         Column("id", Integer, primary_key=True, autoincrement=False),
-        Column("seq", Integer, nullable=False),
+        Column("seq", _SEQ, nullable=False),
         Column("hash", String(64), nullable=False),
     )
     return AuditTables(events, head)

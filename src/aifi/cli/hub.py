@@ -69,6 +69,28 @@ def serve(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def migrate(config: ConfigOption = None) -> None:
+    """Bring the hub database's schema to this version's (run before starting the hub).
+
+    Safe to run from several machines at once: on PostgreSQL the upgrade
+    holds an advisory lock, so the others wait and then find nothing to do.
+    """
+    from aifi.hub.db import engine_for, head_revision
+    from aifi.hub.db import migrate as run_migrate
+
+    settings = _settings(config)
+    engine = engine_for(settings)
+    try:
+        run_migrate(engine)
+    except AifiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    typer.echo(f"hub database at schema revision {head_revision()}")
+
+
+@app.command()
 def purge(config: ConfigOption = None) -> None:
     """Apply retention now: delete acknowledged or expired images and expired results."""
     from aifi.hub.retention import purge as run_purge
@@ -373,11 +395,11 @@ def _session(
     With ``sync`` the catalog first gets the manifests of the algorithms the
     settings install (``installation``, made here when not given).
     """
-    from aifi.hub.db import make_engine, make_sessions, migrate
+    from aifi.hub.db import engine_for, make_sessions, prepare_schema
 
-    engine = make_engine(settings.effective_database_url)
+    engine = engine_for(settings)
     try:
-        migrate(engine)
+        prepare_schema(engine)  # SQLite: migrated in place; a shared database: checked only
         with make_sessions(engine)() as session:
             if sync:
                 from aifi.hub.catalog import sync_catalog

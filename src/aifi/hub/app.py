@@ -1,21 +1,25 @@
 """The hub's FastAPI application.
 
-:func:`create_app` wires the parts once: database (migrated at start-up),
-object store, worker pool, routers. On start it registers the installed
-algorithms' manifests in the catalog, re-queues every task a previous run
-left SCHEDULED or IN PROGRESS (so a killed hub loses no work), and starts
-the retention purge.
+:func:`create_app` wires the parts once: database (migrated at start-up:
+this is the embedded hub of ``aifi hub serve``), object store, worker pool,
+routers. On start it registers the installed algorithms' manifests in the
+catalog. The duties shared by all processes on one database -- re-queuing
+every task a previous run left SCHEDULED or IN PROGRESS (so a killed hub
+loses no work) and the retention purge -- are done only by the process that
+holds :data:`START_UP_DUTIES` (:func:`aifi.hub.db.exclusive`): a second hub
+started on the same database must not reset the tasks the first one runs.
+Until tasks carry leases, run one ``aifi hub serve`` per database.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError
 
 import aifi
 from aifi.algorithms import registry
@@ -24,7 +28,7 @@ from aifi.errors import StorageError
 from aifi.hub.auth import declare_roles
 from aifi.hub.catalog import sync_catalog
 from aifi.hub.config import HubSettings
-from aifi.hub.db import make_engine, make_sessions, migrate
+from aifi.hub.db import engine_for, exclusive, is_transient, make_sessions, migrate, retrying
 from aifi.hub.deps import HubContext
 from aifi.hub.dispatcher import Dispatcher, ThreadPoolDispatcher
 from aifi.hub.retention import Purger
@@ -33,9 +37,12 @@ from aifi.hub.runner import TaskRunner
 from aifi.hub.storage import LocalFolderStore, ObjectStore
 from aifi.hub.tasks import recover_tasks
 
-__all__ = ["create_app"]
+__all__ = ["START_UP_DUTIES", "create_app"]
 
 logger = logging.getLogger(__name__)
+
+START_UP_DUTIES = "aifi-hub:start-up-duties"
+"""The lock one hub process holds to recover interrupted tasks and run the purge."""
 
 
 def create_app(
@@ -71,11 +78,13 @@ def create_app(
             resolve = algorithms
             installed = manifests or registry.manifests
         run_resolve: Callable[[str], Algorithm] = getattr(resolve, "runnable", resolve)
-        engine = make_engine(settings.effective_database_url)
-        migrate(engine)
+        engine = engine_for(settings)
+        migrate(engine)  # the embedded hub migrates; under a lock, so two at once are safe
         sessions = make_sessions(engine)
         objects = store or LocalFolderStore(settings.data_dir)
-        objects.clear_staging()
+        objects.clear_staging()  # this process's staging, and long-abandoned ones only
+        duties = ExitStack()
+        sole = duties.enter_context(exclusive(engine, START_UP_DUTIES))
         runner = TaskRunner(sessions, objects, run_resolve)
         pool = (
             dispatcher(runner)
@@ -86,16 +95,24 @@ def create_app(
         pool.start()
         with sessions() as session:
             sync_catalog(session, installed())
-            for task_id in recover_tasks(session):
-                pool.submit(task_id)
         purger = Purger(sessions, objects, settings)
-        purger.start()
+        if sole:
+            for task_id in retrying(sessions, recover_tasks):
+                pool.submit(task_id)
+            purger.start()
+        else:
+            logger.warning(
+                "another hub process holds this database's start-up duties: this one neither "
+                "re-queues interrupted tasks nor runs the retention purge (one 'aifi hub serve' "
+                "per database until tasks are leased)"
+            )
         logger.info("hub ready: data in %s", settings.data_dir)
         try:
             yield
         finally:
             purger.stop()
             pool.stop()
+            duties.close()
             engine.dispose()
             logger.info("hub stopped")
 
@@ -109,7 +126,20 @@ def create_app(
         app.include_router(declare_roles(routes.router))
     app.add_exception_handler(StorageError, _storage_failed)
     app.add_exception_handler(DataError, _unstorable_value)
+    app.add_exception_handler(DBAPIError, _database_failed)
     return app
+
+
+async def _database_failed(request: Request, exc: Exception) -> JSONResponse:
+    """A transient database failure (lost connection, serialization) asks the client to retry."""
+    if not is_transient(exc):
+        raise exc
+    logger.warning("transient database failure on %s: %s", request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the hub's database is briefly unavailable; retry later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 async def _unstorable_value(request: Request, exc: Exception) -> JSONResponse:

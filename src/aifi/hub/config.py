@@ -57,6 +57,12 @@ class HubSettings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite file <data_dir>/hub.sqlite"
     )
+    database_pool_size: int = Field(
+        default=5, ge=1, le=1000, description="database connections each process keeps open"
+    )
+    database_max_overflow: int = Field(
+        default=10, ge=0, le=1000, description="extra connections a process may open under load"
+    )
     workers: int = Field(default=2, ge=1, le=256, description="threads that run algorithms")
     max_upload_bytes: int = Field(
         default=4 * 1024**3, gt=0, description="largest STOW-RS request body accepted"

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -49,6 +51,10 @@ __all__ = [
 ]
 
 UID_LENGTH = 64  # PS3.5 §9.1: a UID is at most 64 characters
+
+BIG_INTEGER = BigInteger().with_variant(Integer(), "sqlite")
+"""64 bits for keys that grow with traffic and for sizes: BIGINT on PostgreSQL, SQLite's
+INTEGER (64-bit already, and only ``INTEGER PRIMARY KEY`` is the auto-numbered rowid)."""
 
 
 def new_id() -> str:
@@ -178,16 +184,22 @@ class Instance(Base):
     __table_args__ = (
         UniqueConstraint("hospital_id", "sop_instance_uid", name="uq_instances_hospital_sop"),
         Index("ix_instances_hospital_study", "hospital_id", "study_instance_uid"),
+        Index(
+            "ix_instances_unpurged",
+            "received_at",
+            postgresql_where=text("purged_at IS NULL"),
+            sqlite_where=text("purged_at IS NULL"),
+        ),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BIG_INTEGER, primary_key=True, autoincrement=True)
     hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"))
     study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     object_key: Mapped[str] = mapped_column(String(400))
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BIG_INTEGER)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     purged_at: Mapped[datetime | None] = mapped_column()
 
@@ -198,7 +210,8 @@ class Task(Base):
     __tablename__ = "tasks"
     __table_args__ = (
         UniqueConstraint("hospital_id", "client_task_id", name="uq_tasks_hospital_client_task"),
-        Index("ix_tasks_poll", "hospital_id", "acknowledged", "state"),
+        Index("ix_tasks_poll", "hospital_id", "acknowledged", "state", "created_at", "id"),
+        Index("ix_tasks_hospital_created", "hospital_id", "created_at", "id"),
         Index("ix_tasks_state", "state"),
     )
 
@@ -237,9 +250,13 @@ class TaskInput(Base):
     """Which uploaded instances a task was asked to run on."""
 
     __tablename__ = "task_inputs"
+    # which tasks use an instance: the purge asks it of every instance it may delete
+    __table_args__ = (Index("ix_task_inputs_instance", "instance_id"),)
 
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
-    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), primary_key=True)
+    instance_id: Mapped[int] = mapped_column(
+        BIG_INTEGER, ForeignKey("instances.id"), primary_key=True
+    )
 
     task: Mapped[Task] = relationship(back_populates="inputs")
     instance: Mapped[Instance] = relationship(lazy="joined")
@@ -252,9 +269,15 @@ class Result(Base):
     __table_args__ = (
         UniqueConstraint("hospital_id", "sop_instance_uid", name="uq_results_hospital_sop"),
         Index("ix_results_task", "task_id"),
+        Index(
+            "ix_results_unpurged",
+            "created_at",
+            postgresql_where=text("purged_at IS NULL"),
+            sqlite_where=text("purged_at IS NULL"),
+        ),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BIG_INTEGER, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"))
     hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"))
     kind: Mapped[str] = mapped_column(String(16))
@@ -263,7 +286,7 @@ class Result(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     object_key: Mapped[str] = mapped_column(String(400))
-    size: Mapped[int] = mapped_column(Integer, default=0)
+    size: Mapped[int] = mapped_column(BIG_INTEGER, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     purged_at: Mapped[datetime | None] = mapped_column()
 
@@ -276,7 +299,7 @@ class Refusal(Base):
     __tablename__ = "refusals"
     __table_args__ = (Index("ix_refusals_hospital_time", "hospital_id", "created_at"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BIG_INTEGER, primary_key=True, autoincrement=True)
     hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"))
     sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
     failure_reason: Mapped[int] = mapped_column(Integer)

@@ -23,17 +23,24 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Exists, and_, exists, or_, select
+from sqlalchemy import ColumnElement, Exists, Select, and_, exists, or_, select
 from sqlalchemy.orm import Session
 
 from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
 from aifi.hub.config import HubSettings
-from aifi.hub.db import SessionFactory
+from aifi.hub.db import SessionFactory, retrying
 from aifi.hub.models import Instance, Result, Task, TaskInput, utcnow
 from aifi.hub.schemas import TaskState
 from aifi.hub.storage import ObjectStore
 
-__all__ = ["PurgeReport", "Purger", "purge", "purge_acknowledged"]
+__all__ = [
+    "PurgeReport",
+    "Purger",
+    "images_to_purge",
+    "purge",
+    "purge_acknowledged",
+    "results_to_purge",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,29 +63,36 @@ def _linked(*conditions: ColumnElement[bool]) -> Exists:
     )
 
 
+def images_to_purge(image_cutoff: datetime) -> Select[Instance]:
+    """Input instances still stored whose every task was acknowledged, or older than the cutoff.
+
+    Planned on a million rows (``bench/db_plans.py``): the partial index
+    ``ix_instances_unpurged`` reads only what is still stored, and
+    ``ix_task_inputs_instance`` answers "which tasks use this instance".
+    """
+    acknowledged = and_(
+        _linked(Task.acknowledged.is_(True)), ~_linked(Task.acknowledged.is_(False))
+    )
+    too_old = and_(Instance.received_at < image_cutoff, ~_linked(Task.state.in_(_ACTIVE)))
+    return select(Instance).where(Instance.purged_at.is_(None), or_(acknowledged, too_old))
+
+
+def results_to_purge(result_cutoff: datetime) -> Select[Result]:
+    """Result objects still stored that were made before the cutoff (``ix_results_unpurged``)."""
+    return select(Result).where(Result.purged_at.is_(None), Result.created_at < result_cutoff)
+
+
 def purge(
     session: Session, store: ObjectStore, settings: HubSettings, *, now: datetime | None = None
 ) -> PurgeReport:
     """Delete what retention allows, for every hospital; audited."""
     now = now or utcnow()
     image_cutoff = now - timedelta(hours=settings.retention_images_max_hours)
-    acknowledged = and_(
-        _linked(Task.acknowledged.is_(True)), ~_linked(Task.acknowledged.is_(False))
-    )
-    too_old = and_(Instance.received_at < image_cutoff, ~_linked(Task.state.in_(_ACTIVE)))
-    images = list(
-        session.scalars(
-            select(Instance).where(Instance.purged_at.is_(None), or_(acknowledged, too_old))
-        )
-    )
+    images = list(session.scalars(images_to_purge(image_cutoff)))
     reasons = {i.id: "acknowledged" if i.received_at >= image_cutoff else "max_age" for i in images}
     image_count, image_bytes = _purge_images(session, store, images, reasons, now)
     result_cutoff = now - timedelta(days=settings.retention_results_days)
-    results = list(
-        session.scalars(
-            select(Result).where(Result.purged_at.is_(None), Result.created_at < result_cutoff)
-        )
-    )
+    results = list(session.scalars(results_to_purge(result_cutoff)))
     result_bytes = _purge_results(session, store, results, now)
     return PurgeReport(image_count, image_bytes, len(results), result_bytes)
 
@@ -182,9 +196,8 @@ class Purger:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._settings.purge_interval_s):
-            try:
-                with self._sessions() as session:
-                    purge(session, self._store, self._settings)
+            try:  # a purge may run again from the start: deleting twice is harmless
+                retrying(self._sessions, lambda s: purge(s, self._store, self._settings))
             except Exception:  # the purge must not die; the next round retries
                 logger.exception(
                     "retention purge failed; retrying in %s s", self._settings.purge_interval_s

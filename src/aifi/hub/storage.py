@@ -8,11 +8,15 @@ S3-compatible store can implement the same :class:`ObjectStore` protocol.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Literal, Protocol
@@ -27,6 +31,8 @@ logger = logging.getLogger(__name__)
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _HOSPITAL_ID = re.compile(r"^[0-9a-f]{32}$")
 CHUNK = 1024 * 1024
+STALE_STAGING_S = 24 * 3600.0
+"""A staged file lives for one upload; a staging folder untouched this long is a dead process's."""
 
 
 def is_uid(value: str) -> bool:
@@ -78,22 +84,32 @@ class ObjectStore(Protocol):
         ...
 
     def clear_staging(self) -> None:
-        """Drop staged files left by requests a crash interrupted (called at start-up)."""
+        """Drop staged files a crash left: this process's, and long-abandoned ones of others."""
         ...
 
 
 class LocalFolderStore:
-    """Objects as files under ``root``; staging in ``root/tmp`` so a put is one rename."""
+    """Objects as files under ``root``; staging in ``root/tmp`` so a put is one rename.
+
+    Each process stages in a folder of its own, ``root/tmp/<host>-<pid>-<random>``
+    (made at its first upload), so one hub process starting never deletes what
+    another is receiving: :meth:`clear_staging` removes this process's folder
+    and only those of others untouched for :data:`STALE_STAGING_S`.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self.staging = self.root / "tmp"
+        self.staging_root = self.root / "tmp"
+        self.staging = (
+            self.staging_root / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
         try:
-            self.staging.mkdir(parents=True, exist_ok=True)
+            self.staging_root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the hub's data folder {self.root}: {exc}") from exc
 
     def new_temporary(self) -> tuple[IO[bytes], Path]:
+        self.staging.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=self.staging, suffix=".part")
         return os.fdopen(handle, "wb"), Path(name)
 
@@ -109,7 +125,7 @@ class LocalFolderStore:
 
     def local_path(self, key: str) -> Path:
         path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root) or path.is_relative_to(self.staging):
+        if not path.is_relative_to(self.root) or path.is_relative_to(self.staging_root):
             raise ValueError(f"object key {key!r} leaves the store")
         return path
 
@@ -124,7 +140,14 @@ class LocalFolderStore:
 
     def clear_staging(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - STALE_STAGING_S
+        for left in self.staging_root.iterdir():  # by processes that died long ago
+            with contextlib.suppress(OSError):
+                if left.stat().st_mtime < cutoff:
+                    if left.is_dir():
+                        shutil.rmtree(left, ignore_errors=True)
+                    else:
+                        left.unlink()
 
 
 def iter_file(handle: IO[bytes], chunk_size: int = CHUNK) -> Iterator[bytes]:
