@@ -71,3 +71,29 @@ def test_a_sequence_sent_as_un_that_cannot_be_read_is_removed(tmp_path: Path) ->
     src.write_bytes(raw[:pixel] + garbage + raw[pixel:])
     Pseudonymizer(KEY).pseudonymize_file(src, tmp_path / "out.dcm")
     assert "ViewCodeSequence" not in pydicom.dcmread(tmp_path / "out.dcm")
+
+
+def test_a_coded_string_outside_its_defined_terms_is_neither_copied_nor_accepted(
+    tmp_path: Path,
+) -> None:
+    """A sender that re-encodes a tag sent twice keeps one copy: ``Modality = DUP0004``.
+
+    The form of CS alone would let it through; the defined terms of PS3.3 do not.
+    """
+    from deid_support import make_instance, write
+
+    ds = make_instance()
+    ds.Modality = "DUP0004"
+    ds.PatientPosition = "ALICE"
+    src = write(ds, tmp_path / "in.dcm")
+    Pseudonymizer(KEY).pseudonymize_file(src, tmp_path / "out.dcm")
+    raw = (tmp_path / "out.dcm").read_bytes()
+    assert b"DUP0004" not in raw and b"ALICE" not in raw
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    assert "Modality" not in out and "PatientPosition" not in out
+
+    hostile = pydicom.dcmread(tmp_path / "out.dcm")
+    hostile.Modality = "DUP0004"
+    hostile.save_as(tmp_path / "hostile.dcm")
+    (problem,) = check_deidentified_file(tmp_path / "hostile.dcm")
+    assert "Modality" in problem and "defined terms" in problem and "DUP0004" not in problem

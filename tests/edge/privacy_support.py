@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from pydicom import Dataset
 
@@ -29,6 +28,7 @@ from aifi.hub.db import make_engine, make_sessions, migrate
 from aifi.hub.hospitals import add_hospital
 from aifi.hub.server import HubServer
 from aifi.netutil import free_port
+from peers.recorder import Recorder
 
 HOSTILE_REQUEST = ("PatientName", "PatientBirthDate", "InstitutionName", "SeriesDescription")
 
@@ -38,35 +38,6 @@ PLANTED_ID = "PLANTED-ID-7731"
 PLANTED_BIRTH = "19610304"
 PLANTED_INSTITUTION = "Saint Plantedwood Hospital"
 PLANTED_DESCRIPTION_WORD = "Aliceplanted"
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class Recorder:
-    """ASGI middleware keeping every request body the hub receives."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.bodies: list[bytes] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-
-        async def recording() -> MutableMapping[str, Any]:
-            message = await receive()
-            if message["type"] == "http.request":
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body"):
-                    self.bodies.append(b"".join(chunks))
-            return message
-
-        await self.app(scope, recording, send)
 
 
 def hostile_manifests(

@@ -33,6 +33,7 @@ from pydicom import charset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from aifi.deid import keys, values
+from aifi.deid.defined_terms import is_defined_term
 from aifi.deid.descriptors import Vocabulary, clean_descriptor, is_clean_descriptor, is_code
 from aifi.deid.encoding import (
     SWAP_WIDTH,
@@ -295,6 +296,10 @@ class ProfileRun:
         value = reader.value(element)
         if vr in values.FORM_VRS and not values.conforms(vr, value):
             return None
+        if vr == "CS" and not is_defined_term(
+            keyword_for_tag(element.tag), value.rstrip(b"\0 ").decode("ascii")
+        ):
+            return None  # a value the Standard does not define for it (PS3.3)
         if vr == "CS" and element.tag not in self.profile.safe:
             # asked for by an algorithm (body part, view, sex): defined terms, not any string
             text = value.rstrip(b"\0 ").decode("ascii")

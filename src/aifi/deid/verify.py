@@ -43,6 +43,7 @@ import pydicom
 from pydicom import charset
 from pydicom.datadict import keyword_for_tag
 
+from aifi.deid.defined_terms import is_defined_term
 from aifi.deid.descriptors import Vocabulary, default_vocabulary, is_clean_descriptor, is_code
 from aifi.deid.encoding import Buffer, Element, Reader, vr_of
 from aifi.deid.options import CID_7050
@@ -397,6 +398,8 @@ class _Checker:
                 )
         elif vr in FORM_VRS and not conforms(vr, raw):
             self.problems.append(f"{where} does not have the form of its VR {vr}; {_FIX}")
+        elif vr == "CS" and not is_defined_term(keyword_for_tag(tag), self._text(reader, element)):
+            self.problems.append(f"{where} is not one of its defined terms (PS3.3); {_FIX}")
         elif (
             vr == "CS"
             and tag in self.profile.on_request
