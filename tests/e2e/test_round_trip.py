@@ -152,7 +152,10 @@ def test_result_lands_in_the_original_study_and_the_hub_holds_no_identity(
         scanned += 1
         for secret in secrets:
             assert secret.encode() not in content, f"{secret!r} found in hub file {path}"
-    assert scanned > len(files)  # the instances, the result and the database were scanned
+    if hub.database_url is None:
+        assert scanned > len(files)  # the instances, the result and the database were scanned
+    else:  # the result files and the pg_dump (the instances may be purged already)
+        assert scanned >= 2
 
 
 @HUB_ON_BOTH_DATABASES
