@@ -94,11 +94,16 @@ def migrate(config: ConfigOption = None) -> None:
 def purge(config: ConfigOption = None) -> None:
     """Apply retention now: delete acknowledged or expired images and expired results."""
     from aifi.hub.retention import purge as run_purge
-    from aifi.hub.storage import LocalFolderStore
+    from aifi.hub.storage import open_store
 
     settings = _settings(config)
+    try:
+        store = open_store(settings)
+    except AifiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     with _session(settings) as session:
-        report = run_purge(session, LocalFolderStore(settings.data_dir), settings)
+        report = run_purge(session, store, settings)
     typer.echo(
         f"deleted {report.images} images ({report.image_bytes} bytes) and "
         f"{report.results} result objects ({report.result_bytes} bytes)"

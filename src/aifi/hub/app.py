@@ -34,7 +34,7 @@ from aifi.hub.dispatcher import Dispatcher, ThreadPoolDispatcher
 from aifi.hub.retention import Purger
 from aifi.hub.routes import audit, catalog, dicomweb, principals, subscriptions, tasks
 from aifi.hub.runner import TaskRunner
-from aifi.hub.storage import LocalFolderStore, ObjectStore
+from aifi.hub.storage import ObjectStore, open_store
 from aifi.hub.tasks import recover_tasks
 
 __all__ = ["START_UP_DUTIES", "create_app"]
@@ -81,7 +81,7 @@ def create_app(
         engine = engine_for(settings)
         migrate(engine)  # the embedded hub migrates; under a lock, so two at once are safe
         sessions = make_sessions(engine)
-        objects = store or LocalFolderStore(settings.data_dir)
+        objects = store or open_store(settings)
         objects.clear_staging()  # this process's staging, and long-abandoned ones only
         duties = ExitStack()
         sole = duties.enter_context(exclusive(engine, START_UP_DUTIES))

@@ -19,6 +19,9 @@ development. Example::
     retention_images_max_hours = 24   # images go at acknowledgement, at the latest after this
     retention_results_days = 30
     # database_url = "postgresql+psycopg://aifi:<password>@db/aifi"
+    # object_store = "s3"      # instances and results in a bucket (docs/object-storage.md)
+    # s3_endpoint_url = "https://s3.example.org"
+    # s3_bucket = "aifi-hub"   # credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
     model_dir = "/srv/aifi/models"               # <id>.toml + ONNX file: replaces a built-in model
     remote_algorithms_dir = "/srv/aifi/remote"   # <id>.remote.toml: vendor-hosted algorithms
 """
@@ -31,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -88,6 +91,27 @@ class HubSettings(BaseSettings):
         "vendor-hosted algorithm (docs/remote-algorithms.md)",
     )
 
+    object_store: Literal["local", "s3"] = Field(
+        default="local",
+        description="where instances and results live: a folder in data_dir, or an "
+        "S3-compatible bucket (docs/object-storage.md)",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (SeaweedFS, MinIO, Ceph...); default: AWS's"
+    )
+    s3_bucket: str | None = Field(default=None, description="bucket (made by the operator)")
+    s3_prefix: str = Field(default="", description="key prefix inside the bucket, e.g. 'hub/'")
+    s3_region: str | None = Field(default=None, description="region; default: AWS's chain")
+    s3_access_key_id: str | None = Field(
+        default=None, description="default: AWS_ACCESS_KEY_ID and the rest of AWS's chain"
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="default: AWS_SECRET_ACCESS_KEY and the rest of AWS's chain"
+    )
+    s3_part_size_mib: int = Field(
+        default=8, ge=5, le=5120, description="multipart upload part size (S3: at least 5 MiB)"
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -113,6 +137,12 @@ class HubSettings(BaseSettings):
         except ArgumentError as exc:
             raise ValueError(f"database_url is not a SQLAlchemy URL: {exc}") from exc
         return value
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> HubSettings:
+        if self.object_store == "s3" and not self.s3_bucket:
+            raise ValueError("object_store is 's3' but s3_bucket is not set; name the bucket")
+        return self
 
     @model_validator(mode="after")
     def _production_needs_real_secrets(self) -> HubSettings:

@@ -13,6 +13,7 @@ reason recorded); anything unexpected ends it CANCELED as an internal error.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -89,20 +90,21 @@ class TaskRunner:
                 f"the task was accepted for {manifest.id} {task.algorithm_version}, "
                 f"but this hub now runs {manifest.version}; create the task again"
             )
-        instances = [
-            InputInstance(
-                path=self._store.local_path(link.instance.object_key),
-                sop_instance_uid=link.instance.sop_instance_uid,
-                sop_class_uid=link.instance.sop_class_uid,
-                series_instance_uid=link.instance.series_instance_uid,
-            )
-            for link in task.inputs
-        ]
-        inputs = select_inputs(manifest, instances)
-        ran = time.perf_counter()
-        findings = algorithm.run(inputs)
-        logger.debug("task %s: algorithm ran in %.3f s", task.id, time.perf_counter() - ran)
-        sources = [i.read(stop_before_pixels=True) for i in inputs.instances]
+        with contextlib.ExitStack() as files:  # local files for the run (ObjectStore.materialize)
+            instances = [
+                InputInstance(
+                    path=files.enter_context(self._store.materialize(link.instance.object_key)),
+                    sop_instance_uid=link.instance.sop_instance_uid,
+                    sop_class_uid=link.instance.sop_class_uid,
+                    series_instance_uid=link.instance.series_instance_uid,
+                )
+                for link in task.inputs
+            ]
+            inputs = select_inputs(manifest, instances)
+            ran = time.perf_counter()
+            findings = algorithm.run(inputs)
+            logger.debug("task %s: algorithm ran in %.3f s", task.id, time.perf_counter() - ran)
+            sources = [i.read(stop_before_pixels=True) for i in inputs.instances]
         earlier = _earlier_result_series(session, task, inputs.study_instance_uid)
         objects = encode_results(findings, manifest, sources, earlier_series=earlier)
         for kind, ds in objects:

@@ -1,9 +1,14 @@
-"""Where the hub keeps DICOM objects: a local folder behind a small interface.
+"""Where the hub keeps DICOM objects: a local folder or an S3 bucket behind one interface.
 
 Objects are addressed by keys built only from the tenant's id and
 pseudonymous UIDs (``instances/<hospital>/<study>/<series>/<sop>.dcm``), so
-a key never carries identity and never escapes the store's folder. An
-S3-compatible store can implement the same :class:`ObjectStore` protocol.
+a key never carries identity and never escapes the store's folder or
+prefix. Two stores implement :class:`ObjectStore`: :class:`LocalFolderStore`
+(the embedded default) and :class:`aifi.hub.s3.S3Store` (S3-compatible
+object storage at national scale); :func:`open_store` picks the configured
+one. Nothing reads or writes a whole object in memory: uploads are staged in
+a file and put from it, reads are chunked streams, and code that needs a
+file (algorithms, pydicom) asks for one with :meth:`ObjectStore.materialize`.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 from aifi.errors import StorageError
 
-__all__ = ["LocalFolderStore", "ObjectStore", "is_uid", "iter_file", "object_key"]
+if TYPE_CHECKING:
+    from aifi.hub.config import HubSettings
+
+__all__ = ["LocalFolderStore", "ObjectStore", "is_uid", "iter_file", "object_key", "open_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +80,14 @@ class ObjectStore(Protocol):
         """Move a staged file under ``key`` (replacing any object there); its size."""
         ...
 
-    def local_path(self, key: str) -> Path:
-        """A local file holding the object (algorithms and pydicom read files)."""
+    def materialize(self, key: str) -> AbstractContextManager[Path]:
+        """A local file holding the object while the ``with`` block runs (read it, never
+        write it); a copy in staging where the store is remote, removed at the end.
+        :class:`aifi.errors.StorageError` when missing."""
         ...
 
     def open(self, key: str) -> IO[bytes]:
-        """The object for reading; :class:`aifi.errors.StorageError` when missing."""
+        """The object for reading in chunks; :class:`aifi.errors.StorageError` when missing."""
         ...
 
     def delete(self, key: str) -> None:
@@ -129,6 +140,14 @@ class LocalFolderStore:
             raise ValueError(f"object key {key!r} leaves the store")
         return path
 
+    @contextlib.contextmanager
+    def materialize(self, key: str) -> Iterator[Path]:
+        """The object's own file: a local folder needs no copy."""
+        path = self.local_path(key)
+        if not path.is_file():
+            raise StorageError(f"object {key} is missing from the hub's data folder")
+        yield path
+
     def open(self, key: str) -> IO[bytes]:
         try:
             return self.local_path(key).open("rb")
@@ -155,3 +174,12 @@ def iter_file(handle: IO[bytes], chunk_size: int = CHUNK) -> Iterator[bytes]:
     with handle:
         while chunk := handle.read(chunk_size):
             yield chunk
+
+
+def open_store(settings: HubSettings) -> ObjectStore:
+    """The object store ``settings`` configure; an S3 bucket is checked before it is used."""
+    if settings.object_store == "s3":
+        from aifi.hub.s3 import S3Store  # boto3 loads only where S3 is configured
+
+        return S3Store.from_settings(settings)
+    return LocalFolderStore(settings.data_dir)
