@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,3 +197,27 @@ def test_s3_credentials_from_the_standard_aws_variables(
 
 def test_local_is_the_default(tmp_path: Path) -> None:
     assert isinstance(open_store(HubSettings(data_dir=tmp_path)), LocalFolderStore)
+
+
+def test_purge_command_opens_the_configured_store(
+    tmp_path: Path,
+    s3_server: S3Server,  # noqa: F811
+) -> None:
+    """'aifi hub purge' uses the store hub.toml names, and says what is wrong with it."""
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[hub]\nobject_store = "s3"\n'
+        f's3_endpoint_url = "{s3_server.endpoint_url}"\ns3_bucket = "not-made-yet"\n'
+        f's3_access_key_id = "{s3_server.access_key_id}"\n'
+        f's3_secret_access_key = "{s3_server.secret_access_key}"\ns3_region = "us-east-1"\n',
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "aifi", "hub", "purge", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "S3 bucket not-made-yet does not exist" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -126,7 +126,7 @@ class S3Store:
                     f"S3 bucket {self.bucket} does not exist at {self.endpoint}; create it "
                     "(the hub does not create buckets) or correct s3_bucket"
                 ) from exc
-            raise self._failed("reach the bucket", None, exc) from exc
+            raise self._failed("open", None, exc) from exc
 
     def new_temporary(self) -> tuple[IO[bytes], Path]:
         return self._staging.new_temporary()
@@ -192,7 +192,7 @@ class S3Store:
         return self.prefix + key
 
     def _failed(self, doing: str, key: str | None, exc: Exception) -> StorageError:
-        where = f"{self.bucket}/{self.prefix}{key}" if key else self.bucket
+        where = f"{self.bucket}/{self.prefix}{key}" if key else f"bucket {self.bucket}"
         code = _code(exc)
         if code in _MISSING:
             return StorageError(f"object {key} is missing from S3 bucket {self.bucket}")
