@@ -108,6 +108,8 @@ def _body(method: str, path: str, a: Tenant) -> dict[str, Any]:
                 "sop_instance_uids": [a.ids["sop"]],
             }
         }
+    if path.endswith("/feedback") and method == "post":
+        return {"json": {"verdict": "disagree"}}
     if path.endswith("/acknowledge"):
         return {"json": {"delivered_sop_instance_uids": [a.ids["result_sop"]]}}
     if path.startswith("/dicomweb/studies") and method == "post":

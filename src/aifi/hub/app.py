@@ -28,11 +28,22 @@ from aifi.errors import StorageError
 from aifi.hub.auth import declare_roles
 from aifi.hub.catalog import sync_catalog
 from aifi.hub.config import HubSettings
+from aifi.hub.console import mount_console
 from aifi.hub.db import engine_for, exclusive, is_transient, make_sessions, migrate, retrying
 from aifi.hub.deps import HubContext
 from aifi.hub.dispatcher import Dispatcher, ThreadPoolDispatcher
 from aifi.hub.retention import Purger
-from aifi.hub.routes import audit, catalog, dicomweb, principals, subscriptions, tasks
+from aifi.hub.routes import (
+    audit,
+    catalog,
+    dicomweb,
+    feedback,
+    health,
+    principals,
+    refusals,
+    subscriptions,
+    tasks,
+)
 from aifi.hub.runner import TaskRunner
 from aifi.hub.storage import ObjectStore, open_store
 from aifi.hub.tasks import recover_tasks
@@ -121,9 +132,13 @@ def create_app(
         version=aifi.__version__,
         summary="National hub: runs contracted AI algorithms on pseudonymized studies.",
         lifespan=lifespan,
+        docs_url=None,  # served with local assets by mount_console (no CDN)
+        redoc_url=None,
     )
-    for routes in (dicomweb, tasks, catalog, principals, subscriptions, audit):
+    for routes in (dicomweb, tasks, catalog, principals, subscriptions, audit, feedback, refusals):
         app.include_router(declare_roles(routes.router))
+    app.include_router(health.router)
+    mount_console(app)
     app.add_exception_handler(StorageError, _storage_failed)
     app.add_exception_handler(DataError, _unstorable_value)
     app.add_exception_handler(DBAPIError, _database_failed)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from aifi.hub.contacts import note_contact
 from aifi.hub.deps import SessionDep
 from aifi.hub.models import Hospital, Principal
 from aifi.hub.principals import find_by_token
@@ -43,10 +44,11 @@ _bearer = HTTPBearer(
 
 
 def current_principal(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The calling principal, or 401."""
+    """The calling principal, or 401; a hospital's call is noted as its edge's last contact."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("send Authorization: Bearer <token>")
     principal = find_by_token(session, credentials.credentials)
@@ -55,6 +57,8 @@ def current_principal(
             "unknown or revoked token; use a token printed by 'aifi hub hospital add', "
             "'aifi hub operator add' or 'aifi hub token rotate'"
         )
+    if principal.hospital_id is not None:
+        note_contact(session, principal.hospital_id, request.headers.get("user-agent"))
     return principal
 
 

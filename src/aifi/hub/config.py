@@ -112,6 +112,53 @@ class HubSettings(BaseSettings):
         default=8, ge=5, le=5120, description="multipart upload part size (S3: at least 5 MiB)"
     )
 
+    console_secret_file: Path | None = Field(
+        default=None,
+        description="key that signs console session cookies (made on first start, owner-only); "
+        "default <data_dir>/console-secret; give every API replica the same file",
+    )
+    drift_baseline_days: float = Field(
+        default=14.0, gt=0, description="a version's first days, the baseline of its drift"
+    )
+    drift_window_days: float = Field(
+        default=7.0, gt=0, description="the recent window compared with the baseline"
+    )
+    drift_min_samples: int = Field(
+        default=20, ge=1, description="observations both windows need before a figure is judged"
+    )
+    drift_max_positive_rate_change: float = Field(
+        default=0.15, gt=0, le=1, description="largest absolute change of the positive rate"
+    )
+    drift_min_agreement: float = Field(
+        default=0.8, ge=0, le=1, description="lowest recent agreement of readers' verdicts"
+    )
+    drift_max_distribution_distance: float = Field(
+        default=0.3, gt=0, le=1, description="largest total variation distance of an input mix"
+    )
+    drift_max_spacing_change: float = Field(
+        default=0.2, gt=0, description="largest relative change of the mean pixel spacing"
+    )
+    object_store: Literal["local", "s3"] = Field(
+        default="local",
+        description="where instances and results live: a folder in data_dir, or an "
+        "S3-compatible bucket (docs/object-storage.md)",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (SeaweedFS, MinIO, Ceph...); default: AWS's"
+    )
+    s3_bucket: str | None = Field(default=None, description="bucket (made by the operator)")
+    s3_prefix: str = Field(default="", description="key prefix inside the bucket, e.g. 'hub/'")
+    s3_region: str | None = Field(default=None, description="region; default: AWS's chain")
+    s3_access_key_id: str | None = Field(
+        default=None, description="default: AWS_ACCESS_KEY_ID and the rest of AWS's chain"
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="default: AWS_SECRET_ACCESS_KEY and the rest of AWS's chain"
+    )
+    s3_part_size_mib: int = Field(
+        default=8, ge=5, le=5120, description="multipart upload part size (S3: at least 5 MiB)"
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from aifi.deid.verify import check_deidentified_file
 from aifi.errors import StorageError
 from aifi.hub.auditing import audit_log_of
+from aifi.hub.drift import input_statistics
 from aifi.hub.models import Instance, Refusal, utcnow
 from aifi.hub.storage import ObjectStore, is_uid, object_key
 from aifi.hub.stow import DICOM_MEDIA_TYPE, ReceivedPart
@@ -247,6 +248,7 @@ def _store_one(
                 size=size,
             )
         )
+        session.add(input_statistics(hospital_id, ds))  # for drift of the inputs (drift.py)
     try:
         session.commit()
     except IntegrityError:  # a concurrent request stored it first: same object, same key

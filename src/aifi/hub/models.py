@@ -45,6 +45,9 @@ __all__ = [
     "Subscription",
     "Task",
     "TaskInput",
+    "Feedback",
+    "HospitalContact",
+    "InputStatistics",
     "Token",
     "new_id",
     "utcnow",
@@ -309,3 +312,65 @@ class Refusal(Base):
 
 AUDIT_TABLES = define_audit_tables(Base.metadata)
 """The hub's audit chain lives in its own database, migrated with the rest."""
+
+
+class HospitalContact(Base):
+    """When a hospital's edge last called the hub, and as what (its User-Agent).
+
+    Written at most once a minute per hospital by the authentication gate
+    (:func:`aifi.hub.contacts.note_contact`); the console shows it as the
+    edge's last contact and version.
+    """
+
+    __tablename__ = "hospital_contacts"
+
+    hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"), primary_key=True)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    user_agent: Mapped[str | None] = mapped_column(String(200))
+
+
+class Feedback(Base):
+    """A radiologist's verdict on one task's result (IHE AIRAI: AI Result Assessment).
+
+    One row per task; a later verdict replaces the earlier one. It carries
+    no identity: neither the radiologist's nor the patient's.
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        Index("ix_feedback_version", "algorithm_id", "algorithm_version", "recorded_at"),
+    )
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
+    hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"), index=True)
+    algorithm_id: Mapped[str] = mapped_column(String(64))
+    algorithm_version: Mapped[str | None] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(16))
+    correction_code_value: Mapped[str | None] = mapped_column(String(16))
+    correction_coding_scheme: Mapped[str | None] = mapped_column(String(16))
+    correction_code_meaning: Mapped[str | None] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InputStatistics(Base):
+    """Acquisition figures of one received instance, for drift of a version's inputs.
+
+    Taken at STOW-RS from the pseudonymized header (:func:`aifi.hub.drift.input_statistics`):
+    Manufacturer (0008,0070), KVP (0018,0060) and Pixel Spacing (0028,0030) or
+    Imager Pixel Spacing (0018,1164), whichever the edge kept; nothing else.
+    """
+
+    __tablename__ = "input_statistics"
+    __table_args__ = (
+        UniqueConstraint("hospital_id", "sop_instance_uid", name="uq_input_statistics_sop"),
+        Index("ix_input_statistics_received", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BIG_INTEGER, primary_key=True, autoincrement=True)
+    hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    kvp: Mapped[float | None] = mapped_column(Float)
+    pixel_spacing_mm: Mapped[float | None] = mapped_column(Float)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -37,6 +37,7 @@ __all__ = [
     "find_task",
     "list_tasks",
     "recover_tasks",
+    "rerun_task",
     "task_out",
 ]
 
@@ -308,3 +309,38 @@ def recover_tasks(session: Session) -> list[str]:
             getattr(interrupted, "rowcount", 0),
         )
     return ids
+
+
+def rerun_task(session: Session, task_id: str, *, actor: str) -> Task | TaskRefused:
+    """Schedule a CANCELED task again (an operator's decision); audited as ``task.rerun``.
+
+    Only a canceled task can be re-run: its results were never committed. The
+    reason and the lease are cleared and the attempts start again; the task
+    keeps its id, so the edge polling it sees it run.
+    """
+    task = session.get(Task, task_id)
+    if task is None:
+        return TaskRefused(404, f"no task {task_id}")
+    if task.state != TaskState.CANCELED.value:
+        return TaskRefused(409, f"task {task_id} is {task.state}; only a canceled task is re-run")
+    previous = task.reason
+    task.state = TaskState.SCHEDULED.value
+    task.reason = None
+    task.claimed_by = None
+    task.lease_until = None
+    task.attempts = 0
+    task.updated_at = utcnow()
+    session.commit()
+    audit_log_of(session).append(
+        "task.rerun",
+        actor=actor,
+        hospital=task.hospital_id,
+        task=task.id,
+        algorithm=task.algorithm_id,
+        algorithm_version=task.algorithm_version,
+        agreement=task.agreement_reference,
+        correlation_id=task.correlation_id,
+        detail={"previous_reason": previous},
+    )
+    logger.info("task %s scheduled again by %s", task.id, actor)
+    return task
