@@ -27,6 +27,8 @@ def test_the_demo_delivers_every_result_and_the_urgent_one_to_the_ris(tmp_path: 
     assert "every result is in the demo PACS, every urgent one at the RIS" in done.stdout
     assert "ORU^R01 received by the demo RIS" in done.stdout
     assert "Pulmonary embolism" in done.stdout
+    noise = [line for line in (done.stdout + done.stderr).splitlines() if "WARNING" in line]
+    assert noise == [], f"{len(noise)} warnings, first: {noise[:3]}"  # issue 13: no noise
 
 
 def task(task_id: str, *, state: str = "delivered", urgent: bool = False) -> TaskRow:

@@ -10,12 +10,13 @@ rich's Markdown renderer, as much again as the rest of the start.
 
 from __future__ import annotations
 
-import logging
+from typing import Annotated
 
 import typer
 
 from aifi.cli import audit, demo, edge, hub, pseudonymize
 from aifi.cli._startup import defer_coercion
+from aifi.logs import setup_logging
 
 __all__ = ["app", "main"]
 
@@ -26,6 +27,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _options(
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            help="log lines as 'text' or 'json' (default: $AIFI_LOG_FORMAT, then the"
+            " configuration's [logging] format, then text)",
+        ),
+    ] = None,
+) -> None:
+    if log_format is not None:
+        if log_format not in ("text", "json"):
+            raise typer.BadParameter("choose text or json", param_hint="--log-format")
+        setup_logging(log_format, command_line=True)  # type: ignore[arg-type]
+
+
 app.add_typer(edge.app, name="edge")
 app.add_typer(hub.app, name="hub")
 app.add_typer(audit.app, name="audit")
@@ -35,7 +55,5 @@ defer_coercion()
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging()
     app()

@@ -67,7 +67,7 @@ def demo(
     from rich.live import Live
     from rich.progress import Progress
 
-    from aifi.demo.run import DemoSystem, demo_studies
+    from aifi.demo.run import DEMO_STATUS_PASSWORD, DemoSystem, demo_studies
 
     logging.getLogger().setLevel(logging.WARNING)
     console = Console()
@@ -84,6 +84,11 @@ def demo(
                 f"@127.0.0.1:{system.edge.dicom_port} · demo PACS "
                 f"{system.pacs.ae_title}@127.0.0.1:{system.pacs.port}"
             )
+            if system.edge.status_url:
+                console.print(
+                    f"edge status page {system.edge.status_url} (password"
+                    f" '{DEMO_STATUS_PASSWORD}') · metrics {system.edge.status_url}metrics"
+                )
             labels = {str(s.datasets[0].StudyInstanceUID): s.label for s in studies}
             total = sum(len(s.datasets) for s in studies)
             failures = 0

@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,11 @@ from rich.table import Table
 
 from aifi.cli import edge_policy
 from aifi.errors import AifiError
+
+if TYPE_CHECKING:
+    from aifi.deid import PseudonymMap
+    from aifi.edge.config import EdgeSettings
+    from aifi.edge.state import EdgeState
 
 app = typer.Typer(help="The hospital edge gateway.", no_args_is_help=True)
 app.add_typer(edge_policy.app, name="policy")
@@ -30,9 +35,15 @@ def serve(config: ConfigOption = Path("edge.toml")) -> None:
     from aifi.edge.checks import check_listener
     from aifi.edge.config import load_edge_settings
     from aifi.edge.service import EdgeService
+    from aifi.logs import setup_logging
 
     try:
         settings = load_edge_settings(config)
+        setup_logging(
+            settings.logging.format,
+            level=settings.logging.level,
+            http_requests=settings.logging.http_requests,
+        )
         if settings.listener.port and not (port := check_listener(settings.listener)).ok:
             raise typer.Exit(_fail(port.detail))  # one line, before anything else is logged
         service = EdgeService(settings)
@@ -54,49 +65,135 @@ def tasks(
     failed: Annotated[
         bool, typer.Option("--failed", help="only dead letters, failed and canceled tasks")
     ] = False,
+    state_filter: Annotated[
+        list[str] | None,
+        typer.Option("--state", help="only tasks in this state (repeatable), e.g. delivered"),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="only tasks created since: 30m, 24h, 7d or a date (2026-12-01)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON array, for scripts")] = False,
+    limit: Annotated[int | None, typer.Option(help="at most this many, newest first")] = None,
 ) -> None:
-    """List the edge's tasks: state, attempts, results in PACS, urgent notification."""
-    from aifi.edge.config import load_edge_settings
-    from aifi.edge.state import DEAD_LETTER, EdgeState
+    """List the edge's tasks, newest first: patient, accession, study date, state, times,
+    turnaround, results in PACS, RIS notification. The identity is read from the
+    encrypted pseudonym map (each lookup recorded); it never leaves the edge."""
+    import json
 
-    settings = load_edge_settings(config)
-    state = EdgeState(settings.data_dir / "edge.db")
+    from aifi.edge.state import DEAD_LETTER
+    from aifi.edge.status.views import parse_since, select_tasks, task_view
+
+    _settings, state, pseudonym_map = _open_local(config)
+    try:
+        wanted = list(state_filter or []) + ([DEAD_LETTER, "failed", "CANCELED"] if failed else [])
+        since_at = parse_since(since) if since else None
+        rows = select_tasks(state, states=wanted or None, since=since_at, limit=limit)
+        views = [task_view(state, pseudonym_map, t, purpose="aifi edge tasks") for t in rows]
+    except AifiError as exc:
+        raise typer.Exit(_fail(str(exc))) from exc
+    if as_json:
+        typer.echo(json.dumps([v.as_dict() for v in views], indent=2, ensure_ascii=False))
+        state.close()
+        return
     table = Table(
         "task",
+        "patient",
+        "accession",
+        "study date",
         "algorithm",
         "state",
-        "attempts",
-        "verified",
+        "received",
+        "delivered",
+        "turnaround",
         "in PACS",
         "urgent / RIS",
-        "updated",
         "reason",
     )
-    wanted = (DEAD_LETTER, "failed", "CANCELED") if failed else None
-    for task in state.tasks(wanted):
-        verified = "" if task.verified is None else ("yes" if task.verified else "NO")
-        stored = sum(1 for s in state.deliveries(task.id).values() if s == "stored")
-        urgent = ("URGENT: " + (task.notification or "pending")) if task.urgent else ""
-        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(task.updated_at))
+    for view in views:
+        task = view.task
+        ident = view.identity
+        urgent = ("URGENT: " + view.ris) if task.urgent else ""
+        verified = (
+            "" if task.verified is None else (" verified" if task.verified else " NOT verified")
+        )
         table.add_row(
             task.id[:12],
+            escape(f"{ident.patient_name} ({ident.patient_id})" if ident else ""),
+            escape(ident.accession_number if ident else ""),
+            ident.study_date if ident else "",
             task.algorithm_id,
-            task.state,
-            str(task.attempts),
-            verified,
-            str(stored),
+            task.state + (f" ({task.attempts} attempts)" if task.attempts else "") + verified,
+            _local(task.last_instance_at),
+            _local(task.delivered_at),
+            "" if view.turnaround_s is None else f"{view.turnaround_s:.1f} s",
+            " ".join(f"{k} {n}" for k, n in view.stored.items()),
             escape(urgent),
-            updated,
             escape(task.reason or ""),
         )
     Console().print(table)
     paused = state.receiving_paused()
+    state.close()
     if paused is not None:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(paused["at"]))
+        paused_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(paused["at"]))
         Console(stderr=True).print(
-            f"[red]receiving paused since {since}[/red] (C-STOREs answered 0xA700):"
+            f"[red]receiving paused since {paused_at}[/red] (C-STOREs answered 0xA700):"
             f" {escape(str(paused['detail']))}"
         )
+
+
+@app.command(name="task")
+def task_events(
+    task: Annotated[str, typer.Argument(help="task id (or a unique prefix)")],
+    config: ConfigOption = Path("edge.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts")] = False,
+) -> None:
+    """One task: its patient and study, state, results, and every event recorded for it."""
+    import json
+
+    from aifi.edge.status.views import task_view
+
+    _settings, state, pseudonym_map = _open_local(config)
+    matches = [t for t in state.tasks() if t.id.startswith(task)]
+    if len(matches) != 1:
+        state.close()
+        raise typer.Exit(
+            _fail(
+                f"no task {task!r} at this edge"
+                if not matches
+                else f"{task!r} names {len(matches)} tasks; give more of the id"
+            )
+        )
+    view = task_view(state, pseudonym_map, matches[0], purpose="aifi edge task")
+    events = state.task_events(view.task.id)
+    state.close()
+    if as_json:
+        typer.echo(json.dumps({**view.as_dict(), "events": events}, indent=2, ensure_ascii=False))
+        return
+    console = Console()
+    ident = view.identity
+    facts = [
+        ("task", view.task.id),
+        ("patient", f"{ident.patient_name} ({ident.patient_id})" if ident else ""),
+        ("accession", ident.accession_number if ident else ""),
+        ("study date", ident.study_date if ident else ""),
+        ("algorithm", view.task.algorithm_id),
+        ("state", view.task.state),
+        ("reason", view.task.reason or ""),
+        ("received", _local(view.task.last_instance_at)),
+        ("delivered", _local(view.task.delivered_at)),
+        ("turnaround", "" if view.turnaround_s is None else f"{view.turnaround_s:.1f} s"),
+        ("in PACS", " ".join(f"{k} {n}" for k, n in view.stored.items())),
+        ("RIS", view.ris),
+        ("hub task", view.task.hub_task_id or ""),
+    ]
+    for name, value in facts:
+        if value:
+            console.print(f"[bold]{name}:[/bold] {escape(value)}", highlight=False)
+    table = Table("when", "step", "detail", title="events")
+    for event in events:
+        table.add_row(_local(event["at"]), event["kind"], escape(str(event["detail"])))
+    console.print(table)
 
 
 @app.command()
@@ -189,6 +286,32 @@ def purge(config: ConfigOption = Path("edge.toml")) -> None:
         f"purged {report.instances} received instances ({report.bytes} bytes) and"
         f" {report.outbox_folders} outbox folders of {report.tasks} tasks"
     )
+
+
+def _open_local(config: Path) -> tuple[EdgeSettings, EdgeState, PseudonymMap | None]:
+    """The edge's settings, state and pseudonym map (None when there is no key or map yet)."""
+    import os
+
+    from aifi.deid import PseudonymMap
+    from aifi.edge.at_rest import edge_key
+    from aifi.edge.config import KEY_ENV, load_edge_settings
+    from aifi.edge.state import EdgeState
+
+    try:
+        settings = load_edge_settings(config)
+    except AifiError as exc:
+        raise typer.Exit(_fail(str(exc))) from exc
+    map_path = settings.data_dir / "pseudonyms.db"
+    has_key = bool(os.environ.get(KEY_ENV, "").strip()) or settings.secret_key_path.exists()
+    key = edge_key(settings) if has_key and map_path.exists() else None
+    state = EdgeState(settings.data_dir / "edge.db", key=key)
+    return settings, state, PseudonymMap(map_path, key) if key is not None else None
+
+
+def _local(moment: float | None) -> str:
+    if not moment:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
 
 
 def _fail(message: str) -> int:

@@ -27,7 +27,14 @@ from pydicom import Dataset
 from aifi.demo.pacs import DemoPacs
 from aifi.demo.ris import DemoRis
 from aifi.demo.samples import DEMO_PATIENTS, cr_study
-from aifi.edge.config import DicomPeer, EdgeSettings, HubPeer, ListenerSettings, RisPeer
+from aifi.edge.config import (
+    DicomPeer,
+    EdgeSettings,
+    HubPeer,
+    ListenerSettings,
+    RisPeer,
+    StatusSettings,
+)
 from aifi.edge.pacs import StoreResult, store_to_pacs
 from aifi.edge.rules import Rule
 from aifi.edge.service import EdgeService
@@ -53,6 +60,9 @@ class DemoStudy:
     label: str
     datasets: list[Dataset]
 
+
+#: The admin password of the demo edge's status page (a demo runs in development only).
+DEMO_STATUS_PASSWORD = "demo"
 
 #: The algorithms the demo hospital has contracted (its subscriptions at the hub).
 DEMO_ALGORITHMS = ("integrity-check", "fracture", "bone-age", "incidental-pe")
@@ -168,6 +178,7 @@ class DemoSystem:
             ris=RisPeer(host=self.ris.host, port=self.ris.port),
             rules=demo_rules(),
             hospital="Demo General Hospital",
+            status=StatusSettings(port=0, admin_password=DEMO_STATUS_PASSWORD),
         )
         self.edge = EdgeService(settings)
         self.edge.start()

@@ -36,8 +36,10 @@ __all__ = [
     "FhirPeer",
     "HubPeer",
     "ListenerSettings",
+    "LoggingSettings",
     "RetentionSettings",
     "RisPeer",
+    "StatusSettings",
     "load_edge_settings",
 ]
 
@@ -150,6 +152,41 @@ class DeliverySettings(BaseModel):
     )
 
 
+class StatusSettings(BaseModel):
+    """The edge's local status page, ``/metrics``, ``/health`` and ``/ready`` (HTTP).
+
+    It shows patients' names and IDs, so it listens on loopback unless the
+    hospital binds it to its own network; the admin password is exchanged for
+    a session cookie at the login form.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535, description="0: any free port")
+    admin_password: str | None = Field(
+        default=None,
+        description="the password of the status page's admin (tasks with patients' names,"
+        " retry, discard, feedback); unset: only /health, /ready and /metrics are served",
+    )
+    session_hours: float = Field(default=8.0, gt=0, description="a login lasts this long")
+    max_tasks: int = Field(default=200, ge=1, description="tasks shown per page, newest first")
+
+
+class LoggingSettings(BaseModel):
+    """How the edge logs: one line per step, each naming its task (the correlation id)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    http_requests: bool = Field(
+        default=False,
+        description="log every HTTP request to the hub (httpx) and to the status page",
+    )
+
+
 class EdgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -183,6 +220,8 @@ class EdgeSettings(BaseModel):
     )
     rules: list[Rule] = Field(default_factory=list)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    status: StatusSettings = Field(default_factory=StatusSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("data_dir", "key_file", "release_policy")
     @classmethod
@@ -195,6 +234,15 @@ class EdgeSettings(BaseModel):
             raise ValueError(
                 "hub.token is the placeholder; set the token printed by "
                 "'aifi hub hospital add' before running in production"
+            )
+        if self.environment != "development" and self.status.admin_password in (
+            PLACEHOLDER_TOKEN,
+            "",
+        ):
+            raise ValueError(
+                "status.admin_password is the placeholder; set a password of your own for the"
+                " status page (or leave it out: then the page serves only /health, /ready and"
+                " /metrics)"
             )
         return self
 

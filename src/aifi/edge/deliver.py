@@ -42,7 +42,7 @@ from aifi.edge.fhir import FhirPeer, build_report_bundle, post_bundle
 from aifi.edge.hub_client import HubClient
 from aifi.edge.identity import recall_identity
 from aifi.edge.notify import RisPeer, build_oru, send_mllp
-from aifi.edge.pacs import store_to_pacs
+from aifi.edge.pacs import contact_of, store_to_pacs
 from aifi.edge.reidentify import reidentify
 from aifi.edge.state import DEAD_LETTER, FINAL_STATES, EdgeState, TaskRow
 from aifi.errors import DeliveryError, HubRefused, HubUnavailable
@@ -228,6 +228,7 @@ class Deliverer:
                 task_id=local.id,
             )
             outcomes = store_to_pacs(self.pacs, [ds for _k, ds in datasets])
+            self.state.record_contact("pacs", *contact_of(outcomes))
             for (kind, _ds), outcome in zip(datasets, outcomes, strict=True):
                 status = "stored" if outcome.ok else "failed"
                 self.state.set_delivery(
@@ -409,11 +410,13 @@ class Deliverer:
             try:
                 answer = send(attempt)
             except DeliveryError as exc:
+                self.state.record_contact(name, False, str(exc))
                 self.state.update_task(
                     local.id, notification=f"pending: {name} attempt {attempt} failed: {exc}"
                 )
                 self._later(self.state.task(local.id), f"urgent result not announced: {exc}")
                 return False
+            self.state.record_contact(name, True, f"accepted ({answer})")
             self.state.record_event(
                 "urgent-notified", f"{name}: accepted ({answer})", task_id=local.id
             )

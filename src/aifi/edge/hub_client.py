@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,15 @@ class StoreOutcome:
 
 
 class HubClient:
-    def __init__(self, peer: HubPeer, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        peer: HubPeer,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        on_contact: Callable[[bool, str], None] | None = None,
+    ) -> None:
+        """``on_contact(ok, detail)`` hears the outcome of every request (the status page)."""
+        self._on_contact = on_contact
         self._http = httpx.Client(
             base_url=peer.url.rstrip("/"),
             headers={
@@ -126,6 +134,16 @@ class HubClient:
         )
         return TaskOut.model_validate(response.json())
 
+    def send_feedback(
+        self, task_id: str, verdict: str, correction: dict[str, str] | None = None
+    ) -> dict[str, object]:
+        """A radiologist's verdict on a result (IHE AIRAI; ``docs/feedback.md``), no identity."""
+        body: dict[str, object] = {"verdict": verdict}
+        if correction:
+            body["correction"] = correction
+        response = self._send("POST", f"/tasks/{task_id}/feedback", json=body)
+        return dict(response.json())
+
     # -- WADO-RS -----------------------------------------------------------
     def retrieve_instance(self, study: str, series: str, sop: str) -> bytes:
         """One instance as Part 10 bytes (PS3.18 §10.4, multipart/related)."""
@@ -147,9 +165,14 @@ class HubClient:
         try:
             response = self._http.request(method, url, **kwargs)  # type: ignore[arg-type]
         except httpx.TransportError as exc:
+            self._contact(False, f"unreachable ({type(exc).__name__})")
             raise HubUnavailable(
                 f"hub at {self._http.base_url} unreachable ({type(exc).__name__}); will retry"
             ) from exc
+        self._contact(
+            response.status_code < 500 and response.status_code not in (401, 403, 429),
+            f"{method} {url}: HTTP {response.status_code}",
+        )
         if response.status_code >= 500 or response.status_code == 429:
             raise HubUnavailable(
                 f"hub answered {response.status_code} to {method} {url}; will retry"
@@ -162,6 +185,10 @@ class HubClient:
                 status_code=response.status_code,
             )
         return response
+
+    def _contact(self, ok: bool, detail: str) -> None:
+        if self._on_contact is not None:
+            self._on_contact(ok, detail)
 
 
 def _multipart(paths: Sequence[Path], boundary: str) -> Iterator[bytes]:

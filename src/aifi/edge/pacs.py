@@ -14,7 +14,7 @@ from pynetdicom import AE, evt
 
 from aifi.edge.config import DicomPeer
 
-__all__ = ["StoreResult", "store_to_pacs"]
+__all__ = ["StoreResult", "contact_of", "store_to_pacs"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +28,38 @@ def _transfer_syntax(ds: Dataset) -> str:
     )
 
 
+def _meta_agreeing(ds: Dataset) -> None:
+    """Make the file meta's Transfer Syntax UID say how ``ds`` is encoded (PS3.10 7.1).
+
+    pydicom gives a data set created in memory implicit VR encoding by default
+    (``FileDataset``), whatever its file meta says; pynetdicom then sends it
+    implicit and warns about the disagreement on every instance. Only the two
+    uncompressed little endian syntaxes are touched: a compressed data set is
+    sent as it is.
+    """
+    meta = getattr(ds, "file_meta", None)
+    implicit = ds.original_encoding[0]
+    if meta is None or implicit is None or "TransferSyntaxUID" not in meta:
+        return
+    if meta.TransferSyntaxUID not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        return
+    if UID(meta.TransferSyntaxUID).is_implicit_VR != implicit:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+
+
 @dataclass(frozen=True)
 class StoreResult:
     sop_instance_uid: str
     ok: bool
     detail: str
+
+
+def contact_of(results: Sequence[StoreResult]) -> tuple[bool, str]:
+    """One store attempt as a contact with the PACS: ok when every object was stored."""
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return True, f"{len(results)} objects stored"
+    return False, f"{len(failed)} of {len(results)} objects not stored: {failed[0].detail}"
 
 
 def store_to_pacs(
@@ -64,6 +91,9 @@ def store_to_pacs(
                 f"{primitive.reason_str} ({primitive.source_str}, {primitive.result_str})"
             )
 
+    down = _unreachable(peer)
+    if down is not None:
+        return [StoreResult(str(ds.SOPInstanceUID), False, down) for ds in datasets]
     assoc = ae.associate(
         peer.host,
         peer.port,
@@ -83,6 +113,7 @@ def store_to_pacs(
             if not assoc.is_established:
                 results.append(StoreResult(uid, False, "PACS ended the association early"))
                 continue
+            _meta_agreeing(ds)
             try:
                 status = assoc.send_c_store(ds)
             except (ValueError, AttributeError, TypeError) as exc:
@@ -104,6 +135,24 @@ def store_to_pacs(
     finally:
         assoc.release()
     return results
+
+
+def _unreachable(peer: DicomPeer) -> str | None:
+    """Why no TCP connection to the PACS can be made, or None when one can.
+
+    Tried before pynetdicom associates: its transport leaves the socket of a
+    refused connection open (a file descriptor per retry of a PACS that is
+    down), and a plain connect tells "down" from "refuses" in one line.
+    """
+    try:
+        socket.create_connection((peer.host, peer.port), timeout=10).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        return (
+            f"PACS {peer.ae_title} at {peer.host}:{peer.port} not reachable ({why}:"
+            " is it running, is the port right?)"
+        )
+    return None
 
 
 def _association_failure(

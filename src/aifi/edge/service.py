@@ -23,11 +23,13 @@ from aifi.edge.checks import check_listener, port_in_use_message, run_checks
 from aifi.edge.config import EdgeSettings
 from aifi.edge.deliver import INTEGRITY_CHECK, Deliverer
 from aifi.edge.hub_client import HubClient
+from aifi.edge.metrics import edge_registry
 from aifi.edge.outbox import DigestFn, Outbox
 from aifi.edge.policy import PolicyFile, ReleaseGate
 from aifi.edge.retention import Purger
 from aifi.edge.scp import EdgeReceiver
 from aifi.edge.state import EdgeState
+from aifi.edge.status.server import StatusServer
 from aifi.errors import ConfigError, HubError
 
 __all__ = ["EdgeService"]
@@ -51,9 +53,9 @@ class EdgeService:
         key = edge_key(settings)
         self.state = EdgeState(data_dir / "edge.db", hospital=settings.hospital, key=key)
         self.pseudonym_map = PseudonymMap(data_dir / "pseudonyms.db", key)
-        self.hub = HubClient(settings.hub)
+        self.hub = HubClient(settings.hub, on_contact=self._hub_contact)
         # What leaves is the hospital's decision: the hub's catalog only requests.
-        policy = PolicyFile(
+        self.policy = policy = PolicyFile(
             settings.release_policy_path,
             create_from_default=settings.environment == "development",
         )
@@ -97,6 +99,8 @@ class EdgeService:
         self._assembly_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.metrics = edge_registry(self.state, data_dir)
+        self.status: StatusServer | None = None
 
     @property
     def dicom_port(self) -> int:
@@ -140,11 +144,52 @@ class EdgeService:
             )
             thread.start()
             self._threads.append(thread)
+        self._start_status()
+
+    def _start_status(self) -> None:
+        """The status page, /metrics, /health, /ready; a port in use costs only the page."""
+        status = self.settings.status
+        if not status.enabled:
+            return
+        from aifi.edge.status.app import StatusContext, create_status_app
+
+        app = create_status_app(
+            StatusContext(
+                self.settings, self.state, self.pseudonym_map, self.policy, self.hub, self.metrics
+            )
+        )
+        server = StatusServer(
+            app, status.host, status.port, access_log=self.settings.logging.http_requests
+        )
+        try:
+            server.start()
+        except OSError as exc:
+            detail = (
+                f"status page not started: cannot listen on {status.host}:{status.port}"
+                f" ({exc.strerror or exc}); set [status] port, or enabled = false"
+            )
+            logger.warning("%s", detail)
+            self.state.record_event("status-page-not-started", detail)
+            return
+        self.status = server
+        logger.info("status page on %s (metrics at %smetrics)", server.url, server.url)
+
+    @property
+    def status_url(self) -> str | None:
+        return self.status.url if self.status is not None else None
+
+    def _hub_contact(self, ok: bool, detail: str) -> None:
+        try:
+            self.state.record_contact("hub", ok, detail)
+        except Exception as exc:  # the status of a contact never breaks the contact
+            logger.debug("hub contact not recorded: %s", exc)
 
     def check(self) -> None:
         """Run the start-up checks; log each, raise on the first definite configuration error."""
         results = run_checks(self.settings)
         for result in results:
+            if result.name == "hub" or (result.name == "pacs" and self.settings.pacs):
+                self.state.record_contact(result.name, result.ok, "start-up: " + result.detail)
             if result.ok:
                 logger.info("check %s: %s", result.name, result.detail)
             elif not result.fatal:
@@ -165,6 +210,9 @@ class EdgeService:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
         self.receiver.stop()
         for thread in self._threads:
             thread.join(timeout=10)

@@ -15,6 +15,7 @@ Edge task states extend the Unified Procedure Step states the hub reports:
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -28,7 +29,24 @@ from typing import Any
 from aifi.audit import SqliteAuditLog
 from aifi.edge.sealed import ColumnSeal
 
-__all__ = ["DEAD_LETTER", "FINAL_STATES", "OPEN_STATES", "EdgeState", "InstanceRow", "TaskRow"]
+__all__ = [
+    "DEAD_LETTER",
+    "FINAL_STATES",
+    "OPEN_STATES",
+    "EdgeState",
+    "InstanceRow",
+    "PeerContact",
+    "TaskRow",
+]
+
+# One log line per recorded step, with the task id as correlation id.
+_event_log = logging.getLogger("aifi.edge.events")
+# Steps whose callers already log a line of their own (not logged twice).
+_LOGGED_BY_CALLER = frozenset(
+    {"task-delivered", "delivery-failed", "dead-letter", "urgent-notified", "release-held"}
+)
+# A successful contact with a peer is written at most this often (the hub is polled 4x/s).
+_CONTACT_WRITE_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -108,6 +126,15 @@ CREATE TABLE IF NOT EXISTS purged_tasks (
     task_id TEXT PRIMARY KEY REFERENCES tasks(id),
     purged_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_kind ON events(kind);
+CREATE TABLE IF NOT EXISTS peer_contacts (
+    peer TEXT PRIMARY KEY,
+    last_success_at REAL,
+    last_success TEXT,
+    last_error_at REAL,
+    last_error TEXT,
+    errors INTEGER NOT NULL DEFAULT 0
+);
 """
 
 # States in which the edge still has work to do for a task.
@@ -132,6 +159,25 @@ class InstanceRow:
     transfer_syntax_uid: str
     path: Path
     size: int
+
+
+@dataclass(frozen=True)
+class PeerContact:
+    """The last success and the last error talking to one peer (hub, PACS, RIS, FHIR)."""
+
+    peer: str
+    last_success_at: float | None
+    last_success: str | None
+    last_error_at: float | None
+    last_error: str | None
+    errors: int
+
+    @property
+    def up(self) -> bool:
+        """Whether the last contact succeeded."""
+        return self.last_success_at is not None and (
+            self.last_error_at is None or self.last_success_at >= self.last_error_at
+        )
 
 
 @dataclass(frozen=True)
@@ -169,6 +215,7 @@ class EdgeState:
         self._seal = ColumnSeal(key) if key is not None else None
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._contact_written: dict[str, float] = {}
         self._conn().executescript(_SCHEMA)
         self._add_columns()
         # The hash-chained audit trail (issue 4) lives in its own file so its
@@ -314,6 +361,9 @@ class EdgeState:
                 "INSERT INTO events (at, kind, task_id, detail) VALUES (?,?,?,?)",
                 (time.time(), kind, task_id, detail),
             )
+        if kind not in _LOGGED_BY_CALLER:
+            where = f"task {task_id}: " if task_id else ""
+            _event_log.info("%s%s: %s", where, kind, detail, extra={"task_id": task_id})
         algorithm = None
         if task_id is not None:
             row = (
@@ -669,6 +719,83 @@ class EdgeState:
             .fetchall()
         )
         return {r[0]: r[1] for r in rows}
+
+    # -- status: peers, counts (the status page, /metrics) ------------------
+    def record_contact(self, peer: str, ok: bool, detail: str) -> None:
+        """Remember the outcome of talking to ``peer``; an error is always written.
+
+        A success is written when it follows an error or the last written one
+        is older than a few seconds, so the hub's polling costs no write per
+        request.
+        """
+        now = time.time()
+        if ok:
+            last = self._contact_written.get(peer)
+            if last is not None and now - last < _CONTACT_WRITE_S:
+                return
+            self._contact_written[peer] = now
+            sql = (
+                "INSERT INTO peer_contacts (peer, last_success_at, last_success) VALUES (?,?,?)"
+                " ON CONFLICT(peer) DO UPDATE SET last_success_at=excluded.last_success_at,"
+                " last_success=excluded.last_success"
+            )
+        else:
+            self._contact_written.pop(peer, None)
+            sql = (
+                "INSERT INTO peer_contacts (peer, last_error_at, last_error, errors)"
+                " VALUES (?,?,?,1) ON CONFLICT(peer) DO UPDATE SET"
+                " last_error_at=excluded.last_error_at, last_error=excluded.last_error,"
+                " errors=errors+1"
+            )
+        with self._tx() as db:
+            db.execute(sql, (peer, now, detail[:500]))
+
+    def peer_contacts(self) -> list[PeerContact]:
+        rows = self._conn().execute("SELECT * FROM peer_contacts ORDER BY peer").fetchall()
+        return [
+            PeerContact(
+                peer=r["peer"],
+                last_success_at=r["last_success_at"],
+                last_success=r["last_success"],
+                last_error_at=r["last_error_at"],
+                last_error=r["last_error"],
+                errors=int(r["errors"]),
+            )
+            for r in rows
+        ]
+
+    def state_counts(self) -> dict[str, int]:
+        """Task state → how many tasks."""
+        rows = self._conn().execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        return {r[0]: int(r[1]) for r in rows.fetchall()}
+
+    def event_counts(self) -> dict[str, int]:
+        """Event kind → how many were recorded."""
+        rows = self._conn().execute("SELECT kind, COUNT(*) FROM events GROUP BY kind")
+        return {r[0]: int(r[1]) for r in rows.fetchall()}
+
+    def instance_count(self) -> int:
+        """Instances ever received (a purged one counts; one sent again does not)."""
+        return int(self._conn().execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+    def turnarounds(self) -> list[tuple[str, float]]:
+        """(algorithm, seconds from the study's last instance to results in PACS) per delivery."""
+        rows = self._conn().execute(
+            "SELECT algorithm_id, delivered_at - last_instance_at FROM tasks"
+            " WHERE state='delivered' AND delivered_at IS NOT NULL"
+        )
+        return [(r[0], float(r[1])) for r in rows.fetchall()]
+
+    def deliveries_by_kind(self, task_id: str) -> dict[str, dict[str, int]]:
+        """Result kind → delivery status → how many objects (``{"sr": {"stored": 1}}``)."""
+        out: dict[str, dict[str, int]] = {}
+        rows = self._conn().execute(
+            "SELECT kind, status, COUNT(*) FROM deliveries WHERE task_id=? GROUP BY kind, status",
+            (task_id,),
+        )
+        for kind, status, n in rows.fetchall():
+            out.setdefault(kind, {})[status] = int(n)
+        return out
 
 
 # Task states after which a study sent again is processed again.
