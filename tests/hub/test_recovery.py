@@ -14,8 +14,8 @@ from aifi.hub.config import HubSettings
 from aifi.hub.db import make_engine, make_sessions
 from aifi.hub.models import Task
 from aifi.hub.runner import TaskRunner
-from aifi.hub.schemas import TaskState
 from aifi.hub.storage import LocalFolderStore
+from aifi.hub.schemas import TaskState
 
 from .conftest import Hub, serving
 

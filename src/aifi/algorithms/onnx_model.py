@@ -48,6 +48,7 @@ __all__ = [
     "demo_note",
     "load_model_spec",
     "sha256_of",
+    "use_providers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,30 @@ logger = logging.getLogger(__name__)
 DEMO_DISCLAIMER = "demo model — not for clinical use"
 
 _MANIFEST_SUFFIXES = (".toml", ".json")
+
+_PROVIDERS: list[tuple[str, ...]] = [("CPUExecutionProvider",)]
+"""The execution providers this process's sessions ask for, preferred first."""
+
+
+def use_providers(providers: tuple[str, ...] | list[str]) -> None:
+    """Choose ONNX Runtime's execution providers for the sessions this process makes from now on.
+
+    The hub calls it once per process from its settings (``onnx_providers``):
+    ``CUDAExecutionProvider`` first on a GPU node. Providers this ONNX Runtime
+    build lacks are skipped when a session is made; the CPU is always last.
+    """
+    wanted = tuple(dict.fromkeys(p for p in providers if p))
+    _PROVIDERS[0] = wanted or ("CPUExecutionProvider",)
+
+
+def _available(wanted: tuple[str, ...]) -> list[str]:
+    import onnxruntime as ort
+
+    present = set(ort.get_available_providers())
+    chosen = [p for p in wanted if p in present]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
 
 
 def sha256_of(data: bytes) -> str:
@@ -177,7 +202,7 @@ class PinnedModel:
                 options.inter_op_num_threads = 1
                 options.log_severity_level = 3
                 self._session = ort.InferenceSession(
-                    data, sess_options=options, providers=["CPUExecutionProvider"]
+                    data, sess_options=options, providers=_available(_PROVIDERS[0])
                 )
                 self._session_digest = digest
                 logger.info(
@@ -187,6 +212,15 @@ class PinnedModel:
                     digest[:12],
                 )
             return self._session
+
+    @property
+    def provider(self) -> str | None:
+        """The execution provider the loaded session runs on (None before the first run)."""
+        session = self._session
+        if session is None:
+            return None
+        providers: list[str] = session.get_providers()
+        return providers[0] if providers else None
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Verify the file, then run the model on ``feeds`` (input name → float32 array)."""

@@ -59,10 +59,88 @@ def serve(config: ConfigOption = None) -> None:
     """
     settings = _settings(config)
 
+    from aifi.hub.bootstrap import installation
     from aifi.hub.server import serve as serve_hub
 
     try:
-        serve_hub(settings, _installation(settings))
+        installation(settings)  # configuration errors before the port is bound; kept for the app
+        serve_hub(settings)
+    except AifiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def api(
+    config: ConfigOption = None,
+    processes: Annotated[
+        int, typer.Option(min=1, max=256, help="uvicorn worker processes on the one port")
+    ] = 1,
+) -> None:
+    """Run the HTTP API alone (any number of replicas); algorithms run in 'aifi hub worker'.
+
+    Runs no migration (run 'aifi hub migrate' first; an old schema is one
+    line saying so), no recovery and no retention purge.
+    """
+    settings = _settings(config)
+
+    from aifi.hub.bootstrap import installation
+    from aifi.hub.server import serve as serve_hub
+    from aifi.hub.server import serve_api_processes
+
+    try:
+        installation(settings)
+        if processes > 1:
+            serve_api_processes(settings, processes)
+        else:
+            serve_hub(settings, role="api")
+    except AifiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    queue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue",
+            "-q",
+            help="a resource class (cpu, gpu) or an algorithm id; repeat for several; "
+            "default: every installed algorithm",
+        ),
+    ] = None,
+    slots: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="tasks run at once (default: setting 'workers')"),
+    ] = None,
+) -> None:
+    """Run algorithms: take tasks of the queues from the database, each in a child process.
+
+    Stops on SIGTERM/SIGINT: running tasks get a few seconds to finish, then
+    go back to the queue.
+    """
+    settings = _settings(config)
+
+    from aifi.hub.bootstrap import run_worker
+
+    try:
+        run_worker(settings, tuple(queue or ()), slots)
+    except AifiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def janitor(config: ConfigOption = None) -> None:
+    """Run the lease reaper and the retention purge (one janitor is active per database)."""
+    settings = _settings(config)
+
+    from aifi.hub.bootstrap import run_janitor
+
+    try:
+        run_janitor(settings)
     except AifiError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from aifi.hub.app import create_app
     from aifi.hub.config import HubSettings, load_hub_settings
-    from aifi.hub.dispatcher import Dispatcher, ThreadPoolDispatcher
+    from aifi.hub.dispatcher import Dispatcher, WorkerPool
     from aifi.hub.hospitals import add_hospital
     from aifi.hub.server import HubServer
 
@@ -21,7 +21,7 @@ __all__ = [
     "Dispatcher",
     "HubServer",
     "HubSettings",
-    "ThreadPoolDispatcher",
+    "WorkerPool",
     "add_hospital",
     "create_app",
     "load_hub_settings",
@@ -31,7 +31,7 @@ _HOMES = {
     "Dispatcher": "aifi.hub.dispatcher",
     "HubServer": "aifi.hub.server",
     "HubSettings": "aifi.hub.config",
-    "ThreadPoolDispatcher": "aifi.hub.dispatcher",
+    "WorkerPool": "aifi.hub.dispatcher",
     "add_hospital": "aifi.hub.hospitals",
     "create_app": "aifi.hub.app",
     "load_hub_settings": "aifi.hub.config",

@@ -1,38 +1,46 @@
 """The hub's FastAPI application.
 
-:func:`create_app` wires the parts once: database (migrated at start-up:
-this is the embedded hub of ``aifi hub serve``), object store, worker pool,
-routers. On start it registers the installed algorithms' manifests in the
-catalog. The duties shared by all processes on one database -- re-queuing
-every task a previous run left SCHEDULED or IN PROGRESS (so a killed hub
-loses no work) and the retention purge -- are done only by the process that
-holds :data:`START_UP_DUTIES` (:func:`aifi.hub.db.exclusive`): a second hub
-started on the same database must not reset the tasks the first one runs.
-Until tasks carry leases, run one ``aifi hub serve`` per database.
+:func:`create_app` serves the routers over the parts
+:func:`aifi.hub.bootstrap.open_hub` makes when the lifespan begins. Which
+duties the process does besides HTTP is its ``role``:
+
+* ``"embedded"`` (``aifi hub serve``, the demo, tests): migrates the
+  database, registers the installed algorithms in the catalog, runs a
+  :class:`~aifi.hub.dispatcher.WorkerPool` of ``settings.workers`` slots and a
+  :class:`~aifi.hub.janitor.Janitor` (active in one process per database);
+* ``"api"`` (``aifi hub api``, any number of replicas, each with any number
+  of uvicorn workers): checks the schema is current, registers the catalog,
+  and nothing else — no migration, no recovery, no purge, no algorithm. Its
+  tasks are run by ``aifi hub worker`` processes that take them from the
+  database.
+
+A task the API creates is committed SCHEDULED, which queues it
+(:mod:`aifi.hub.queue`); a worker claims it with a lease
+(:mod:`aifi.hub.leases`); the janitor re-queues a task whose worker died.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError
 
 import aifi
-from aifi.algorithms import registry
 from aifi.algorithms.base import Algorithm, Manifest
 from aifi.errors import StorageError
 from aifi.hub.auth import declare_roles
-from aifi.hub.catalog import sync_catalog
+from aifi.hub.bootstrap import janitor_for, open_hub, worker_pool
 from aifi.hub.config import HubSettings
 from aifi.hub.console import mount_console
-from aifi.hub.db import engine_for, exclusive, is_transient, make_sessions, migrate, retrying
+from aifi.hub.db import is_transient
 from aifi.hub.deps import HubContext
-from aifi.hub.dispatcher import Dispatcher, ThreadPoolDispatcher
-from aifi.hub.retention import Purger
+from aifi.hub.dispatcher import Dispatcher, ElsewhereWorkers
+from aifi.hub.janitor import JANITOR_LOCK
 from aifi.hub.routes import (
     audit,
     catalog,
@@ -45,15 +53,16 @@ from aifi.hub.routes import (
     tasks,
 )
 from aifi.hub.runner import TaskRunner
-from aifi.hub.storage import ObjectStore, open_store
-from aifi.hub.tasks import recover_tasks
+from aifi.hub.storage import ObjectStore
 
-__all__ = ["START_UP_DUTIES", "create_app"]
+__all__ = ["START_UP_DUTIES", "Role", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-START_UP_DUTIES = "aifi-hub:start-up-duties"
-"""The lock one hub process holds to recover interrupted tasks and run the purge."""
+START_UP_DUTIES = JANITOR_LOCK
+"""The lock of the one active janitor (it took over the duties start-up used to do)."""
+
+Role = Literal["embedded", "api"]
 
 
 def create_app(
@@ -61,70 +70,57 @@ def create_app(
     *,
     algorithms: Callable[[str], Algorithm] | None = None,
     store: ObjectStore | None = None,
-    dispatcher: Callable[[Callable[[str], None]], Dispatcher] | None = None,
+    dispatcher: Callable[[TaskRunner], Dispatcher] | None = None,
     manifests: Callable[[], Sequence[Manifest]] | None = None,
+    role: Role = "embedded",
 ) -> FastAPI:
     """The hub as an ASGI app; nothing touches disk or starts until its lifespan begins.
 
-    ``algorithms`` resolves an algorithm id (default: the
-    :func:`aifi.algorithms.registry.install` of ``settings.model_dir`` and
-    ``settings.remote_algorithms_dir``, made when the lifespan begins),
-    ``store`` holds objects (default: a folder in ``settings.data_dir``),
-    ``dispatcher`` builds the task dispatcher around the task runner
-    (default: a thread pool of ``settings.workers``), ``manifests`` lists what
-    goes into the catalog (default: the installation's, or
-    :func:`aifi.algorithms.registry.manifests` beside a custom ``algorithms``).
-    Workers resolve through ``algorithms.runnable`` where it has one (an
-    :class:`~aifi.algorithms.registry.Installation`), so a refused model's
-    tasks are canceled with the reason.
+    ``algorithms`` resolves an algorithm id (default: the configured
+    installation, :func:`aifi.hub.bootstrap.installation`; workers then run
+    algorithms in child processes, so a time limit can end them), ``store``
+    holds objects (default: a folder in ``settings.data_dir``),
+    ``dispatcher`` replaces the embedded worker pool (it is given a
+    :class:`~aifi.hub.runner.TaskRunner`), ``manifests`` lists what goes into
+    the catalog. ``role`` is ``"embedded"`` or ``"api"`` (module docstring).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if algorithms is None:
-            installation = registry.install(settings.model_dir, settings.remote_algorithms_dir)
-            resolve: Callable[[str], Algorithm] = installation
-            installed = manifests or installation.manifests
-        else:
-            resolve = algorithms
-            installed = manifests or registry.manifests
-        run_resolve: Callable[[str], Algorithm] = getattr(resolve, "runnable", resolve)
-        engine = engine_for(settings)
-        migrate(engine)  # the embedded hub migrates; under a lock, so two at once are safe
-        sessions = make_sessions(engine)
-        objects = store or open_store(settings)
-        objects.clear_staging()  # this process's staging, and long-abandoned ones only
-        duties = ExitStack()
-        sole = duties.enter_context(exclusive(engine, START_UP_DUTIES))
-        runner = TaskRunner(sessions, objects, run_resolve)
-        pool = (
-            dispatcher(runner)
-            if dispatcher is not None
-            else ThreadPoolDispatcher(runner, settings.workers)
+        embedded = role == "embedded"
+        parts = open_hub(
+            settings,
+            algorithms=algorithms,
+            manifests=manifests,
+            store=store,
+            schema="migrate" if embedded else "check",
         )
-        app.state.hub = HubContext(settings, engine, sessions, objects, pool, resolve)
-        pool.start()
-        with sessions() as session:
-            sync_catalog(session, installed())
-        purger = Purger(sessions, objects, settings)
-        if sole:
-            for task_id in retrying(sessions, recover_tasks):
-                pool.submit(task_id)
-            purger.start()
-        else:
-            logger.warning(
-                "another hub process holds this database's start-up duties: this one neither "
-                "re-queues interrupted tasks nor runs the retention purge (one 'aifi hub serve' "
-                "per database until tasks are leased)"
+        parts.store.clear_staging()  # this process's staging, and long-abandoned ones only
+        parts.sync_catalog()
+        pool: Dispatcher
+        if not embedded:
+            pool = ElsewhereWorkers()
+        elif dispatcher is not None:
+            pool = dispatcher(
+                TaskRunner(parts.sessions, parts.store, parts.runnable, lease_s=settings.lease_s)
             )
-        logger.info("hub ready: data in %s", settings.data_dir)
+        else:
+            pool = worker_pool(parts, settings.workers)
+        janitor = janitor_for(parts) if embedded else None
+        app.state.hub = HubContext(
+            settings, parts.engine, parts.sessions, parts.store, pool, parts.algorithms
+        )
+        pool.start()
+        if janitor is not None:
+            janitor.start()
+        logger.info("hub %s ready: data in %s", role, settings.data_dir)
         try:
             yield
         finally:
-            purger.stop()
+            if janitor is not None:
+                janitor.stop()
             pool.stop()
-            duties.close()
-            engine.dispose()
+            parts.close()
             logger.info("hub stopped")
 
     app = FastAPI(

@@ -80,6 +80,31 @@ class HubSettings(BaseSettings):
     purge_interval_s: float = Field(
         default=600.0, gt=0, description="how often the hub runs the retention purge"
     )
+    lease_s: float = Field(
+        default=60.0,
+        ge=1,
+        description="how long a worker's claim on a task lasts without a heartbeat; the "
+        "janitor re-queues a task whose lease ran out (docs/queue.md)",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="runs a task gets (its worker died) before canceled"
+    )
+    worker_isolation: Literal["process", "thread"] = Field(
+        default="process",
+        description="run each algorithm in a child process (a time limit can end it) or a thread",
+    )
+    worker_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often an idle worker looks for a task"
+    )
+    janitor_interval_s: float = Field(
+        default=5.0, gt=0, description="how often the janitor reaps expired leases"
+    )
+    onnx_providers: tuple[str, ...] = Field(
+        default=("CUDAExecutionProvider", "CPUExecutionProvider"),
+        min_length=1,
+        description="ONNX Runtime execution providers, preferred first; those this "
+        "machine lacks are skipped (a CPU node runs CPUExecutionProvider)",
+    )
     model_dir: Path | None = Field(
         default=None,
         description="model store: <algorithm-id>.toml manifests and the ONNX files they pin; "
@@ -90,28 +115,11 @@ class HubSettings(BaseSettings):
         description="folder of <id>.remote.toml (or .remote.json) files, one per "
         "vendor-hosted algorithm (docs/remote-algorithms.md)",
     )
-
-    object_store: Literal["local", "s3"] = Field(
-        default="local",
-        description="where instances and results live: a folder in data_dir, or an "
-        "S3-compatible bucket (docs/object-storage.md)",
+    algorithm_plugins: tuple[str, ...] = Field(
+        default=(),
+        description="in-process algorithms from installed Python packages, as "
+        '"module:attribute" (an algorithm, or a class making one), beside the built-in ones',
     )
-    s3_endpoint_url: str | None = Field(
-        default=None, description="S3 endpoint (SeaweedFS, MinIO, Ceph...); default: AWS's"
-    )
-    s3_bucket: str | None = Field(default=None, description="bucket (made by the operator)")
-    s3_prefix: str = Field(default="", description="key prefix inside the bucket, e.g. 'hub/'")
-    s3_region: str | None = Field(default=None, description="region; default: AWS's chain")
-    s3_access_key_id: str | None = Field(
-        default=None, description="default: AWS_ACCESS_KEY_ID and the rest of AWS's chain"
-    )
-    s3_secret_access_key: SecretStr | None = Field(
-        default=None, description="default: AWS_SECRET_ACCESS_KEY and the rest of AWS's chain"
-    )
-    s3_part_size_mib: int = Field(
-        default=8, ge=5, le=5120, description="multipart upload part size (S3: at least 5 MiB)"
-    )
-
     console_secret_file: Path | None = Field(
         default=None,
         description="key that signs console session cookies (made on first start, owner-only); "

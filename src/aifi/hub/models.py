@@ -37,7 +37,10 @@ __all__ = [
     "AUDIT_TABLES",
     "Base",
     "CatalogEntry",
+    "Feedback",
     "Hospital",
+    "HospitalContact",
+    "InputStatistics",
     "Instance",
     "Principal",
     "Refusal",
@@ -45,9 +48,6 @@ __all__ = [
     "Subscription",
     "Task",
     "TaskInput",
-    "Feedback",
-    "HospitalContact",
-    "InputStatistics",
     "Token",
     "new_id",
     "utcnow",
@@ -216,6 +216,7 @@ class Task(Base):
         Index("ix_tasks_poll", "hospital_id", "acknowledged", "state", "created_at", "id"),
         Index("ix_tasks_hospital_created", "hospital_id", "created_at", "id"),
         Index("ix_tasks_state", "state"),
+        Index("ix_tasks_queue", "state", "algorithm_id", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -237,6 +238,11 @@ class Task(Base):
     compute_seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # the lease of the worker running it (aifi.hub.leases): who, until when, last heard of
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     inputs: Mapped[list[TaskInput]] = relationship(
         back_populates="task", cascade="all, delete-orphan"

@@ -1,14 +1,24 @@
-"""Run one task: select inputs, run the algorithm, store its results as DICOM.
+"""Run one claimed task: select inputs, run the algorithm, store its results as DICOM.
 
-A worker claims the task (SCHEDULED → IN PROGRESS, atomically, so a task
-queued twice runs once), reads the instances it was given, lets
-:func:`aifi.algorithms.selection.select_inputs` choose what the algorithm
-sees, runs it, and hands the findings to :func:`aifi.results.encode_results`.
-Result objects, their references and the findings are committed together
-with COMPLETED, so a crash leaves either nothing or everything. Any
-:class:`aifi.errors.AlgorithmError` ends the task CANCELED with its message
-as the reason (PS3.4 CC.1.1: a failed procedure step is canceled with its
-reason recorded); anything unexpected ends it CANCELED as an internal error.
+A worker holds the task's lease (:mod:`aifi.hub.leases`: claimed atomically,
+so a task delivered twice runs once). The runner works in three steps and
+holds a database session only in the first and the last:
+
+1. *load*: the task, its instances, the algorithm's manifest;
+   :func:`aifi.algorithms.selection.select_inputs` chooses what the
+   algorithm sees; ``run.started`` is audited; the session is closed;
+2. *run*: the :class:`aifi.hub.executor.Executor` runs the algorithm and
+   encodes its findings (:func:`aifi.hub.executor.perform`), within the
+   manifest's ``resources.time_limit_s``, while the runner renews the lease;
+3. *commit*: result objects are put into the object store, then — fenced on
+   the lease still being this worker's — their rows, the findings and
+   COMPLETED are committed together, so a crash leaves either nothing or
+   everything, and a worker that lost its lease commits nothing.
+
+Any :class:`aifi.errors.AlgorithmError` ends the task CANCELED with its
+message as the reason (PS3.4 CC.1.1: a failed procedure step is canceled
+with its reason recorded) — a run past its time limit with "time limit of N
+s exceeded"; anything unexpected ends it CANCELED as an internal error.
 """
 
 from __future__ import annotations
@@ -17,146 +27,312 @@ import contextlib
 import dataclasses
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pydicom
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from aifi.algorithms.base import Algorithm, Findings, InputInstance, Manifest
+from aifi.algorithms.base import Algorithm, AlgorithmInput, InputInstance, Manifest
 from aifi.algorithms.selection import select_inputs
 from aifi.errors import AlgorithmError
 from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
-from aifi.hub.db import SessionFactory
-from aifi.hub.models import Result, Task, utcnow
-from aifi.hub.schemas import TaskState
+from aifi.hub.db import SessionFactory, retrying
+from aifi.hub.executor import EncodedResult, Executor, Job, LeaseLost, Outcome, ThreadExecutor
+from aifi.hub.leases import claim, fence, release, renew, worker_identity
+from aifi.hub.models import Result, Task
 from aifi.hub.storage import ObjectStore, object_key
-from aifi.results import encode_results
+from aifi.hub.schemas import TaskState
 
 __all__ = ["TaskRunner"]
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    """What step 1 hands on: no ORM object outlives its session."""
+
+    task_id: str
+    hospital_id: str
+    algorithm_id: str
+    algorithm_version: str | None
+    agreement_reference: str | None
+    correlation_id: str | None
+    manifest: Manifest
+    object_keys: tuple[str, ...]
+    instances: tuple[InputInstance, ...]
+    earlier_series: int
+
+
 class TaskRunner:
-    """Callable a dispatcher runs with a task id."""
+    """Runs tasks for one worker slot: claims by id (``runner(task_id)``) or runs a claimed one.
+
+    ``algorithms`` resolves an id to the algorithm (its manifest is read
+    here; a refused model raises its reason). ``executor`` runs it (default:
+    on a thread with ``algorithms``). ``lease_s`` is the lease claimed and
+    renewed every third of it. ``stopping`` set: a running task is given
+    back to the queue instead of finished.
+    """
 
     def __init__(
         self,
         sessions: SessionFactory,
         store: ObjectStore,
         algorithms: Callable[[str], Algorithm],
+        executor: Executor | None = None,
+        *,
+        lease_s: float = 60.0,
+        worker: str | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
         self._algorithms = algorithms
+        self._executor = executor or ThreadExecutor(algorithms)
+        self.lease_s = lease_s
+        self.worker = worker or worker_identity()
+        self._stopping = stopping or threading.Event()
 
     def __call__(self, task_id: str) -> None:
+        """Claim ``task_id`` and run it; nothing when another worker has it or it has ended."""
+        if not retrying(self._sessions, lambda s: claim(s, task_id, self.worker, self.lease_s)):
+            logger.debug("task %s is not SCHEDULED any more; skipped", task_id)
+            return
+        self.run_claimed(task_id)
+
+    def warm(self) -> None:
+        """Start the executor before taking a task (a child process loads its algorithms)."""
+        self._executor.start()
+
+    def close(self) -> None:
+        self._executor.close()
+
+    def run_claimed(self, task_id: str) -> None:
+        """Run a task this worker has claimed, to COMPLETED or CANCELED (or back to the queue)."""
         started = time.perf_counter()
-        with self._sessions() as session:
-            if not _claim(session, task_id):
-                logger.debug("task %s is not SCHEDULED any more; skipped", task_id)
-                return
-            task = session.get(Task, task_id)
-            assert task is not None
-            _audit(session, task, "run.started", {"inputs": len(task.inputs)})
-            written: list[str] = []
-            try:
-                self._run(session, task, written, started)
-            except AlgorithmError as exc:
-                self._discard(session, written)
-                _cancel(session, task, str(exc) or type(exc).__name__, started)
-            except Exception as exc:  # a worker must survive any plug-in failure
-                logger.exception("task %s failed unexpectedly", task_id)
-                self._discard(session, written)
-                _cancel(session, task, f"internal error: {type(exc).__name__}", started)
-        logger.info(
-            "task %s ended %s in %.3f s", task_id, task.state, time.perf_counter() - started
-        )
+        try:
+            loaded = retrying(self._sessions, lambda s: self._load(s, task_id))
+        except AlgorithmError as exc:
+            self._cancel(task_id, str(exc) or type(exc).__name__, started)
+            return
+        except Exception as exc:  # a worker must survive any plug-in or data failure
+            logger.exception("task %s could not be prepared", task_id)
+            self._cancel(task_id, f"internal error: {type(exc).__name__}", started)
+            return
+        if loaded is None:
+            return
+        written: list[str] = []
+        try:
+            with self._materialized(loaded) as instances:
+                inputs = select_inputs(loaded.manifest, instances)
+                outcome = self._execute(loaded, inputs)
+            for encoded in outcome.results:
+                written.append(self._store_result(loaded.hospital_id, encoded))
+            ended = retrying(
+                self._sessions, lambda s: self._complete(s, loaded, outcome, written, started)
+            )
+        except LeaseLost as exc:
+            logger.warning("task %s: %s", task_id, exc)
+            self._discard(written)
+            if self._stopping.is_set():
+                retrying(self._sessions, lambda s: release(s, task_id, self.worker))
+            return
+        except AlgorithmError as exc:
+            self._discard(written)
+            self._cancel(task_id, str(exc) or type(exc).__name__, started)
+            return
+        except Exception as exc:
+            logger.exception("task %s failed unexpectedly", task_id)
+            self._discard(written)
+            self._cancel(task_id, f"internal error: {type(exc).__name__}", started)
+            return
+        if not ended:
+            self._discard(written)
+            logger.warning("task %s: lease lost before its results were committed", task_id)
+            return
+        logger.info("task %s completed in %.3f s", task_id, time.perf_counter() - started)
 
-    def _discard(self, session: Session, written: list[str]) -> None:
-        session.rollback()
-        for key in written:
-            self._store.delete(key)
-
-    def _run(self, session: Session, task: Task, written: list[str], started: float) -> None:
-        algorithm = self._algorithms(task.algorithm_id)
-        manifest = algorithm.manifest
+    def _load(self, session: Session, task_id: str) -> _Loaded | None:
+        task = session.get(Task, task_id)
+        if task is None or task.state != TaskState.IN_PROGRESS or task.claimed_by != self.worker:
+            logger.debug("task %s is not this worker's; skipped", task_id)
+            return None
+        manifest = self._algorithms(task.algorithm_id).manifest
         if task.algorithm_version is not None and manifest.version != task.algorithm_version:
             raise AlgorithmError(
                 f"the task was accepted for {manifest.id} {task.algorithm_version}, "
                 f"but this hub now runs {manifest.version}; create the task again"
             )
-        with contextlib.ExitStack() as files:  # local files for the run (ObjectStore.materialize)
-            instances = [
+        links = [link.instance for link in task.inputs]
+        loaded = _Loaded(
+            task_id=task.id,
+            hospital_id=task.hospital_id,
+            algorithm_id=task.algorithm_id,
+            algorithm_version=task.algorithm_version,
+            agreement_reference=task.agreement_reference,
+            correlation_id=task.correlation_id,
+            manifest=manifest,
+            object_keys=tuple(i.object_key for i in links),
+            instances=tuple(
                 InputInstance(
-                    path=files.enter_context(self._store.materialize(link.instance.object_key)),
-                    sop_instance_uid=link.instance.sop_instance_uid,
-                    sop_class_uid=link.instance.sop_class_uid,
-                    series_instance_uid=link.instance.series_instance_uid,
+                    path=Path(),
+                    sop_instance_uid=i.sop_instance_uid,
+                    sop_class_uid=i.sop_class_uid,
+                    series_instance_uid=i.series_instance_uid,
                 )
-                for link in task.inputs
-            ]
-            inputs = select_inputs(manifest, instances)
-            ran = time.perf_counter()
-            findings = algorithm.run(inputs)
-            logger.debug("task %s: algorithm ran in %.3f s", task.id, time.perf_counter() - ran)
-            sources = [i.read(stop_before_pixels=True) for i in inputs.instances]
-        earlier = _earlier_result_series(session, task, inputs.study_instance_uid)
-        objects = encode_results(findings, manifest, sources, earlier_series=earlier)
-        for kind, ds in objects:
-            result = self._store_result(task, kind, ds)
-            written.append(result.object_key)
-            task.results.append(result)
-        _complete(session, task, manifest, findings, started)
-        _audit(
-            session,
-            task,
-            "results.made",
-            {
-                "objects": len(task.results),
-                "kinds": sorted({r.kind for r in task.results}),
-                "bytes": sum(r.size for r in task.results),
-            },
+                for i in links
+            ),
+            earlier_series=_earlier_result_series(session, task),
         )
-        _audit(
-            session,
-            task,
-            "run.completed",
-            {"compute_seconds": task.compute_seconds, "urgent": task.urgent},
-        )
+        session.commit()
+        _audit(session, loaded, "run.started", {"inputs": len(links), "worker": self.worker})
+        return loaded
 
-    def _store_result(self, task: Task, kind: str, ds: pydicom.Dataset) -> Result:
+    @contextlib.contextmanager
+    def _materialized(self, loaded: _Loaded) -> Iterator[list[InputInstance]]:
+        """The inputs as local files for the run (a copy in staging where the store is remote)."""
+        with contextlib.ExitStack() as stack:
+            yield [
+                dataclasses.replace(
+                    instance, path=stack.enter_context(self._store.materialize(key))
+                )
+                for instance, key in zip(loaded.instances, loaded.object_keys, strict=True)
+            ]
+
+    def _execute(self, loaded: _Loaded, inputs: AlgorithmInput) -> Outcome:
+        def heartbeat() -> bool:
+            return retrying(
+                self._sessions, lambda s: renew(s, loaded.task_id, self.worker, self.lease_s)
+            )
+
+        ran = time.perf_counter()
+        outcome = self._executor.execute(
+            Job(loaded.algorithm_id, inputs, loaded.earlier_series),
+            loaded.manifest.resources.time_limit_s,
+            heartbeat,
+            max(self.lease_s / 3, 0.5),
+            self._stopping.is_set,
+        )
+        logger.debug("task %s: ran in %.3f s", loaded.task_id, time.perf_counter() - ran)
+        return outcome
+
+    def _discard(self, written: list[str]) -> None:
+        for key in written:
+            self._store.delete(key)
+        written.clear()
+
+    def _store_result(self, hospital_id: str, encoded: EncodedResult) -> str:
         key = object_key(
             "results",
-            task.hospital_id,
-            str(ds.StudyInstanceUID),
-            str(ds.SeriesInstanceUID),
-            str(ds.SOPInstanceUID),
+            hospital_id,
+            encoded.study_instance_uid,
+            encoded.series_instance_uid,
+            encoded.sop_instance_uid,
         )
         handle, staged = self._store.new_temporary()
         try:
             with handle:
-                ds.save_as(handle, enforce_file_format=True)
-            size = self._store.put(staged, key)
+                handle.write(encoded.data)
+            self._store.put(staged, key)
         finally:
             Path(staged).unlink(missing_ok=True)
-        return Result(
-            hospital_id=task.hospital_id,
-            kind=kind,
-            study_instance_uid=str(ds.StudyInstanceUID),
-            series_instance_uid=str(ds.SeriesInstanceUID),
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            object_key=key,
-            size=size,
+        return key
+
+    def _complete(
+        self,
+        session: Session,
+        loaded: _Loaded,
+        outcome: Outcome,
+        written: list[str],
+        started: float,
+    ) -> bool:
+        """Results, findings and COMPLETED in one transaction, fenced on the lease; False: lost."""
+        if not fence(session, loaded.task_id, self.worker):
+            session.rollback()
+            return False
+        task = session.get(Task, loaded.task_id)
+        assert task is not None
+        for encoded, key in zip(outcome.results, written, strict=True):
+            task.results.append(
+                Result(
+                    hospital_id=loaded.hospital_id,
+                    kind=encoded.kind,
+                    study_instance_uid=encoded.study_instance_uid,
+                    series_instance_uid=encoded.series_instance_uid,
+                    sop_instance_uid=encoded.sop_instance_uid,
+                    sop_class_uid=encoded.sop_class_uid,
+                    object_key=key,
+                    size=len(encoded.data),
+                )
+            )
+        findings = outcome.findings
+        task.state = TaskState.COMPLETED.value
+        task.algorithm_version = outcome.manifest.version
+        task.urgent = findings.urgent
+        task.findings = _json_ready(dataclasses.asdict(findings))
+        task.reason = None
+        task.lease_until = None
+        task.compute_seconds = time.perf_counter() - started
+        session.commit()
+        _audit(
+            session,
+            loaded,
+            "results.made",
+            {
+                "objects": len(outcome.results),
+                "kinds": sorted({r.kind for r in outcome.results}),
+                "bytes": sum(len(r.data) for r in outcome.results),
+            },
         )
+        _audit(
+            session,
+            loaded,
+            "run.completed",
+            {
+                "compute_seconds": task.compute_seconds,
+                "urgent": task.urgent,
+                "execution_provider": findings.details.get("execution_provider"),
+            },
+        )
+        return True
+
+    def _cancel(self, task_id: str, reason: str, started: float) -> None:
+        def work(session: Session) -> bool:
+            if not fence(session, task_id, self.worker):
+                session.rollback()
+                return False
+            task = session.get(Task, task_id)
+            assert task is not None
+            task.state = TaskState.CANCELED.value
+            task.reason = reason[:2000]
+            task.lease_until = None
+            task.compute_seconds = time.perf_counter() - started
+            session.commit()
+            audit_log_of(session).append(
+                "run.canceled",
+                actor=SYSTEM_ACTOR,
+                hospital=task.hospital_id,
+                task=task.id,
+                algorithm=task.algorithm_id,
+                algorithm_version=task.algorithm_version,
+                agreement=task.agreement_reference,
+                correlation_id=task.correlation_id,
+                detail={"reason": task.reason},
+            )
+            return True
+
+        if retrying(self._sessions, work):
+            logger.warning("task %s canceled: %s", task_id, reason)
+        else:
+            logger.warning("task %s: lease lost before it could be canceled (%s)", task_id, reason)
 
 
-def _earlier_result_series(session: Session, task: Task, study_instance_uid: str) -> int:
+def _earlier_result_series(session: Session, task: Task) -> int:
     """How many result series this hospital's earlier tasks of this algorithm made on the study.
 
     A re-run's series are numbered after them
@@ -167,7 +343,7 @@ def _earlier_result_series(session: Session, task: Task, study_instance_uid: str
         .join(Task, Result.task_id == Task.id)
         .where(
             Result.hospital_id == task.hospital_id,
-            Result.study_instance_uid == study_instance_uid,
+            Result.study_instance_uid == task.study_instance_uid,
             Task.algorithm_id == task.algorithm_id,
             Task.id != task.id,
         )
@@ -175,49 +351,16 @@ def _earlier_result_series(session: Session, task: Task, study_instance_uid: str
     return int(count or 0)
 
 
-def _claim(session: Session, task_id: str) -> bool:
-    """SCHEDULED → IN PROGRESS in one statement; False when someone else has it."""
-    claimed = session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.state == TaskState.SCHEDULED.value)
-        .values(state=TaskState.IN_PROGRESS.value, updated_at=utcnow())
-    )
-    session.commit()
-    return bool(getattr(claimed, "rowcount", 0))
-
-
-def _complete(
-    session: Session, task: Task, manifest: Manifest, findings: Findings, started: float
-) -> None:
-    task.state = TaskState.COMPLETED.value
-    task.algorithm_version = manifest.version
-    task.urgent = findings.urgent
-    task.findings = _json_ready(dataclasses.asdict(findings))
-    task.reason = None
-    task.compute_seconds = time.perf_counter() - started
-    session.commit()
-
-
-def _cancel(session: Session, task: Task, reason: str, started: float) -> None:
-    logger.warning("task %s canceled: %s", task.id, reason)
-    session.refresh(task)
-    task.state = TaskState.CANCELED.value
-    task.reason = reason[:2000]
-    task.compute_seconds = time.perf_counter() - started
-    session.commit()
-    _audit(session, task, "run.canceled", {"reason": task.reason})
-
-
-def _audit(session: Session, task: Task, action: str, detail: dict[str, Any]) -> None:
+def _audit(session: Session, loaded: _Loaded, action: str, detail: dict[str, Any]) -> None:
     audit_log_of(session).append(
         action,
         actor=SYSTEM_ACTOR,
-        hospital=task.hospital_id,
-        task=task.id,
-        algorithm=task.algorithm_id,
-        algorithm_version=task.algorithm_version,
-        agreement=task.agreement_reference,
-        correlation_id=task.correlation_id,
+        hospital=loaded.hospital_id,
+        task=loaded.task_id,
+        algorithm=loaded.algorithm_id,
+        algorithm_version=loaded.algorithm_version,
+        agreement=loaded.agreement_reference,
+        correlation_id=loaded.correlation_id,
         detail=detail,
     )
 

@@ -1,13 +1,17 @@
-"""Run the hub under uvicorn: in the foreground (``aifi hub serve``) or on a thread.
+"""Run the hub under uvicorn: in the foreground (``aifi hub serve``, ``api``) or on a thread.
 
-The thread form serves the demo and tests: one process holds hub, edge and
-a PACS on loopback, and the hub stops cleanly (workers finish, queued tasks
-stay SCHEDULED for the next start).
+``serve`` runs the embedded hub (API, workers and janitor in one process)
+or, with ``role="api"``, the HTTP API alone; :func:`serve_api_processes`
+runs the API in several uvicorn worker processes on one port. The thread
+form (:class:`HubServer`) serves the demo and tests: one process holds hub,
+edge and a PACS on loopback, and the hub stops cleanly (workers finish or
+give their tasks back to the queue for the next start).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import threading
 import time
@@ -20,13 +24,18 @@ from fastapi import FastAPI
 from aifi.algorithms.base import Algorithm
 from aifi.algorithms.registry import Installation
 from aifi.errors import AifiError, ConfigError
-from aifi.hub.app import create_app
+from aifi.hub.app import Role, create_app
 from aifi.hub.config import HubSettings
 
-__all__ = ["HubServer", "bind", "serve"]
+__all__ = ["HubServer", "api_app", "bind", "serve", "serve_api_processes"]
+
+SETTINGS_VARIABLE = "AIFI_API_SETTINGS_JSON"
+"""How :func:`serve_api_processes` hands the settings to its uvicorn worker processes."""
 
 
-def serve(settings: HubSettings, installation: Installation | None = None) -> None:
+def serve(
+    settings: HubSettings, installation: Installation | None = None, role: Role = "embedded"
+) -> None:
     """Serve until interrupted (SIGINT/SIGTERM), on ``settings.host:settings.port``.
 
     ``installation`` is the algorithms to run (default: made from
@@ -39,11 +48,37 @@ def serve(settings: HubSettings, installation: Installation | None = None) -> No
         settings,
         algorithms=algorithms,
         manifests=installation.manifests if installation is not None else None,
+        role=role,
     )
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def api_app() -> FastAPI:
+    """The API app of one uvicorn worker process (:func:`serve_api_processes`)."""
+    settings = HubSettings.model_validate_json(os.environ[SETTINGS_VARIABLE])
+    return create_app(settings, role="api")
+
+
+def serve_api_processes(settings: HubSettings, processes: int) -> None:
+    """``aifi hub api --processes N``: N uvicorn worker processes sharing the port.
+
+    The API holds no state of its own (the database holds it all), so
+    requests may land on any process of any replica.
+    """
+    bind(settings).close()  # a port in use is one ConfigError before anything starts
+    os.environ[SETTINGS_VARIABLE] = settings.model_dump_json()
+    uvicorn.run(
+        "aifi.hub.server:api_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=processes,
+        log_level=settings.log_level,
+        log_config=None,
+    )
 
 
 def bind(settings: HubSettings) -> socket.socket:

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,8 +27,8 @@ from aifi.errors import AlgorithmError
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.catalog import select_version
 from aifi.hub.models import Instance, Result, Task, TaskInput, utcnow
-from aifi.hub.schemas import Acknowledge, ResultRef, TaskCreate, TaskOut, TaskState
 from aifi.hub.subscriptions import covering
+from aifi.hub.schemas import Acknowledge, ResultRef, TaskCreate, TaskOut, TaskState
 
 __all__ = [
     "TaskRefused",
@@ -36,7 +36,6 @@ __all__ = [
     "create_task",
     "find_task",
     "list_tasks",
-    "recover_tasks",
     "rerun_task",
     "task_out",
 ]
@@ -281,34 +280,6 @@ def acknowledge_task(
         )
         logger.info("task %s acknowledged by the edge", task.id)
     return task
-
-
-def recover_tasks(session: Session) -> list[str]:
-    """Tasks to run again after a restart, oldest first (all hospitals).
-
-    A task left IN PROGRESS by a killed hub is put back to SCHEDULED: its
-    results were not committed, so running it again is safe.
-    """
-    interrupted = session.execute(
-        update(Task)
-        .where(Task.state == TaskState.IN_PROGRESS.value)
-        .values(state=TaskState.SCHEDULED.value, updated_at=utcnow())
-    )
-    session.commit()
-    ids = list(
-        session.scalars(
-            select(Task.id)
-            .where(Task.state == TaskState.SCHEDULED.value)
-            .order_by(Task.created_at, Task.id)
-        )
-    )
-    if ids:
-        logger.info(
-            "re-queuing %d tasks (%d were interrupted)",
-            len(ids),
-            getattr(interrupted, "rowcount", 0),
-        )
-    return ids
 
 
 def rerun_task(session: Session, task_id: str, *, actor: str) -> Task | TaskRefused:
