@@ -97,6 +97,22 @@ def test_a_dead_letter_is_retried_from_the_page_and_lands_in_orthanc(tmp_path: P
                     assert "task-delivered" in events
                     page.screenshot(path=str(shots / "3-task.png"), full_page=True)
 
+                    # the radiologist disagrees, with a correction code: to the hub, no identity
+                    page.check("input[name=verdict][value=disagree]")
+                    page.fill("input[name=code_value]", "72704001")
+                    page.fill("input[name=code_meaning]", "Fracture")
+                    page.click("#feedback button[type=submit]")
+                    page.wait_for_selector(".message")
+                    assert "sent to the hub" in page.inner_text(".message")
+                    hub_task = edge.state.task(task.id).hub_task_id
+                    stored = httpx.get(
+                        f"{hub_url}/tasks/{hub_task}/feedback",
+                        headers={"Authorization": f"Bearer {token}"},
+                    ).json()
+                    assert stored["verdict"] == "disagree"
+                    assert stored["correction"]["code_value"] == "72704001"
+                    assert PATIENT_NAME.split(",")[0] not in str(stored)
+
             lookups = [lk for lk in edge.pseudonym_map.lookups() if lk.purpose == "status page"]
             assert lookups and all(lk.found for lk in lookups)
             assert any(e["kind"] == "retry-requested" for e in edge.state.task_events(task.id))
