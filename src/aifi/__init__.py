@@ -5,7 +5,7 @@ and the *hub*, which runs once nationally. See ``DESIGN.md`` in the shared
 folder of the project for the picture and the words used throughout.
 """
 
-from aifi.errors import AifiError
+from aifi.core.errors import AifiError
 
 __all__ = ["AifiError", "__version__"]
 

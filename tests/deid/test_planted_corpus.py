@@ -11,6 +11,7 @@ hub's own check accepts the file.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pydicom
@@ -97,3 +98,49 @@ def test_a_coded_string_outside_its_defined_terms_is_neither_copied_nor_accepted
     hostile.save_as(tmp_path / "hostile.dcm")
     (problem,) = check_deidentified_file(tmp_path / "hostile.dcm")
     assert "Modality" in problem and "defined terms" in problem and "DUP0004" not in problem
+
+
+def test_a_deflate_bomb_is_refused_not_inflated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zlib
+
+    from aifi.deid import encoding
+    from aifi.deid.filecopy import read_file_meta
+    from aifi.errors import PseudonymizationError
+
+    monkeypatch.setattr(encoding, "MAX_INFLATED_BYTES", 1 << 20)
+    from deid_support import make_instance, write
+
+    ds = make_instance()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    sound = write(ds, tmp_path / "deflated.dcm")
+    raw = sound.read_bytes()
+    start, _syntax = read_file_meta(raw)
+    plain = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw[start:])
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = deflater.compress(plain + b"\0" * (8 << 20)) + deflater.flush()  # ~8 KB → 8 MiB
+    (tmp_path / "bomb.dcm").write_bytes(raw[:start] + bomb)
+    with pytest.raises(PseudonymizationError, match="deflate bomb"):
+        Pseudonymizer(KEY).pseudonymize_file(tmp_path / "bomb.dcm", tmp_path / "out.dcm")
+    assert not (tmp_path / "out.dcm").exists()
+
+
+def test_sequences_nested_too_deep_are_a_named_refusal(tmp_path: Path) -> None:
+    from deid_support import make_instance, write
+
+    from aifi.errors import PseudonymizationError
+
+    src = write(make_instance(), tmp_path / "in.dcm")
+    raw = src.read_bytes()
+    sequence = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    ends = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    pixel = raw.index(b"\xe0\x7f\x10\x00")
+    deep = (sequence + item) * 3000 + ends * 3000
+    src.write_bytes(raw[:pixel] + deep + raw[pixel:])
+    with pytest.raises(PseudonymizationError, match="nested too deeply"):
+        Pseudonymizer(KEY).pseudonymize_file(src, tmp_path / "out.dcm")
+    assert not (tmp_path / "out.dcm").exists()
+    (problem,) = check_deidentified_file(src)  # the hub's check: a refusal, not a crash
+    assert "nested too deeply" in problem

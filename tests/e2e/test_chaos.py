@@ -44,7 +44,7 @@ def edge(tmp_path: Path, hub: HubProcess, orthanc: Orthanc) -> Iterator[EdgeProc
         folder,
         f"""\
 data_dir = "data"
-quiet_period_s = 0.5
+quiet_period_s = 2
 
 [listener]
 port = {port}

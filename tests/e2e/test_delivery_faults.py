@@ -30,7 +30,7 @@ from aifi.edge.config import (
     HubPeer,
     ListenerSettings,
 )
-from aifi.edge.hub_client import HubClient
+from aifi.protocol.client import HubClient
 from aifi.edge.requeue import retry_task
 from aifi.edge.rules import Rule
 from aifi.edge.service import EdgeService

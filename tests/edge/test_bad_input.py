@@ -275,8 +275,9 @@ def test_pseudonymize_goes_through_the_whole_corpus(tmp_path: Path) -> None:
     assert summary is not None, output
     total = sum(int(n) for n in summary.groups())
     assert total == len(CASES) + 2  # every file has an outcome
-    for name in ("truncated", "nesting-3000"):
-        assert re.search(rf"failed: {name}\.dcm: \S", output), output
+    assert re.search(r"failed: truncated\.dcm: \S", output), output
+    # too deep to walk: a named refusal of the pseudonymizer, not a crash of the batch
+    assert "nesting-3000.dcm: its sequences are nested too deeply" in output, output
     assert "nested too deeply" in output
     assert int(summary.group(1)) >= 3  # the sound ones (deflated-fine, invalid-utf8, iso-2022)
     for path in tmp_path.rglob("*"):

@@ -19,7 +19,7 @@ from aifi.algorithms.base import Algorithm, AlgorithmInput, Findings, Manifest
 from aifi.deid import Pseudonymizer
 from aifi.edge.catalog import HubCatalog
 from aifi.edge.config import HubPeer
-from aifi.edge.hub_client import HubClient
+from aifi.protocol.client import HubClient
 from aifi.errors import HubRefused, HubUnavailable
 from aifi.netutil import free_port
 

@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 
 from aifi.algorithms.base import Algorithm
 from aifi.hub.console.pages import router
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub, new_uid, pseudonymized
 from .consoletools import Flaky, csrf_of, login

@@ -25,7 +25,7 @@ from aifi.hub.models import (
     Task,
     TaskInput,
 )
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub, new_uid, pseudonymized
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from aifi.algorithms.base import Algorithm, AlgorithmInput, Findings, Manifest
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub, new_uid, pseudonymized
 

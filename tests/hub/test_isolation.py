@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub, multipart, new_uid, pseudonymized, split_multipart
 

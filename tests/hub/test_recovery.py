@@ -15,7 +15,7 @@ from aifi.hub.db import make_engine, make_sessions
 from aifi.hub.models import Task
 from aifi.hub.runner import TaskRunner
 from aifi.hub.storage import LocalFolderStore
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub, serving
 

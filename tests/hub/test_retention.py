@@ -17,7 +17,7 @@ from aifi.hub.app import create_app
 from aifi.hub.config import HubSettings
 from aifi.hub.db import make_engine, make_sessions
 from aifi.hub.models import Instance, Result, utcnow
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub, serving
 

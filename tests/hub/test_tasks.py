@@ -11,7 +11,7 @@ import pytest
 from aifi.algorithms.base import Algorithm, AlgorithmInput, Findings, Manifest
 from aifi.algorithms.integrity_check import pixel_digest
 from aifi.errors import InputNotAccepted
-from aifi.hub.schemas import TaskOut, TaskState
+from aifi.protocol.schemas import TaskOut, TaskState
 
 from .conftest import Hub, new_uid, split_multipart
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub
 

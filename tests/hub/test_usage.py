@@ -19,7 +19,7 @@ from aifi.errors import InputNotAccepted
 from aifi.hub.config import HubSettings
 from aifi.hub.db import make_engine, make_sessions
 from aifi.hub.models import Task
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub, new_uid, pseudonymized, split_multipart
 

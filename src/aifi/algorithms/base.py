@@ -10,16 +10,23 @@ storage, DICOM networking or DICOM encoding: the platform selects inputs
 Modelled on the MONAI Deploy App SDK's declared inputs/outputs and on IHE
 AI Results (AIR), which asks every result to carry the algorithm's identity
 and version.
+
+The definitions live in the contract layer, :mod:`aifi.core.manifest` and
+:mod:`aifi.core.findings`; this module names them for algorithm authors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
-
-import pydicom
+from aifi.core.findings import Box, Code, Findings, ImageFinding, Measurement
+from aifi.core.manifest import (
+    Algorithm,
+    AlgorithmInput,
+    InputInstance,
+    Manifest,
+    Resources,
+    SelectionRule,
+    instances_of,
+)
 
 __all__ = [
     "Algorithm",
@@ -33,161 +40,5 @@ __all__ = [
     "Measurement",
     "Resources",
     "SelectionRule",
+    "instances_of",
 ]
-
-
-@dataclass(frozen=True)
-class Code:
-    """A coded concept (value, scheme designator, meaning), e.g. SNOMED CT or DCM."""
-
-    value: str
-    scheme: str
-    meaning: str
-
-
-@dataclass(frozen=True)
-class SelectionRule:
-    """One declarative condition on the DICOM attributes of a series.
-
-    ``keyword`` is a DICOM keyword. A value matches when it equals one of
-    ``any_of`` (case-insensitive), matches one of the shell-style
-    ``patterns``, or lies within ``[minimum, maximum]`` for numbers. ``required``
-    False means a missing attribute does not refuse the series.
-    """
-
-    keyword: str
-    any_of: tuple[str, ...] = ()
-    patterns: tuple[str, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one run needs."""
-
-    device: Literal["cpu", "gpu"] = "cpu"
-    memory_mb: int = 512
-    time_limit_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What the catalog, the edge's router and the pseudonymizer know of an algorithm."""
-
-    id: str
-    version: str
-    name: str
-    vendor: str
-    intended_use: str
-    regulatory_status: str
-    accepts: tuple[SelectionRule, ...]
-    keep_attributes: tuple[str, ...] = ()
-    produces: tuple[str, ...] = ("sr",)
-    resources: Resources = field(default_factory=Resources)
-    accepts_non_images: bool = False
-    model_sha256: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.id or not self.id.replace("-", "").isalnum():
-            raise ValueError(f"manifest id {self.id!r} must be letters, digits and dashes")
-        if not self.version:
-            raise ValueError(f"manifest {self.id!r} needs a version")
-
-
-@dataclass(frozen=True)
-class InputInstance:
-    """One pseudonymized instance handed to an algorithm (a file the platform stored)."""
-
-    path: Path
-    sop_instance_uid: str
-    sop_class_uid: str
-    series_instance_uid: str
-
-    def read(self, *, stop_before_pixels: bool = False) -> pydicom.Dataset:
-        return pydicom.dcmread(self.path, stop_before_pixels=stop_before_pixels)
-
-
-@dataclass(frozen=True)
-class AlgorithmInput:
-    """The selected instances of one pseudonymized study."""
-
-    study_instance_uid: str
-    instances: tuple[InputInstance, ...]
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """A numeric finding with a UCUM unit (TID 300 style)."""
-
-    concept: Code
-    value: float
-    unit: Code
-
-
-@dataclass(frozen=True)
-class Box:
-    """A rectangle on one image, in pixel coordinates (column, row), with a score."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    label: str
-    score: float
-
-
-@dataclass(frozen=True)
-class ImageFinding:
-    """What an algorithm found on one source image."""
-
-    sop_instance_uid: str
-    measurements: tuple[Measurement, ...] = ()
-    texts: tuple[tuple[Code, str], ...] = ()
-    boxes: tuple[Box, ...] = ()
-    frame_number: int | None = None
-    evaluations: tuple[tuple[Code, Code], ...] = ()
-    """Coded qualitative evaluations (name, value) of this image, e.g. presence: absent."""
-
-
-@dataclass(frozen=True)
-class Findings:
-    """The whole answer of one run: per study and per image.
-
-    ``finding`` is the coded positive finding (None when nothing was found).
-    ``finding_type`` is what the algorithm looks for whatever the answer
-    (the "Finding" of every TID 1501 measurement group), ``presence`` its
-    answer (CID 240: present, absent; or equivocal), so that a negative
-    result is coded too. ``evaluations`` are further coded study-level
-    answers (name, value), ``procedure`` the imaging procedure the result
-    reports on (TID 1500 Procedure Reported).
-    """
-
-    summary: str
-    finding: Code | None = None
-    urgent: bool = False
-    measurements: tuple[Measurement, ...] = ()
-    images: tuple[ImageFinding, ...] = ()
-    demo_model: bool = False
-    details: dict[str, Any] = field(default_factory=dict)
-    finding_type: Code | None = None
-    presence: Code | None = None
-    evaluations: tuple[tuple[Code, Code], ...] = ()
-    procedure: Code | None = None
-
-
-@runtime_checkable
-class Algorithm(Protocol):
-    """A manifest plus one method."""
-
-    manifest: Manifest
-
-    def run(self, inputs: AlgorithmInput) -> Findings:
-        """Analyse the inputs; raise :class:`aifi.errors.InputNotAccepted` when they do not fit."""
-        ...
-
-
-def instances_of(inputs: AlgorithmInput) -> Sequence[InputInstance]:
-    """The inputs in a stable order (series, then SOP Instance UID)."""
-    return sorted(inputs.instances, key=lambda i: (i.series_instance_uid, i.sop_instance_uid))

@@ -21,7 +21,7 @@ from aifi.errors import AifiError
 if TYPE_CHECKING:  # the edge is imported by the commands that run, not by --help
     from aifi.edge.config import EdgeSettings
     from aifi.edge.policy import ReleasePolicy
-    from aifi.hub.schemas import CatalogEntryOut
+    from aifi.protocol.schemas import CatalogEntryOut
 
 app = typer.Typer(help="The hospital's release policy: what may leave per algorithm version.")
 
@@ -47,7 +47,7 @@ def _policy(settings: EdgeSettings) -> ReleasePolicy:
 
 
 def _catalog(settings: EdgeSettings) -> list[CatalogEntryOut]:
-    from aifi.edge.hub_client import HubClient
+    from aifi.protocol.client import HubClient
 
     hub = HubClient(settings.hub)
     try:
@@ -74,7 +74,7 @@ def show(config: ConfigOption = Path("edge.toml")) -> None:
 @app.command()
 def diff(config: ConfigOption = Path("edge.toml")) -> None:
     """Compare the hub's requests with the policy; exit 1 while a version awaits approval."""
-    from aifi.hub.schemas import AlgorithmState
+    from aifi.protocol.schemas import AlgorithmState
 
     settings = _settings(config)
     policy = _policy(settings)

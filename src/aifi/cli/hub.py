@@ -237,7 +237,7 @@ def operator_add(
 ) -> None:
     """Add an operator (catalog, hospitals, subscriptions) or auditor; print its token."""
     from aifi.hub.principals import add_principal, issue_token
-    from aifi.hub.schemas import Role
+    from aifi.protocol.schemas import Role
 
     with _session(_settings(config)) as session:
         principal = add_principal(session, name, Role(role), actor=CLI_ACTOR)
@@ -330,7 +330,7 @@ def _set_state(
     algorithm: str, version: str, state: str, reason: str | None, config: Path | None
 ) -> None:
     from aifi.hub.catalog import set_state
-    from aifi.hub.schemas import AlgorithmState
+    from aifi.protocol.schemas import AlgorithmState
 
     with _session(_settings(config), sync=True) as session:
         entry = set_state(

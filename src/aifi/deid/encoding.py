@@ -15,16 +15,18 @@ import array
 import functools
 import mmap
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pydicom.datadict import dictionary_VR
 
-from aifi.errors import DicomInputError
+from aifi.errors import DicomInputError, PseudonymizationError
 
 __all__ = [
     "ITEM",
     "ITEM_DELIMITER",
+    "MAX_INFLATED_BYTES",
     "SEQUENCE_DELIMITER",
     "SWAP_WIDTH",
     "Buffer",
@@ -34,6 +36,7 @@ __all__ = [
     "element_header",
     "encode_element",
     "encode_sequence",
+    "inflate_bounded",
     "looks_implicit",
     "pad",
     "swap",
@@ -293,3 +296,26 @@ def encode_sequence(tag: int, items: list[bytes], *, implicit: bool) -> bytes:
     """A sequence of defined length holding ``items`` (each an encoded dataset)."""
     body = b"".join(_HHI.pack(0xFFFE, 0xE000, len(item)) + item for item in items)
     return encode_element(tag, "SQ", body, implicit=implicit)
+
+
+#: The largest data set a Deflated Explicit VR Little Endian file may inflate to: a
+#: deflate bomb (a few hundred KB that inflate to gigabytes) is refused, not inflated.
+MAX_INFLATED_BYTES = 256 << 20
+
+
+def inflate_bounded(data: bytes, limit: int | None = None) -> bytes:
+    """``data`` inflated (raw deflate, PS3.5 A.5), refused past ``limit`` bytes.
+
+    ``limit`` defaults to :data:`MAX_INFLATED_BYTES`.
+    """
+    limit = MAX_INFLATED_BYTES if limit is None else limit
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise PseudonymizationError(f"its deflated data set cannot be inflated ({exc})") from exc
+    if len(inflated) > limit:
+        raise PseudonymizationError(
+            f"its deflated data set inflates past {limit >> 20} MiB: refused as a deflate bomb"
+        )
+    return inflated

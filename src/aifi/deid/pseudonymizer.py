@@ -17,7 +17,6 @@ import mmap
 import os
 import struct
 import warnings
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from aifi.deid.encoding import (
     NeedMoreData,
     Reader,
     element_header,
+    inflate_bounded,
     looks_implicit,
     swap,
 )
@@ -145,6 +145,10 @@ class Pseudonymizer:
                 head = fp.read(_HEAD_BYTES)
                 try:
                     output = self._rewrite_file(head, size, fp)
+                except RecursionError:
+                    raise PseudonymizationError(
+                        f"{src.name}: its sequences are nested too deeply to be walked safely"
+                    ) from None
                 except _NotPlain:
                     if head[128:132] != b"DICM" and head[:2] not in (b"\x08\x00", b"\x02\x00"):
                         raise DicomInputError(f"{src.name} is not a DICOM file") from None
@@ -179,7 +183,7 @@ class Pseudonymizer:
         implicit = transfer_syntax == ImplicitVRLittleEndian
         if transfer_syntax == _DEFLATED:
             rest = head[start:] + fp.read()
-            inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(rest)
+            inflated = inflate_bounded(rest)
             output = self._rewrite(Reader(inflated, implicit=False), 0, transfer_syntax)
             pixel = output.pixel
             tail = inflated[pixel.start : pixel.vend] if pixel else b""

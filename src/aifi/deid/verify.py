@@ -34,7 +34,6 @@ import io
 import mmap
 import re
 import warnings
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +44,11 @@ from pydicom.datadict import keyword_for_tag
 
 from aifi.deid.defined_terms import is_defined_term
 from aifi.deid.descriptors import Vocabulary, default_vocabulary, is_clean_descriptor, is_code
-from aifi.deid.encoding import Buffer, Element, Reader, vr_of
+from aifi.deid.encoding import Buffer, Element, Reader, inflate_bounded, vr_of
 from aifi.deid.options import CID_7050
 from aifi.deid.profile import Profile, load_profile
 from aifi.deid.values import FORM_VRS, conforms, dummy_value
-from aifi.errors import DicomInputError
+from aifi.errors import DicomInputError, PseudonymizationError
 
 __all__ = ["check_deidentified", "check_deidentified_bytes", "check_deidentified_file"]
 
@@ -118,7 +117,10 @@ def check_deidentified_bytes(buf: Buffer, *, vocabulary: Vocabulary | None = Non
         start, transfer_syntax = checker.file_meta(buf)
     except DicomInputError as exc:
         return [f"the File Meta Information cannot be read: {exc}"]
-    return checker.dataset(buf, start, transfer_syntax)
+    try:
+        return checker.dataset(buf, start, transfer_syntax)
+    except RecursionError:
+        return ["its sequences are nested too deeply to be checked; no IOD nests like this"]
 
 
 def _where(path: str, tag: int) -> str:
@@ -182,9 +184,9 @@ class _Checker:
         """Problems of the data set at ``start`` (plus any found so far)."""
         if transfer_syntax == _DEFLATED:
             try:
-                buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(buf[start:]))
-            except zlib.error:
-                return [*self.problems, "the deflated data set cannot be inflated"]
+                buf = inflate_bounded(bytes(buf[start:]))
+            except PseudonymizationError as exc:
+                return [*self.problems, f"the data set {exc}".replace("its deflated ", "")]
             start = 0
         reader = Reader(
             buf, implicit=transfer_syntax == _IMPLICIT, big_endian=transfer_syntax == _BIG_ENDIAN

@@ -20,9 +20,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from aifi.edge.hub_client import HubClient
+from aifi.protocol.client import HubClient
 from aifi.errors import HubRefused
-from aifi.hub.schemas import AlgorithmState, CatalogEntryOut
+from aifi.protocol.schemas import AlgorithmState, CatalogEntryOut
 
 __all__ = ["HubCatalog"]
 

@@ -26,6 +26,7 @@ from pydantic import (
 
 from aifi.edge.fhir import FhirPeer
 from aifi.edge.notify import RisPeer
+from aifi.protocol.client import PLACEHOLDER_TOKEN, HubPeer
 from aifi.edge.rules import Rule
 from aifi.errors import ConfigError
 
@@ -43,7 +44,6 @@ __all__ = [
     "load_edge_settings",
 ]
 
-PLACEHOLDER_TOKEN = "change-me"
 
 ResultKind = Literal["sr", "gsps", "sc"]
 ALL_RESULT_KINDS: tuple[ResultKind, ...] = ("sr", "gsps", "sc")
@@ -86,18 +86,6 @@ class ListenerSettings(BaseModel):
         le=200,
         description="deepest sequence nesting accepted; no IOD nests anywhere near this",
     )
-
-
-class HubPeer(BaseModel):
-    """The national hub, reached by outgoing HTTPS only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = "http://127.0.0.1:8000"
-    token: str = PLACEHOLDER_TOKEN
-    poll_interval_s: float = Field(default=0.25, gt=0)
-    timeout_s: float = Field(default=30.0, gt=0)
-    max_backoff_s: float = Field(default=60.0, gt=0)
 
 
 class DicomPeer(BaseModel):

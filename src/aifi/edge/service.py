@@ -22,7 +22,7 @@ from aifi.edge.catalog import HubCatalog
 from aifi.edge.checks import check_listener, port_in_use_message, run_checks
 from aifi.edge.config import EdgeSettings
 from aifi.edge.deliver import INTEGRITY_CHECK, Deliverer
-from aifi.edge.hub_client import HubClient
+from aifi.protocol.client import HubClient
 from aifi.edge.metrics import edge_registry
 from aifi.edge.outbox import DigestFn, Outbox
 from aifi.edge.policy import PolicyFile, ReleaseGate

@@ -25,7 +25,7 @@ from aifi.hub.contacts import note_contact
 from aifi.hub.deps import SessionDep
 from aifi.hub.models import Hospital, Principal
 from aifi.hub.principals import find_by_token
-from aifi.hub.schemas import Role
+from aifi.protocol.schemas import Role
 
 __all__ = [
     "CurrentHospital",

@@ -18,7 +18,7 @@ from aifi.algorithms.base import Manifest
 from aifi.errors import ConfigError
 from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
 from aifi.hub.models import CatalogEntry, Subscription
-from aifi.hub.schemas import AlgorithmState
+from aifi.protocol.schemas import AlgorithmState
 
 __all__ = ["list_catalog", "select_version", "set_state", "sync_catalog"]
 

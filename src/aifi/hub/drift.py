@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from aifi.hub.config import HubSettings
 from aifi.hub.models import Feedback, InputStatistics, Instance, Task, TaskInput, utcnow
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 __all__ = [
     "DriftBounds",

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.models import Feedback, Hospital, utcnow
 from aifi.hub.tasks import TaskRefused, find_task
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 __all__ = [
     "AgreementRow",

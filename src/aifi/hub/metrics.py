@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from aifi.hub.drift import DriftBounds, drift_reports
 from aifi.hub.feedback import agreement
 from aifi.hub.models import AUDIT_TABLES, Feedback, Hospital, Instance, Refusal, Task
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 __all__ = ["TURNAROUND_BUCKETS", "HubCollector", "metrics_text"]
 

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from aifi.audit.tables import define_audit_tables
-from aifi.hub.schemas import AlgorithmState, Role, TaskState
+from aifi.protocol.schemas import AlgorithmState, Role, TaskState
 
 __all__ = [
     "AUDIT_TABLES",

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from aifi.errors import ConfigError
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.models import Principal, Token, utcnow
-from aifi.hub.schemas import Role
+from aifi.protocol.schemas import Role
 
 __all__ = [
     "add_principal",

@@ -30,7 +30,7 @@ from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
 from aifi.hub.config import HubSettings
 from aifi.hub.db import SessionFactory, retrying
 from aifi.hub.models import Instance, Result, Task, TaskInput, utcnow
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 from aifi.hub.storage import ObjectStore
 
 __all__ = [

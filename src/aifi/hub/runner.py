@@ -46,7 +46,7 @@ from aifi.hub.executor import EncodedResult, Executor, Job, LeaseLost, Outcome, 
 from aifi.hub.leases import claim, fence, release, renew, worker_identity
 from aifi.hub.models import Result, Task
 from aifi.hub.storage import ObjectStore, object_key
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 __all__ = ["TaskRunner"]
 

@@ -28,7 +28,7 @@ from aifi.hub.auditing import audit_log_of
 from aifi.hub.catalog import select_version
 from aifi.hub.models import Instance, Result, Task, TaskInput, utcnow
 from aifi.hub.subscriptions import covering
-from aifi.hub.schemas import Acknowledge, ResultRef, TaskCreate, TaskOut, TaskState
+from aifi.protocol.schemas import Acknowledge, ResultRef, TaskCreate, TaskOut, TaskState
 
 __all__ = [
     "TaskRefused",

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from aifi.errors import ConfigError
 from aifi.hub.models import AUDIT_TABLES, Hospital, Instance, Result, Task, TaskInput
-from aifi.hub.schemas import TaskState, UsageRow
+from aifi.protocol.schemas import TaskState, UsageRow
 
 __all__ = ["month_bounds", "usage", "usage_csv"]
 

@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 
 import pydicom
 
-from aifi.algorithms.base import Findings, Manifest
+from aifi.core.findings import Findings
+from aifi.core.manifest import Manifest
 from aifi.errors import AlgorithmError
 from aifi.results.gsps import build_gsps
 from aifi.results.sc import build_sc

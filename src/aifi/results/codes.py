@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import highdicom as hd
 
-from aifi.algorithms.codes import (
+from aifi.core.codes import (
     AIFI_SCHEME,
     DECODING_FAILURE,
     DEMO_MODEL_NOTICE,

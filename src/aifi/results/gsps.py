@@ -44,7 +44,8 @@ import pydicom
 from pydicom.multival import MultiValue
 
 import aifi
-from aifi.algorithms.base import Box, Findings, ImageFinding, Manifest
+from aifi.core.findings import Box, Findings, ImageFinding
+from aifi.core.manifest import Manifest
 from aifi.results.render import plain_punctuation
 from aifi.results.sources import RESULT_CHARACTER_SET, check_sources, source_header
 from aifi.results.sr import algorithm_equipment, is_point, series_description

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from aifi.algorithms.base import Box
+from aifi.core.findings import Box
 
 __all__ = ["PAGE_WIDTH", "display_pixels", "plain_punctuation", "render_page"]
 

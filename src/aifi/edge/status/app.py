@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from aifi.deid import PseudonymMap
 from aifi.edge.config import EdgeSettings
-from aifi.edge.hub_client import HubClient
+from aifi.protocol.client import HubClient
 from aifi.edge.metrics import CONTENT_TYPE, peer_label, render
 from aifi.edge.policy import PolicyFile
 from aifi.edge.requeue import discard_task, retry_task

@@ -46,7 +46,7 @@ from aifi.hub.hospitals import list_hospitals
 from aifi.hub.models import AUDIT_TABLES, Principal, Task, Token
 from aifi.hub.principals import hash_token
 from aifi.hub.usage import usage, usage_csv
-from aifi.hub.schemas import AlgorithmState, Role, TaskState
+from aifi.protocol.schemas import AlgorithmState, Role, TaskState
 
 __all__ = ["LoginRequired", "Viewer", "router", "signer_of"]
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from aifi.hub.contacts import edge_version
 from aifi.hub.drift import is_positive
 from aifi.hub.models import AUDIT_TABLES, Hospital, HospitalContact, Refusal, Task
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 __all__ = [
     "ChartData",

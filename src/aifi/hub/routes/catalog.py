@@ -11,7 +11,7 @@ from aifi.hub import catalog
 from aifi.hub.auth import Operator, RoleGate, actor_of
 from aifi.hub.deps import SessionDep
 from aifi.hub.models import CatalogEntry, Principal
-from aifi.hub.schemas import AlgorithmState, CatalogEntryOut, CatalogStateChange, Role
+from aifi.protocol.schemas import AlgorithmState, CatalogEntryOut, CatalogStateChange, Role
 
 __all__ = ["entry_out", "router"]
 

@@ -16,7 +16,7 @@ from aifi.hub import hospitals, principals
 from aifi.hub.auth import Operator, Reader, actor_of
 from aifi.hub.deps import SessionDep
 from aifi.hub.models import Principal, Token
-from aifi.hub.schemas import (
+from aifi.protocol.schemas import (
     HospitalCreate,
     HospitalOut,
     IssuedToken,

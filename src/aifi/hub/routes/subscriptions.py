@@ -9,7 +9,7 @@ from aifi.hub import subscriptions
 from aifi.hub.auth import CurrentHospital, Operator, Reader, actor_of
 from aifi.hub.deps import SessionDep
 from aifi.hub.models import Subscription
-from aifi.hub.schemas import SubscriptionCreate, SubscriptionOut
+from aifi.protocol.schemas import SubscriptionCreate, SubscriptionOut
 
 __all__ = ["router", "subscription_out"]
 

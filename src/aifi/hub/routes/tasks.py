@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from aifi.hub import retention, tasks
 from aifi.hub.auth import CurrentHospital
 from aifi.hub.deps import ContextDep, SessionDep
-from aifi.hub.schemas import Acknowledge, TaskCreate, TaskOut, TaskState
+from aifi.protocol.schemas import Acknowledge, TaskCreate, TaskOut, TaskState
 
 __all__ = ["router"]
 
