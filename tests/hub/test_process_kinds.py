@@ -1,0 +1,113 @@
+"""The hub's process kinds apart: an API that runs nothing, workers by queue, one janitor.
+
+Runs on SQLite and PostgreSQL (the ``settings`` fixture), in this process
+(the multi-process run with real subprocesses is tests/e2e/test_process_kinds.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from aifi.algorithms import registry
+from aifi.algorithms.base import Algorithm, Manifest
+from aifi.errors import StorageError
+from aifi.hub.app import create_app
+from aifi.hub.bootstrap import janitor_for, open_hub, worker_pool
+from aifi.hub.config import HubSettings
+from aifi.hub.queue import algorithms_for
+from aifi.hub.schemas import TaskState
+
+from .conftest import Hub, serving
+
+
+def test_an_api_process_runs_no_task_and_a_worker_process_does(
+    settings: HubSettings,
+    resolver: Callable[[str], Algorithm],
+    manifests: Callable[[], list[Manifest]],
+    token_a: str,
+    study: tuple[str, list[Path]],
+) -> None:
+    study_uid, files = study
+    api = create_app(settings, algorithms=resolver, manifests=manifests, role="api")
+    with serving(api, settings) as client:
+        hub = Hub(client, settings)
+        assert hub.stow(token_a, files).status_code == 200
+        task = hub.create_task(token_a, study_uid, [f.stem for f in files]).json()
+        time.sleep(0.5)
+        waiting = client.get(f"/tasks/{task['id']}", headers=hub.auth(token_a)).json()
+        assert waiting["state"] == TaskState.SCHEDULED  # the API runs no algorithm
+
+        parts = open_hub(settings, algorithms=resolver, manifests=manifests)
+        pool = worker_pool(parts, 1, algorithms_for(parts.manifests(), ["cpu"]))
+        pool.start()
+        try:
+            ended = hub.wait_for_end(token_a, task["id"])
+        finally:
+            pool.stop()
+            parts.close()
+    assert ended["state"] == TaskState.COMPLETED, ended["reason"]
+    assert len(ended["results"]) == 1
+
+
+def test_an_api_process_does_not_migrate(tmp_path: Path) -> None:
+    empty = HubSettings(data_dir=tmp_path / "hub-data")
+    with pytest.raises(StorageError, match="run 'aifi hub migrate'"):
+        open_hub(empty, schema="check")
+
+
+def test_one_janitor_is_active_and_another_takes_over_when_it_stops(
+    settings: HubSettings,
+) -> None:
+    fast = settings.model_copy(update={"janitor_interval_s": 0.1})
+    first_parts, second_parts = open_hub(fast, schema="migrate"), open_hub(fast)
+    first, second = janitor_for(first_parts), janitor_for(second_parts)
+    try:
+        first.start()
+        assert first.active.wait(10)
+        second.start()
+        time.sleep(0.5)
+        assert not second.active.is_set()
+        first.stop()
+        assert second.active.wait(10)  # the standby took over
+    finally:
+        first.stop()
+        second.stop()
+        first_parts.close()
+        second_parts.close()
+
+
+def test_queues_are_resource_classes_or_algorithm_ids() -> None:
+    installed = registry.manifests()
+    everything = {m.id for m in installed}
+    assert algorithms_for(installed, []) == everything
+    assert algorithms_for(installed, ["cpu"]) == everything  # the demo models run on CPUs
+    assert algorithms_for(installed, ["gpu"]) == set()
+    assert algorithms_for(installed, ["fracture", "bone-age"]) == {"fracture", "bone-age"}
+
+
+def test_a_worker_for_a_queue_nothing_is_in_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\ndata_dir = "data"\n', encoding="utf-8")
+    migrated = subprocess.run(
+        [sys.executable, "-m", "aifi", "hub", "migrate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    worker = subprocess.run(
+        [sys.executable, "-m", "aifi", "hub", "worker", "--queue", "gpu", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert worker.returncode == 1
+    assert "no installed algorithm is in queue(s) gpu" in worker.stderr
