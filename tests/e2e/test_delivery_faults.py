@@ -30,12 +30,12 @@ from aifi.edge.config import (
     HubPeer,
     ListenerSettings,
 )
-from aifi.protocol.client import HubClient
 from aifi.edge.requeue import retry_task
 from aifi.edge.rules import Rule
 from aifi.edge.service import EdgeService
 from aifi.edge.state import DEAD_LETTER
 from aifi.phantoms.long_bone import fracture_study
+from aifi.protocol.client import HubClient
 from peers.dcmtk import storescu
 from peers.orthanc import Orthanc
 

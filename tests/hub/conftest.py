@@ -29,9 +29,9 @@ from aifi.hub.config import HubSettings
 from aifi.hub.db import make_engine, make_sessions, migrate
 from aifi.hub.hospitals import add_hospital
 from aifi.hub.principals import add_principal, issue_token
-from aifi.protocol.schemas import Role, TaskState
 from aifi.hub.server import HubServer
 from aifi.netutil import free_port
+from aifi.protocol.schemas import Role, TaskState
 from peers.postgres import pg_dump
 
 KEEP = {

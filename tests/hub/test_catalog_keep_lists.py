@@ -19,9 +19,9 @@ from aifi.algorithms.base import Algorithm, AlgorithmInput, Findings, Manifest
 from aifi.deid import Pseudonymizer
 from aifi.edge.catalog import HubCatalog
 from aifi.edge.config import HubPeer
-from aifi.protocol.client import HubClient
 from aifi.errors import HubRefused, HubUnavailable
 from aifi.netutil import free_port
+from aifi.protocol.client import HubClient
 
 from .conftest import Hub
 

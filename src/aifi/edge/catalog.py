@@ -20,8 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from aifi.protocol.client import HubClient
 from aifi.errors import HubRefused
+from aifi.protocol.client import HubClient
 from aifi.protocol.schemas import AlgorithmState, CatalogEntryOut
 
 __all__ = ["HubCatalog"]

@@ -33,8 +33,8 @@ from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
 from aifi.edge.config import DicomPeer, EdgeSettings, ListenerSettings
-from aifi.protocol.client import HubClient
 from aifi.errors import HubRefused, HubUnavailable
+from aifi.protocol.client import HubClient
 from aifi.protocol.schemas import AlgorithmState, CatalogEntryOut, SubscriptionOut
 
 __all__ = ["CheckResult", "check_listener", "port_in_use_message", "run_checks"]

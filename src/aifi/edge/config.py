@@ -26,9 +26,9 @@ from pydantic import (
 
 from aifi.edge.fhir import FhirPeer
 from aifi.edge.notify import RisPeer
-from aifi.protocol.client import PLACEHOLDER_TOKEN, HubPeer
 from aifi.edge.rules import Rule
 from aifi.errors import ConfigError
+from aifi.protocol.client import PLACEHOLDER_TOKEN, HubPeer
 
 __all__ = [
     "DeliverySettings",

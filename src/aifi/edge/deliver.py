@@ -39,13 +39,13 @@ from pydicom import Dataset
 from aifi.deid import PseudonymMap
 from aifi.edge.config import DeliverySettings, DicomPeer
 from aifi.edge.fhir import FhirPeer, build_report_bundle, post_bundle
-from aifi.protocol.client import HubClient
 from aifi.edge.identity import recall_identity
 from aifi.edge.notify import RisPeer, build_oru, send_mllp
 from aifi.edge.pacs import contact_of, store_to_pacs
 from aifi.edge.reidentify import reidentify
 from aifi.edge.state import DEAD_LETTER, FINAL_STATES, EdgeState, TaskRow
 from aifi.errors import DeliveryError, HubRefused, HubUnavailable
+from aifi.protocol.client import HubClient
 from aifi.protocol.schemas import TaskOut, TaskState
 from aifi.results.codes import PIXEL_DATA_SHA256
 

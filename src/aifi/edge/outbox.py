@@ -34,11 +34,11 @@ from pathlib import Path
 from aifi.deid import PseudonymizedInstance, Pseudonymizer, PseudonymMap
 from aifi.deid.descriptors import Vocabulary
 from aifi.deid.keys import keyed_digest
-from aifi.protocol.client import HubClient
 from aifi.edge.identity import remember_identity
 from aifi.edge.policy import Release
 from aifi.edge.state import EdgeState, TaskRow
 from aifi.errors import HubRefused, HubUnavailable, PseudonymizationError
+from aifi.protocol.client import HubClient
 from aifi.protocol.schemas import TaskCreate
 
 __all__ = ["Outbox"]

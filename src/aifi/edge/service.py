@@ -22,7 +22,6 @@ from aifi.edge.catalog import HubCatalog
 from aifi.edge.checks import check_listener, port_in_use_message, run_checks
 from aifi.edge.config import EdgeSettings
 from aifi.edge.deliver import INTEGRITY_CHECK, Deliverer
-from aifi.protocol.client import HubClient
 from aifi.edge.metrics import edge_registry
 from aifi.edge.outbox import DigestFn, Outbox
 from aifi.edge.policy import PolicyFile, ReleaseGate
@@ -31,6 +30,7 @@ from aifi.edge.scp import EdgeReceiver
 from aifi.edge.state import EdgeState
 from aifi.edge.status.server import StatusServer
 from aifi.errors import ConfigError, HubError
+from aifi.protocol.client import HubClient
 
 __all__ = ["EdgeService"]
 

@@ -19,8 +19,8 @@ from aifi.errors import ConfigError
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.models import Hospital, Principal
 from aifi.hub.principals import add_principal, hash_token, issue_token
-from aifi.protocol.schemas import Role
 from aifi.hub.subscriptions import CONNECTION_TEST, add_subscription
+from aifi.protocol.schemas import Role
 
 __all__ = [
     "CONNECTION_TEST_ALGORITHMS",

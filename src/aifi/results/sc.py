@@ -40,9 +40,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
+from aifi.core.codes import PRESENCE
 from aifi.core.findings import Box, Code, Findings, ImageFinding, Measurement
 from aifi.core.manifest import Manifest
-from aifi.core.codes import PRESENCE
 from aifi.results.gsps import DEMO_BANNER, series_laterality
 from aifi.results.render import display_pixels, render_page
 from aifi.results.sources import RESULT_CHARACTER_SET, check_sources, source_header

@@ -51,9 +51,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 import aifi
+from aifi.core.codes import IMAGING_PROCEDURE, PRESENCE
 from aifi.core.findings import Box, Code, Findings, ImageFinding, Measurement
 from aifi.core.manifest import Manifest
-from aifi.core.codes import IMAGING_PROCEDURE, PRESENCE
 from aifi.results.codes import AIFI_CODING_SCHEME, AIFI_SCHEME, DEMO_MODEL_NOTICE
 from aifi.results.sources import RESULT_CHARACTER_SET, check_sources, source_header
 

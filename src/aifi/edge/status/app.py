@@ -36,7 +36,6 @@ from prometheus_client import CollectorRegistry
 
 from aifi.deid import PseudonymMap
 from aifi.edge.config import EdgeSettings
-from aifi.protocol.client import HubClient
 from aifi.edge.metrics import CONTENT_TYPE, peer_label, render
 from aifi.edge.policy import PolicyFile
 from aifi.edge.requeue import discard_task, retry_task
@@ -44,6 +43,7 @@ from aifi.edge.state import DEAD_LETTER, EdgeState
 from aifi.edge.status.sessions import COOKIE, Session, Sessions
 from aifi.edge.status.views import parse_since, select_tasks, task_view
 from aifi.errors import AifiError, HubError
+from aifi.protocol.client import HubClient
 
 __all__ = ["PURPOSE", "StatusContext", "create_status_app"]
 

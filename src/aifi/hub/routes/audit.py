@@ -12,8 +12,8 @@ from aifi.errors import ConfigError
 from aifi.hub.auditing import audit_log
 from aifi.hub.auth import Reader
 from aifi.hub.deps import ContextDep, SessionDep
-from aifi.protocol.schemas import AuditEventOut, UsageRow
 from aifi.hub.usage import usage, usage_csv
+from aifi.protocol.schemas import AuditEventOut, UsageRow
 
 __all__ = ["router"]
 
