@@ -91,9 +91,6 @@ def store_to_pacs(
                 f"{primitive.reason_str} ({primitive.source_str}, {primitive.result_str})"
             )
 
-    down = _unreachable(peer)
-    if down is not None:
-        return [StoreResult(str(ds.SOPInstanceUID), False, down) for ds in datasets]
     assoc = ae.associate(
         peer.host,
         peer.port,
@@ -135,24 +132,6 @@ def store_to_pacs(
     finally:
         assoc.release()
     return results
-
-
-def _unreachable(peer: DicomPeer) -> str | None:
-    """Why no TCP connection to the PACS can be made, or None when one can.
-
-    Tried before pynetdicom associates: its transport leaves the socket of a
-    refused connection open (a file descriptor per retry of a PACS that is
-    down), and a plain connect tells "down" from "refuses" in one line.
-    """
-    try:
-        socket.create_connection((peer.host, peer.port), timeout=10).close()
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
-        return (
-            f"PACS {peer.ae_title} at {peer.host}:{peer.port} not reachable ({why}:"
-            " is it running, is the port right?)"
-        )
-    return None
 
 
 def _association_failure(
