@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := orthanc dcmtk postgresql
+SYSTEM_PACKAGES := orthanc dcmtk chromium postgresql
 
 .PHONY: setup system-deps demo test lint typecheck bench lock
 
@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP)
 
 # Orthanc is the hospital's PACS and dcmtk the modality in the end-to-end tests;
+# chromium (headless, driven by Playwright) the browser of the page tests;
 # postgresql the hub's national-scale database (a throwaway cluster per test run).
 # Any package of the list that is not installed is installed.
 system-deps:
