@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from aifi.algorithms import registry
-from aifi.algorithms.base import Algorithm, Manifest
+from aifi.algorithms.base import Algorithm, InputInstance, Manifest
 from aifi.errors import StorageError
 from aifi.hub.app import create_app
 from aifi.hub.bootstrap import janitor_for, open_hub, worker_pool
@@ -111,3 +112,32 @@ def test_a_worker_for_a_queue_nothing_is_in_says_so(tmp_path: Path) -> None:
     )
     assert worker.returncode == 1
     assert "no installed algorithm is in queue(s) gpu" in worker.stderr
+
+
+def test_the_execution_provider_a_model_ran_on_is_recorded(tmp_path: Path) -> None:
+    from aifi.algorithms.fracture import FractureDetection
+    from aifi.algorithms.onnx_model import use_providers
+    from aifi.algorithms.selection import select_inputs
+    from aifi.demo.samples import DEMO_PATIENTS, cr_study, write_study
+    from aifi.hub.executor import Job, perform
+
+    files = write_study(cr_study(1, patient=DEMO_PATIENTS[0], rows=128, columns=128), tmp_path)
+    instances = [
+        InputInstance(
+            path=f,
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            series_instance_uid=str(ds.SeriesInstanceUID),
+        )
+        for f in files
+        for ds in [pydicom.dcmread(f, stop_before_pixels=True)]
+    ]
+    algorithm = FractureDetection()
+    use_providers(("CUDAExecutionProvider", "CPUExecutionProvider"))  # as a GPU node is set up
+    try:
+        outcome = perform(algorithm, Job("fracture", select_inputs(algorithm.manifest, instances)))
+    finally:
+        use_providers(("CPUExecutionProvider",))
+    # this machine has no GPU: CUDA is skipped without a warning and the CPU recorded
+    assert outcome.findings.details["execution_provider"] == "CPUExecutionProvider"
+    assert outcome.results

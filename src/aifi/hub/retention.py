@@ -11,14 +11,14 @@
 
 Rows stay (marked ``purged_at``) so usage figures and the audit trail keep
 their counts and sizes; only the DICOM objects go. Every purge that deleted
-something is audited, one event per hospital and kind. :class:`Purger` runs
-:func:`purge` periodically inside the hub; ``aifi hub purge`` runs it once.
+something is audited, one event per hospital and kind. The janitor
+(:mod:`aifi.hub.janitor`) runs :func:`purge` every ``purge_interval_s``;
+``aifi hub purge`` runs it once.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,14 +28,12 @@ from sqlalchemy.orm import Session
 
 from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
 from aifi.hub.config import HubSettings
-from aifi.hub.db import SessionFactory, retrying
 from aifi.hub.models import Instance, Result, Task, TaskInput, utcnow
-from aifi.protocol.schemas import TaskState
 from aifi.hub.storage import ObjectStore
+from aifi.protocol.schemas import TaskState
 
 __all__ = [
     "PurgeReport",
-    "Purger",
     "images_to_purge",
     "purge",
     "purge_acknowledged",
@@ -174,31 +172,3 @@ def _purge_results(
         )
     logger.info("retention: deleted %d result objects", len(results))
     return sum(r.size for r in results)
-
-
-class Purger:
-    """Runs :func:`purge` every ``settings.purge_interval_s`` seconds on a thread."""
-
-    def __init__(self, sessions: SessionFactory, store: ObjectStore, settings: HubSettings) -> None:
-        self._sessions = sessions
-        self._store = store
-        self._settings = settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="aifi-purge", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._settings.purge_interval_s):
-            try:  # a purge may run again from the start: deleting twice is harmless
-                retrying(self._sessions, lambda s: purge(s, self._store, self._settings))
-            except Exception:  # the purge must not die; the next round retries
-                logger.exception(
-                    "retention purge failed; retrying in %s s", self._settings.purge_interval_s
-                )
