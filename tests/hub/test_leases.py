@@ -27,7 +27,7 @@ from aifi.hub.leases import claim, claim_next, fence, reap
 from aifi.hub.models import Result, Task, utcnow
 from aifi.hub.runner import TaskRunner
 from aifi.hub.storage import LocalFolderStore
-from aifi.hub.schemas import TaskState
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub, register, serving
 from .plugin_algorithms import HANG_LIMIT_S
