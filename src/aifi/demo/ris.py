@@ -51,7 +51,10 @@ class DemoRis:
         async def serve() -> None:
             self._stop = asyncio.Event()
             server = await hl7.mllp.start_hl7_server(
-                handle, self.host, self.port, encoding="utf-8"  # MSH-18 UNICODE UTF-8 or ASCII
+                handle,
+                self.host,
+                self.port,
+                encoding="utf-8",  # MSH-18 UNICODE UTF-8 or ASCII
             )
             ready.set()
             await self._stop.wait()
