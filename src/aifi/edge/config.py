@@ -23,15 +23,18 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydicom.uid import UID
 
 from aifi.edge.fhir import FhirPeer
 from aifi.edge.notify import RisPeer
 from aifi.edge.rules import Rule
+from aifi.edge.tls import TlsSettings
 from aifi.errors import ConfigError
 from aifi.protocol.client import PLACEHOLDER_TOKEN, HubPeer
 
 __all__ = [
     "DeliverySettings",
+    "Destination",
     "DicomPeer",
     "EdgeSettings",
     "FhirPeer",
@@ -41,6 +44,7 @@ __all__ = [
     "RetentionSettings",
     "RisPeer",
     "StatusSettings",
+    "TlsSettings",
     "load_edge_settings",
 ]
 
@@ -60,6 +64,15 @@ class ListenerSettings(BaseModel):
     allowed_calling_aets: list[str] = Field(
         default_factory=list,
         description="calling AE titles accepted; an empty list refuses every association",
+    )
+    check_called_ae_title: bool = Field(
+        default=False,
+        description="refuse an association whose called AE title is not ae_title"
+        " (A-ASSOCIATE-RJ, PS3.8 9.3.4: called AE title not recognized); leave false for a"
+        " PACS that sends a wrong one",
+    )
+    tls: TlsSettings | None = Field(
+        default=None, description="DICOM TLS on the listener (PS3.15 B.9, BCP 195)"
     )
     fsync: bool = Field(default=True, description="fsync each instance before answering success")
     max_pdu: int = Field(
@@ -97,6 +110,39 @@ class DicomPeer(BaseModel):
     host: str
     port: int = Field(ge=1, le=65535)
     calling_ae_title: str = Field(default="AIFI_EDGE", min_length=1, max_length=16)
+    tls: TlsSettings | None = Field(
+        default=None, description="DICOM TLS towards this peer (PS3.15 B.9, BCP 195)"
+    )
+    commitment: bool = Field(
+        default=False,
+        description="ask for Storage Commitment (PS3.4 Annex J) after the stores: delivered"
+        " means committed; the peer answers on a new association to the edge's listener",
+    )
+
+
+class Destination(DicomPeer):
+    """One place results go (``[[destinations]]``): a PACS, a VNA, a research archive."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    result_kinds: list[ResultKind] | None = Field(
+        default=None, description="result objects this destination takes; unset: result_kinds"
+    )
+    transfer_syntax: list[str] | None = Field(
+        default=None,
+        description="transfer syntax UIDs proposed for uncompressed objects; unset: explicit"
+        " and implicit VR little endian",
+    )
+    max_attempts: int | None = Field(
+        default=None, ge=1, description="failed attempts before this destination's dead letter"
+    )
+
+    @field_validator("transfer_syntax")
+    @classmethod
+    def _known_syntaxes(cls, value: list[str] | None) -> list[str] | None:
+        for uid in value or []:
+            if not UID(uid).is_transfer_syntax:
+                raise ValueError(f"{uid} is not a transfer syntax UID (PS3.6 Annex A)")
+        return value
 
 
 class RetentionSettings(BaseModel):
@@ -206,6 +252,11 @@ class EdgeSettings(BaseModel):
         default_factory=lambda: list(ALL_RESULT_KINDS),
         description="which result objects this hospital stores into its PACS",
     )
+    destinations: list[Destination] = Field(
+        default_factory=list,
+        description="where results are stored, in order; [pacs], if set, is the first (named"
+        " 'pacs'); the first is the primary: urgent results are announced once it has them",
+    )
     rules: list[Rule] = Field(default_factory=list)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     status: StatusSettings = Field(default_factory=StatusSettings)
@@ -256,6 +307,27 @@ class EdgeSettings(BaseModel):
                 "only to a loopback address in development)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _destination_names_unique(self) -> EdgeSettings:
+        names = [d.name for d in self.result_destinations]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"[[destinations]] name {twice[0]!r} is used twice (note: [pacs] is named"
+                " 'pacs'); give each destination its own name"
+            )
+        return self
+
+    @property
+    def result_destinations(self) -> list[Destination]:
+        """Every destination in order: ``[pacs]`` first (as ``pacs``), then ``[[destinations]]``."""
+        first = (
+            [Destination(name="pacs", result_kinds=list(self.result_kinds), **dict(self.pacs))]
+            if self.pacs is not None
+            else []
+        )
+        return first + list(self.destinations)
 
     @property
     def secret_key_path(self) -> Path:

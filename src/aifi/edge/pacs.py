@@ -1,4 +1,9 @@
-"""Sending result objects into the hospital's PACS with C-STORE (PS3.4 Annex B)."""
+"""Sending result objects into the hospital's PACS with C-STORE (PS3.4 Annex B).
+
+Over DICOM TLS (PS3.15 B.9, BCP 195) when the peer has ``tls`` settings; the
+uncompressed transfer syntaxes proposed are the destination's
+``transfer_syntax`` when it names them.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from aifi.edge.config import DicomPeer
+from aifi.edge.tls import client_context
 
 __all__ = ["StoreResult", "contact_of", "store_to_pacs"]
 
@@ -69,13 +75,15 @@ def store_to_pacs(
 ) -> list[StoreResult]:
     """Store each dataset over one association; the outcome of each is a value, not an exception."""
     ae = AE(ae_title=peer.calling_ae_title)
-    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    uncompressed = list(
+        getattr(peer, "transfer_syntax", None) or [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    )
     pairs = {(str(ds.SOPClassUID), _transfer_syntax(ds)) for ds in datasets}
     for sop_class in sorted({sop_class for sop_class, _ts in pairs}):
         ae.add_requested_context(sop_class, uncompressed)
     # An instance kept compressed travels as it is: one context per (class, syntax).
     for sop_class, syntax in sorted(pairs):
-        if syntax not in uncompressed:
+        if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, *uncompressed):
             ae.add_requested_context(sop_class, syntax)
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
@@ -96,6 +104,7 @@ def store_to_pacs(
         peer.port,
         ae_title=peer.ae_title,
         evt_handlers=[(evt.EVT_ACSE_RECV, keep_rejection)],
+        tls_args=(client_context(peer.tls), peer.host) if peer.tls is not None else None,
     )
     if not assoc.is_established:
         detail = _association_failure(peer, assoc, rejections, sorted({c for c, _ts in pairs}))
@@ -139,6 +148,11 @@ def _association_failure(
 ) -> str:
     """Why no association: rejected (with its PS3.8 reason), no SOP class accepted, or down."""
     where = f"PACS {peer.ae_title} at {peer.host}:{peer.port}"
+    if peer.tls is not None and not getattr(assoc, "is_rejected", False) and not rejections:
+        return (
+            f"{where} not reachable over TLS (no association: is it running, is the port right,"
+            " does its certificate chain to tls.ca_bundle and does it accept ours?)"
+        )
     if getattr(assoc, "is_rejected", False):
         reason = next((r for r in reversed(rejections) if r), "no reason received")
         return f"{where} rejected the association: {reason}"

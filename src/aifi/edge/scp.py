@@ -61,6 +61,7 @@ from aifi.edge.config import ListenerSettings
 from aifi.edge.dataset_scan import decode_text, scan_dataset, tags_for
 from aifi.edge.file_meta import part10_header
 from aifi.edge.state import EdgeState, InstanceRow
+from aifi.edge.tls import server_context
 from aifi.errors import ConfigError
 
 __all__ = ["ROUTING_KEYWORDS", "EdgeReceiver", "uid_problem"]
@@ -221,6 +222,10 @@ class EdgeReceiver:
             ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         ae.require_calling_aet = list(settings.allowed_calling_aets)
+        # PS3.8 9.3.4: A-ASSOCIATE-RJ "called AE title not recognized" (result 1, source 1, 7).
+        ae.require_called_aet = settings.check_called_ae_title
+        # PS3.15 B.9 (BCP 195): TLS with the hospital's certificates.
+        self._ssl = server_context(settings.tls) if settings.tls is not None else None
         ae.maximum_pdu_size = settings.max_pdu
         ae.network_timeout = 60
         ae.dimse_timeout = 60
@@ -241,12 +246,19 @@ class EdgeReceiver:
             (evt.EVT_REJECTED, self._on_rejected),
         ]
         server = self._ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=self._ssl,
         )
         assert server is not None
         self._server = server
         logger.info(
-            "DICOM listener %s on %s:%d", self.settings.ae_title, self.settings.host, self.port
+            "DICOM listener %s on %s:%d%s",
+            self.settings.ae_title,
+            self.settings.host,
+            self.port,
+            " (TLS)" if self._ssl is not None else "",
         )
 
     def stop(self) -> None:
@@ -277,11 +289,20 @@ class EdgeReceiver:
     def _on_rejected(self, event: Event) -> None:
         calling = event.assoc.requestor.ae_title
         address = event.assoc.requestor.address
-        logger.warning("refused association from %s at %s: AE title not allowed", calling, address)
-        self.record(
-            "association-refused",
-            f"calling AE title {calling!r} from {address} is not in listener.allowed_calling_aets",
-        )
+        called = str(getattr(event.assoc.requestor.primitive, "called_ae_title", "") or "")
+        if calling in self.settings.allowed_calling_aets and called != self.settings.ae_title:
+            why = (
+                f"called AE title {called!r} from {calling!r} at {address} is not"
+                f" {self.settings.ae_title!r} (the PACS must call the edge by listener.ae_title,"
+                " or set listener.check_called_ae_title = false)"
+            )
+        else:
+            why = (
+                f"calling AE title {calling!r} from {address} is not in"
+                " listener.allowed_calling_aets"
+            )
+        logger.warning("refused association: %s", why)
+        self.record("association-refused", why)
 
     def _on_echo(self, event: Event) -> int:
         return SUCCESS
