@@ -90,6 +90,10 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
             Path(database).parent.mkdir(parents=True, exist_ok=True)
     else:
         pool = {"pool_size": pool_size, "max_overflow": max_overflow}
+        if url.startswith("postgresql"):
+            # short OLTP queries: JIT compiling one costs more than running it
+            # (bench/db_plans.py: the purge's 0.4 s became 1.3 s with JIT)
+            connect_args = {"options": "-c jit=off"}
     engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not is_sqlite, **pool)
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
