@@ -126,6 +126,7 @@ def _failed(failed: Failed) -> Dataset:
     if failed.sop_instance_uid:
         item.ReferencedSOPInstanceUID = failed.sop_instance_uid
     item.FailureReason = failed.failure_reason
+    item.TextValue = failed.reason  # Text Value (0040,A160): what to do; names, never values
     return item
 
 

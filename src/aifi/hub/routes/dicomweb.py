@@ -1,4 +1,4 @@
-"""``/dicomweb``: STOW-RS in, WADO-RS out (PS3.18 §10.5 and §10.4).
+"""``/dicomweb``: STOW-RS in, WADO-RS and QIDO-RS out (PS3.18 §10.5, §10.4, §10.6).
 
 The edge stores pseudonymized instances here and retrieves result objects
 (and, if it needs to, its own inputs). Only the calling hospital's objects
@@ -8,6 +8,7 @@ that a UID exists elsewhere.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from typing import Annotated
@@ -23,8 +24,10 @@ from aifi.hub.auth import CurrentHospital
 from aifi.hub.deps import ContextDep, HubContext, SessionDep
 from aifi.hub.ingest import store_parts
 from aifi.hub.models import Instance, Result
-from aifi.hub.storage import ObjectStore, iter_file
-from aifi.hub.stow import DICOM_MEDIA_TYPE, receive_parts, stow_boundary
+from aifi.hub.qido import Level, Query, QueryError, search
+from aifi.hub.storage import ObjectStore
+from aifi.hub.stow import receive_parts, stow_boundary
+from aifi.hub.wado import NotAcceptable, metadata, multipart_body, negotiate, plan
 
 __all__ = ["router"]
 
@@ -130,34 +133,23 @@ def _retrieve(
     series: str | None = None,
     sop: str | None = None,
 ) -> StreamingResponse:
-    if not _accepts_multipart_dicom(accept):
-        raise HTTPException(
-            status.HTTP_406_NOT_ACCEPTABLE,
-            detail='this hub returns multipart/related; type="application/dicom" only',
-        )
+    """The objects as multipart/related, each in the transfer syntax the Accept header allows."""
+    try:
+        syntaxes = negotiate(accept)
+    except NotAcceptable as exc:
+        raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, detail=str(exc)) from exc
     keys = _object_keys(session, hospital_id, study, series, sop)
     if not keys:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such DICOM object")
+    try:
+        planned = plan(store, keys, syntaxes)
+    except NotAcceptable as exc:
+        raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, detail=str(exc)) from exc
     boundary = secrets.token_hex(16)
     return StreamingResponse(
-        _multipart(store, keys, boundary),
-        media_type=f'multipart/related; type="{DICOM_MEDIA_TYPE}"; boundary={boundary}',
+        multipart_body(store, planned, boundary),
+        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )
-
-
-def _accepts_multipart_dicom(accept: str | None) -> bool:
-    """PS3.18 §8.7.3.5: no Accept, ``*/*`` or multipart/related of application/dicom."""
-    if not accept:
-        return True
-    for entry in accept.split(","):
-        media = entry.strip().lower()
-        if media.startswith(("*/*", "multipart/*")):
-            return True
-        if media.startswith("multipart/related") and (
-            "type" not in media or DICOM_MEDIA_TYPE in media
-        ):
-            return True
-    return False
 
 
 def _object_keys(
@@ -179,11 +171,111 @@ def _object_keys(
     return keys
 
 
-def _multipart(store: ObjectStore, keys: list[str], boundary: str) -> Iterator[bytes]:
-    """The response body, one part per object, read from disk chunk by chunk."""
-    delimiter = f"--{boundary}\r\nContent-Type: {DICOM_MEDIA_TYPE}\r\n\r\n".encode("ascii")
-    for key in keys:
-        yield delimiter
-        yield from iter_file(store.open(key))
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode("ascii")
+def _object_rows(
+    session: Session, hospital_id: str, study: str, series: str | None, sop: str | None
+) -> list[tuple[str, str, str, str]]:
+    """(key, study, series, SOP instance) of this hospital's matching objects, results first."""
+    rows: list[tuple[str, str, str, str]] = []
+    for model in (Result, Instance):
+        query = select(
+            model.object_key,
+            model.study_instance_uid,
+            model.series_instance_uid,
+            model.sop_instance_uid,
+        ).where(
+            model.hospital_id == hospital_id,
+            model.study_instance_uid == study,
+            model.purged_at.is_(None),
+        )
+        if series is not None:
+            query = query.where(model.series_instance_uid == series)
+        if sop is not None:
+            query = query.where(model.sop_instance_uid == sop)
+        rows.extend((r[0], r[1], r[2], r[3]) for r in session.execute(query.order_by(model.id)))
+    return rows
+
+
+def _search(
+    request: Request,
+    session: Session,
+    context: HubContext,
+    hospital_id: str,
+    level: Level,
+    **path: str | None,
+) -> JSONResponse:
+    try:
+        query = Query.parse(request.query_params.multi_items(), **path)
+    except QueryError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+    study, series = path.get("study"), path.get("series")
+    if study is not None and not _object_rows(session, hospital_id, study, series, None):
+        # the study (series) searched in is not this hospital's: 404 as for WADO-RS
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such study or series")
+    base_url = str(request.base_url).rstrip("/") + router.prefix
+    found = search(session, context.store, hospital_id, level, query, base_url)
+    return JSONResponse(found, media_type=DICOM_JSON)
+
+
+@router.get("/studies")
+def search_studies(
+    request: Request, hospital: CurrentHospital, session: SessionDep, context: ContextDep
+) -> JSONResponse:
+    """QIDO-RS Search for Studies (PS3.18 §10.6.1), this hospital's only."""
+    return _search(request, session, context, hospital.id, "study")
+
+
+@router.get("/series")
+@router.get("/studies/{study}/series")
+def search_series(
+    request: Request,
+    hospital: CurrentHospital,
+    session: SessionDep,
+    context: ContextDep,
+    study: str | None = None,
+) -> JSONResponse:
+    """QIDO-RS Search for Series, in all studies or in one."""
+    return _search(request, session, context, hospital.id, "series", study=study)
+
+
+@router.get("/instances")
+@router.get("/studies/{study}/instances")
+@router.get("/studies/{study}/series/{series}/instances")
+def search_instances(
+    request: Request,
+    hospital: CurrentHospital,
+    session: SessionDep,
+    context: ContextDep,
+    study: str | None = None,
+    series: str | None = None,
+) -> JSONResponse:
+    """QIDO-RS Search for Instances, in all studies, one study or one series."""
+    return _search(request, session, context, hospital.id, "instance", study=study, series=series)
+
+
+@router.get("/studies/{study}/metadata")
+@router.get("/studies/{study}/series/{series}/metadata")
+@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+def retrieve_metadata(
+    request: Request,
+    study: str,
+    hospital: CurrentHospital,
+    session: SessionDep,
+    context: ContextDep,
+    series: str | None = None,
+    sop: str | None = None,
+) -> StreamingResponse:
+    """WADO-RS Retrieve Metadata (PS3.18 §10.4.1.1.2): headers as DICOM JSON, no bulk data."""
+    rows = _object_rows(session, hospital.id, study, series, sop)
+    if not rows:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such DICOM object")
+    base_url = str(request.base_url).rstrip("/") + router.prefix
+    store = context.store
+
+    def body() -> Iterator[bytes]:  # one header at a time: a large study never sits in memory
+        yield b"["
+        for position, (key, study_uid, series_uid, sop_uid) in enumerate(rows):
+            url = f"{base_url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+            yield (b"," if position else b"") + json.dumps(metadata(store, key, url)).encode()
+        yield b"]"
+
+    return StreamingResponse(body(), media_type=DICOM_JSON)
