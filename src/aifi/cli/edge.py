@@ -18,6 +18,7 @@ from aifi.cli import edge_policy
 from aifi.errors import AifiError
 
 if TYPE_CHECKING:
+    from aifi.core.manifest import Priors
     from aifi.deid import PseudonymMap
     from aifi.edge.config import EdgeSettings
     from aifi.edge.state import EdgeState
@@ -286,6 +287,73 @@ def purge(config: ConfigOption = Path("edge.toml")) -> None:
         f"purged {report.instances} received instances ({report.bytes} bytes) and"
         f" {report.outbox_folders} outbox folders of {report.tasks} tasks"
     )
+
+
+@app.command()
+def request(
+    algorithm: Annotated[str, typer.Option(help="the algorithm to run, e.g. bone-age")],
+    accession: Annotated[str | None, typer.Option(help="the study's Accession Number")] = None,
+    study_uid: Annotated[str | None, typer.Option(help="the study's Study Instance UID")] = None,
+    peer: Annotated[
+        str | None, typer.Option(help="the [[query_retrieve]] peer (name or AE title)")
+    ] = None,
+    priority: Annotated[
+        str, typer.Option(help="LOW, MEDIUM or HIGH (UPS priority, PS3.4 CC.1.1); STAT is HIGH")
+    ] = "MEDIUM",
+    priors_years: Annotated[
+        float | None,
+        typer.Option(help="also pull this patient's priors of the last N years (same body part)"),
+    ] = None,
+    config: ConfigOption = Path("edge.toml"),
+) -> None:
+    """Pull a study from the PACS (C-FIND, then C-MOVE or C-GET) and run an algorithm on it.
+
+    The running edge makes the task when the study is stable, whatever the
+    routing rules say; `aifi edge tasks` shows it.
+    """
+    from aifi.edge.pull import peer_named, pull_study
+
+    if bool(accession) == bool(study_uid):
+        raise typer.Exit(_fail("give exactly one of --accession and --study-uid"))
+    priority = {"STAT": "HIGH", "URGENT": "HIGH", "ROUTINE": "MEDIUM"}.get(
+        priority.upper(), priority.upper()
+    )
+    if priority not in ("LOW", "MEDIUM", "HIGH"):
+        raise typer.Exit(_fail(f"--priority {priority!r}: use LOW, MEDIUM, HIGH or STAT"))
+    settings, state, _map = _open_local(config)
+    try:
+        chosen = peer_named(settings, peer)
+        outcome = pull_study(
+            settings,
+            chosen,
+            accession=accession,
+            study_uid=study_uid,
+            algorithm_id=algorithm,
+            priority=priority,
+            priors=_priors_for(algorithm, priors_years),
+            state=state,
+        )
+    except AifiError as exc:
+        raise typer.Exit(_fail(str(exc))) from exc
+    finally:
+        state.close()
+    if not outcome.ok:
+        raise typer.Exit(_fail(outcome.detail))
+    typer.echo(f"requested {algorithm} on study {outcome.study_instance_uid}: {outcome.detail}")
+
+
+def _priors_for(algorithm: str, years: float | None) -> Priors | None:
+    """Priors from --priors-years, else as the algorithm's manifest asks (when known here)."""
+    from aifi.core.manifest import Priors
+
+    if years is not None:
+        return Priors(years=years)
+    try:
+        from aifi.algorithms.registry import get
+
+        return get(algorithm).manifest.priors
+    except AifiError:
+        return None
 
 
 def _open_local(config: Path) -> tuple[EdgeSettings, EdgeState, PseudonymMap | None]:

@@ -28,6 +28,7 @@ __all__ = [
     "AlgorithmInput",
     "InputInstance",
     "Manifest",
+    "Priors",
     "Resources",
     "SelectionRule",
     "instances_of",
@@ -62,6 +63,27 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Priors:
+    """Earlier studies of the same patient an algorithm wants beside the current one.
+
+    The edge finds them by C-FIND (PS3.4 C.6.2, Study Root) for the same
+    PatientID and IssuerOfPatientID, the same modality, the same
+    BodyPartExamined when ``same_body_part``, and a StudyDate within ``years``
+    before the current study; at most ``max_studies``, newest first.
+    """
+
+    years: float = 2.0
+    same_body_part: bool = True
+    max_studies: int = 3
+
+    def __post_init__(self) -> None:
+        if self.years <= 0:
+            raise ValueError(f"priors years {self.years!r} must be more than 0")
+        if self.max_studies < 1:
+            raise ValueError(f"priors max_studies {self.max_studies!r} must be at least 1")
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What the catalog, the edge's router and the pseudonymizer know of an algorithm."""
 
@@ -77,6 +99,7 @@ class Manifest:
     resources: Resources = field(default_factory=Resources)
     accepts_non_images: bool = False
     model_sha256: str | None = None
+    priors: Priors | None = None
 
     def __post_init__(self) -> None:
         if not self.id or not self.id.replace("-", "").isalnum():

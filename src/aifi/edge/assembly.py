@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Literal
+from typing import Any, Literal
 
 from aifi.edge.rules import Rule, rule_matches
 from aifi.edge.state import EdgeState
@@ -61,6 +61,11 @@ class Assembler:
                 if rule_matches(rule, attrs):
                     wanted[rule.algorithm].add(series_uid)
                     rule_names.setdefault(rule.algorithm, rule.name or rule.algorithm)
+        requests = self.state.open_requests(study_uid)
+        for request in requests:  # asked for by name (aifi edge request): every series
+            if request["algorithm_id"] not in wanted:
+                wanted[request["algorithm_id"]] = set(series_attrs)
+                rule_names[request["algorithm_id"]] = f"request by {request['requested_by']}"
         task_ids: list[str] = []
         for algorithm_id, series in wanted.items():
             fresh = self.state.series_with_instances_outside_tasks(study_uid, algorithm_id)
@@ -86,14 +91,39 @@ class Assembler:
                 len(todo),
             )
             task_ids.append(task_id)
+            self._fulfil(requests, algorithm_id, task_id)
             self.state.record_event(
                 "study-stable",
                 f"{len(instances)} instances of {len(todo)} series routed by rule"
                 f" {rule_names[algorithm_id]!r}",
                 task_id=task_id,
             )
+        for request in requests:  # a requested study with nothing new: answered by its task
+            if request["algorithm_id"] in wanted and request["task_id"] is None:
+                self.state.fulfil_request(request["id"], "")
         if not wanted:
             self.state.record_event(
                 "study-not-routed", f"study received, no rule matched ({len(series_attrs)} series)"
             )
         return task_ids
+
+    def _fulfil(self, requests: list[dict[str, Any]], algorithm_id: str, task_id: str) -> None:
+        """Answer the requests for ``algorithm_id`` with ``task_id``; attach their priors."""
+        for request in requests:
+            if request["algorithm_id"] != algorithm_id or request["task_id"] is not None:
+                continue
+            request["task_id"] = task_id
+            self.state.fulfil_request(request["id"], task_id)
+            priors = [
+                i.sop_instance_uid
+                for uid in request["prior_study_uids"]
+                for i in self.state.instances(uid)
+            ]
+            if priors:
+                self.state.add_task_instances(task_id, priors)
+                self.state.record_event(
+                    "priors-attached",
+                    f"{len(priors)} instances of {len(request['prior_study_uids'])} prior"
+                    " studies sent with the task as priors",
+                    task_id=task_id,
+                )

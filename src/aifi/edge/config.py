@@ -41,6 +41,7 @@ __all__ = [
     "HubPeer",
     "ListenerSettings",
     "LoggingSettings",
+    "QueryRetrievePeer",
     "RetentionSettings",
     "RisPeer",
     "StatusSettings",
@@ -143,6 +144,29 @@ class Destination(DicomPeer):
             if not UID(uid).is_transfer_syntax:
                 raise ValueError(f"{uid} is not a transfer syntax UID (PS3.6 Annex A)")
         return value
+
+
+class QueryRetrievePeer(BaseModel):
+    """A PACS the edge queries (C-FIND) and retrieves from (C-MOVE or C-GET), PS3.4 Annex C.
+
+    ``method = "move"`` asks the peer to C-STORE the study to
+    ``move_destination`` (default: the edge's own listener AE title, which the
+    PACS must know as a modality); ``"get"`` receives it on the same
+    association (PS3.4 C.4.3), for a PACS that cannot reach the edge.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="how the CLI names it; default ae_title")
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str = Field(default="AIFI_EDGE", min_length=1, max_length=16)
+    method: Literal["move", "get"] = "move"
+    move_destination: str | None = Field(
+        default=None, max_length=16, description="C-MOVE destination; default listener.ae_title"
+    )
+    timeout_s: float = Field(default=120.0, gt=0, description="how long one retrieve may take")
 
 
 class RetentionSettings(BaseModel):
@@ -258,6 +282,9 @@ class EdgeSettings(BaseModel):
         " 'pacs'); the first is the primary: urgent results are announced once it has them",
     )
     rules: list[Rule] = Field(default_factory=list)
+    query_retrieve: list[QueryRetrievePeer] = Field(
+        default_factory=list, description="PACS the edge pulls studies (and priors) from"
+    )
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     status: StatusSettings = Field(default_factory=StatusSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

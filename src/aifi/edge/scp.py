@@ -307,6 +307,15 @@ class EdgeReceiver:
     def _on_echo(self, event: Event) -> int:
         return SUCCESS
 
+    def handle_store(self, event: Event) -> int | Dataset:
+        """The receive path for a C-STORE on an association the edge opened itself.
+
+        A C-GET (PS3.4 C.4.3) brings the instances as C-STOREs on the
+        retrieving association: bound to ``EVT_C_STORE`` there, they are written
+        and recorded exactly as from the listener.
+        """
+        return self._on_store(event)
+
     def _on_store(self, event: Event) -> int | Dataset:
         calling = str(event.assoc.requestor.ae_title)
         sop_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)

@@ -127,6 +127,17 @@ CREATE TABLE IF NOT EXISTS purged_tasks (
     purged_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_kind ON events(kind);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_instance_uid TEXT NOT NULL,
+    algorithm_id TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    priority TEXT NOT NULL DEFAULT 'MEDIUM',
+    prior_study_uids TEXT NOT NULL DEFAULT '[]',
+    task_id TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_open ON requests(study_instance_uid, task_id);
 CREATE TABLE IF NOT EXISTS peer_contacts (
     peer TEXT PRIMARY KEY,
     last_success_at REAL,
@@ -497,6 +508,68 @@ class EdgeState:
                 [(task_id, uid) for uid in sop_instance_uids],
             )
         return task_id
+
+    # -- requests (pull on demand) -----------------------------------------
+    def add_request(
+        self,
+        study_instance_uid: str,
+        algorithm_id: str,
+        requested_by: str,
+        *,
+        priority: str = "MEDIUM",
+        prior_study_uids: Sequence[str] = (),
+    ) -> int:
+        """Ask for ``algorithm_id`` on a study whatever the routing rules say.
+
+        Another process (``aifi edge request``) writes it; the running edge's
+        assembler reads it when the study is stable. A study the edge already
+        closed is re-opened so the assembler looks at it again.
+        """
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO requests (study_instance_uid, algorithm_id, requested_by,"
+                " requested_at, priority, prior_study_uids) VALUES (?,?,?,?,?,?)",
+                (
+                    study_instance_uid,
+                    algorithm_id,
+                    requested_by,
+                    now,
+                    priority,
+                    json.dumps(list(prior_study_uids)),
+                ),
+            )
+            db.execute(
+                "UPDATE studies SET dispatched=0 WHERE study_instance_uid=?", (study_instance_uid,)
+            )
+        return int(cur.lastrowid or 0)
+
+    def open_requests(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """The requests for a study that no task answers yet, oldest first."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT * FROM requests WHERE study_instance_uid=? AND task_id IS NULL ORDER BY id",
+                (study_instance_uid,),
+            )
+            .fetchall()
+        )
+        found = [dict(r) for r in rows]
+        for r in found:
+            r["prior_study_uids"] = json.loads(r["prior_study_uids"])
+        return found
+
+    def add_task_instances(self, task_id: str, sop_instance_uids: Sequence[str]) -> None:
+        """More instances for a task not yet pseudonymized (priors of a requested study)."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO task_instances (task_id, sop_instance_uid) VALUES (?,?)",
+                [(task_id, uid) for uid in sop_instance_uids],
+            )
+
+    def fulfil_request(self, request_id: int, task_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE requests SET task_id=? WHERE id=?", (task_id, request_id))
 
     def has_task(self, study_instance_uid: str, algorithm_id: str) -> bool:
         row = (
