@@ -235,6 +235,10 @@ def test_metadata_has_headers_and_bulk_data_uris(
     assert "InlineBinary" not in pixel
     assert pixel["BulkDataURI"].endswith(f"/instances/{sop}/bulkdata/7FE00010")
     assert len(study_metadata) == 4 and len(series_metadata) == 1
+    # dicomweb-client sends Host without the port, so the URI is taken by its path
+    path = pixel["BulkDataURI"].split("/dicomweb", 1)[1]
+    (pixels,) = client_a.retrieve_bulkdata(client_a.base_url + path)
+    assert pixels == pydicom.dcmread(stored["j2k"]).pixel_array.tobytes()
 
 
 def test_stow_failure_carries_reason_text(

@@ -43,10 +43,11 @@ PARAMETERS = {
     "subscription_id": "subscription_id",
     "algorithm_id": "algorithm_id",
     "version": "version",
+    "tag": "tag",
 }
 """Path parameter name → the key of A's identifiers substituted for it."""
 
-PUBLIC_PARAMETERS = {"algorithm_id", "version"}  # the catalog is not tenant data
+PUBLIC_PARAMETERS = {"algorithm_id", "version", "tag"}  # the catalog, DICOM tags: no tenant data
 
 
 class Tenant:
@@ -89,6 +90,7 @@ class Tenant:
             "subscription_id": subscriptions[0]["id"],
             "algorithm_id": "integrity-check",
             "version": "1.0.0",
+            "tag": "7FE00010",  # Pixel Data, for WADO-RS Retrieve Bulkdata
         }
 
     @property

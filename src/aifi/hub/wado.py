@@ -13,7 +13,8 @@ a staged file and streamed from it, one object at a time.
 
 Metadata (PS3.18 §10.4.1.1.2) is each header as DICOM JSON (PS3.18 Annex F)
 with bulk data left out: Pixel Data and any long binary value become a
-BulkDataURI.
+BulkDataURI, which :func:`bulkdata` answers (PS3.18 §10.4.1.1.5) as
+uncompressed little-endian octets, decompressing encapsulated pixel data.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "AS_STORED",
     "NotAcceptable",
     "Planned",
+    "bulkdata",
     "metadata",
     "multipart_body",
     "negotiate",
@@ -210,3 +212,20 @@ def metadata(store: ObjectStore, key: str, instance_url: str) -> dict[str, Any]:
                 bulk_data_threshold=_BULK_THRESHOLD,
             )
     return result
+
+
+def bulkdata(store: ObjectStore, key: str, tag: int) -> bytes | None:
+    """One element's value as uncompressed octets; None when the object has no such element.
+
+    Encapsulated Pixel Data is decompressed (pylibjpeg) to the native form
+    PS3.18 §8.7.3.3.2 gives ``application/octet-stream``. One element of
+    one instance is held in memory, never a study.
+    """
+    with store.materialize(key) as path:
+        ds = pydicom.dcmread(path, defer_size=_BULK_THRESHOLD)
+        if tag not in ds:
+            return None
+        if tag == 0x7FE00010 and ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress(generate_instance_uid=False)
+        value = ds[tag].value
+    return value if isinstance(value, bytes) else None

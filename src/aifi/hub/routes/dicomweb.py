@@ -9,12 +9,13 @@ that a UID exists elsewhere.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +28,7 @@ from aifi.hub.models import Instance, Result
 from aifi.hub.qido import Level, Query, QueryError, search
 from aifi.hub.storage import ObjectStore
 from aifi.hub.stow import receive_parts, stow_boundary
-from aifi.hub.wado import NotAcceptable, metadata, multipart_body, negotiate, plan
+from aifi.hub.wado import NotAcceptable, bulkdata, metadata, multipart_body, negotiate, plan
 
 __all__ = ["router"]
 
@@ -279,3 +280,28 @@ def retrieve_metadata(
         yield b"]"
 
     return StreamingResponse(body(), media_type=DICOM_JSON)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}")
+def retrieve_bulkdata(
+    study: str,
+    series: str,
+    sop: str,
+    tag: str,
+    hospital: CurrentHospital,
+    session: SessionDep,
+    context: ContextDep,
+) -> Response:
+    """WADO-RS Retrieve Bulkdata (PS3.18 §10.4.1.1.5): the BulkDataURIs of ``/metadata``."""
+    rows = _object_rows(session, hospital.id, study, series, sop)
+    if not rows or not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such DICOM object or element")
+    value = bulkdata(context.store, rows[0][0], int(tag, 16))
+    if value is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="the object has no such element")
+    boundary = secrets.token_hex(16)
+    head = f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode("ascii")
+    return Response(
+        head + value + f"\r\n--{boundary}--\r\n".encode("ascii"),
+        media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+    )
