@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := orthanc dcmtk chromium postgresql
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb dcmtk chromium postgresql
 
 .PHONY: setup system-deps demo test lint typecheck bench lock
 

@@ -33,7 +33,7 @@ from aifi.phantoms.hand import bone_age_study
 from aifi.phantoms.write import write_study
 from peers.dcmtk import storescu
 from peers.hub import LocalHub, local_hub
-from peers.orthanc import Orthanc
+from peers.orthanc import Orthanc, orthanc_available, start_orthanc
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.slow]
 
@@ -232,6 +232,58 @@ def test_priors_of_the_same_patient_and_body_part_are_pulled_and_attached(
     assert held == {current, prior}
     (event,) = [e for e in state.task_events(task_id) if e["kind"] == "priors-attached"]
     assert "1 prior studies" in event["detail"]
+    state.close()
+
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@pytest.fixture
+def dicomweb_orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """Orthanc with its DICOMweb plugin (Debian package orthanc-dicomweb)."""
+    if not orthanc_available() or not DICOMWEB_PLUGIN.exists():
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
+    extra = {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    with start_orthanc(tmp_path / "orthanc-web", extra_config=extra, stop_grace_s=0.5) as server:
+        yield server
+
+
+def test_a_dicomweb_pacs_is_searched_by_qido_and_read_by_wado(
+    tmp_path: Path, dicomweb_orthanc: Orthanc
+) -> None:
+    orthanc = dicomweb_orthanc
+    patient = "PH-WEB-1"
+    current = put_into_orthanc(
+        orthanc,
+        hand_study("ACC-WEB", patient_id=patient, date=dt.date(2026, 1, 15), seed=7),
+        tmp_path / "now",
+    )
+    prior = put_into_orthanc(
+        orthanc,
+        hand_study("ACC-WEB-0", patient_id=patient, date=dt.date(2025, 9, 1), seed=8),
+        tmp_path / "prior",
+    )
+    config = edge_toml(tmp_path, orthanc, hub_url="http://127.0.0.1:9", token="x", method="get")
+    text = config.read_text().replace('method = "get"', 'method = "dicomweb"')
+    config.write_text(text + f'url = "http://127.0.0.1:{orthanc.http_port}/dicom-web"\n')
+    settings = load_edge_settings(config)
+    state = EdgeState(settings.data_dir / "edge.db")
+    outcome = pull_study(
+        settings,
+        peer_named(settings, "pacs"),
+        accession="ACC-WEB",
+        algorithm_id="bone-age",
+        priors=Priors(years=1),
+        state=state,
+    )
+    assert outcome.ok, outcome.detail
+    assert "2 instances retrieved by WADO-RS" in outcome.detail
+    assert (outcome.study_instance_uid, outcome.prior_study_uids) == (current, [prior])
+    (row,) = state.instances(current)
+    assert pydicom.dcmread(row.path).SOPInstanceUID == row.sop_instance_uid  # a whole Part 10 file
+    (task_id,) = Assembler(state, [], quiet_period_s=0).tick()[:1]
+    held = {r.study_instance_uid for r, _p, _d in state.task_instances(task_id)}
+    assert held == {current, prior}
     state.close()
 
 

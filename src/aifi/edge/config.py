@@ -152,21 +152,35 @@ class QueryRetrievePeer(BaseModel):
     ``method = "move"`` asks the peer to C-STORE the study to
     ``move_destination`` (default: the edge's own listener AE title, which the
     PACS must know as a modality); ``"get"`` receives it on the same
-    association (PS3.4 C.4.3), for a PACS that cannot reach the edge.
+    association (PS3.4 C.4.3), for a PACS that cannot reach the edge;
+    ``"dicomweb"`` searches by QIDO-RS and retrieves by WADO-RS from ``url``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, description="how the CLI names it; default ae_title")
-    ae_title: str = Field(min_length=1, max_length=16)
-    host: str
-    port: int = Field(ge=1, le=65535)
+    ae_title: str = Field(default="PACS", min_length=1, max_length=16)
+    host: str = ""
+    port: int = Field(default=104, ge=1, le=65535)
     calling_ae_title: str = Field(default="AIFI_EDGE", min_length=1, max_length=16)
-    method: Literal["move", "get"] = "move"
+    method: Literal["move", "get", "dicomweb"] = "move"
     move_destination: str | None = Field(
         default=None, max_length=16, description="C-MOVE destination; default listener.ae_title"
     )
+    url: str | None = Field(
+        default=None,
+        description='method = "dicomweb": the PACS\'s DICOMweb base URL (QIDO-RS and WADO-RS,'
+        " PS3.18 10.6 and 10.4), e.g. http://pacs:8042/dicom-web",
+    )
     timeout_s: float = Field(default=120.0, gt=0, description="how long one retrieve may take")
+
+    @model_validator(mode="after")
+    def _address_for_its_method(self) -> QueryRetrievePeer:
+        if self.method == "dicomweb" and not self.url:
+            raise ValueError('method = "dicomweb" needs url (the PACS\'s DICOMweb base URL)')
+        if self.method != "dicomweb" and not self.host:
+            raise ValueError(f'method = "{self.method}" needs host and port (the PACS\'s DICOM)')
+        return self
 
 
 class RetentionSettings(BaseModel):

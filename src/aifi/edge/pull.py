@@ -19,6 +19,10 @@ that asks for "algorithm X on study Y" (a workitem, an order):
    coming back as C-STOREs on the same association, written through
    :meth:`aifi.edge.scp.EdgeReceiver.handle_store`.
 
+For a DICOMweb PACS (``method = "dicomweb"``) the same steps are QIDO-RS
+searches and a WADO-RS retrieve (PS3.18 10.6, 10.4), each instance written
+through :meth:`aifi.edge.scp.EdgeReceiver.store_encoded`.
+
 Outcomes are values (:class:`PullOutcome`): a peer that refuses or finds
 nothing is a status with a sentence, not an exception. Only misuse (no
 accession and no UID, an unknown peer name) raises :class:`ConfigError`.
@@ -31,8 +35,10 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any, Literal
 
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
@@ -57,6 +63,7 @@ PullStatus = Literal["requested", "not-found", "failed"]
 # Pending statuses of C-FIND/C-MOVE/C-GET responses (PS3.4 C.4.1.1.4, C.4.2.1.5).
 _PENDING = (0xFF00, 0xFF01)
 _WARNING = 0xB000
+_RETRIEVE = {"move": "C-MOVE", "get": "C-GET", "dicomweb": "WADO-RS"}
 # Presentation contexts an association may propose (PS3.8 9.3.2.2: at most 128).
 _MAX_CONTEXTS = 128
 
@@ -185,7 +192,7 @@ def pull_study(
                 problems.append(problem)
         kind = "pull-requested" if not problems else "pull-failed"
         outcome.detail = (
-            f"{outcome.instances} instances retrieved by C-{method.upper()} from {name}"
+            f"{outcome.instances} instances retrieved by {_RETRIEVE[method]} from {name}"
             f" ({len(prior_uids)} prior studies), {outcome.failed} failed"
             + ("; " + "; ".join(problems) if problems else "")
         )
@@ -227,6 +234,8 @@ def find_studies(
     query.SOPClassesInStudy = ""
     if body_part:
         query.BodyPartExamined = body_part  # optional key; Orthanc matches it at study level
+    if peer.method == "dicomweb":
+        return [_match(ds) for ds in _qido(peer, "studies", query)]
     matches: list[StudyMatch] = []
     with _association(peer, [StudyRootQueryRetrieveInformationModelFind]) as assoc:
         for status, identifier in assoc.send_c_find(
@@ -287,6 +296,12 @@ def _body_parts(peer: QueryRetrievePeer, study_uid: str) -> set[str]:
     query.SeriesInstanceUID = ""
     query.BodyPartExamined = ""
     parts: set[str] = set()
+    if peer.method == "dicomweb":
+        for ds in _qido(peer, "series", query):
+            part = str(ds.get("BodyPartExamined", "") or "").upper()
+            if part:
+                parts.add(part)
+        return parts
     with _association(peer, [StudyRootQueryRetrieveInformationModelFind]) as assoc:
         for status, identifier in assoc.send_c_find(
             query, StudyRootQueryRetrieveInformationModelFind
@@ -310,6 +325,8 @@ def _retrieve(
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid
     try:
+        if peer.method == "dicomweb":
+            return _wado_study(settings, peer, study_uid, state)
         if peer.method == "move":
             destination = peer.move_destination or settings.listener.ae_title
             with _association(peer, [StudyRootQueryRetrieveInformationModelMove]) as assoc:
@@ -330,6 +347,69 @@ def _retrieve(
             return _sub_operations(peer, "C-GET", responses)
     except _PeerError as exc:
         return 0, 0, str(exc)
+
+
+def _qido(
+    peer: QueryRetrievePeer, level: Literal["studies", "series"], query: Dataset
+) -> list[Dataset]:
+    """QIDO-RS search (PS3.18 10.6): the query's keys as filters, the empty ones as fields."""
+    from dicomweb_client.api import DICOMwebClient
+
+    filters = {
+        e.keyword: str(e.value)
+        for e in query
+        if e.keyword not in ("QueryRetrieveLevel", "SOPClassesInStudy")
+        and e.value not in ("", None)
+    }
+    fields = [e.keyword for e in query if e.value in ("", None)]
+    client = DICOMwebClient(url=str(peer.url))
+    try:
+        if level == "studies":
+            found = client.search_for_studies(search_filters=filters, fields=fields)
+        else:
+            uid = filters.pop("StudyInstanceUID")
+            found = client.search_for_series(uid, search_filters=filters, fields=fields)
+    except Exception as exc:  # requests' errors, translated once here
+        raise _PeerError(f"the QIDO-RS search at {peer.url} failed: {exc}") from exc
+    return [Dataset.from_json(item) for item in found]
+
+
+def _wado_study(
+    settings: EdgeSettings, peer: QueryRetrievePeer, study_uid: str, state: EdgeState
+) -> tuple[int, int, str]:
+    """WADO-RS retrieve of a study (PS3.18 10.4), each instance through the receive path."""
+    from dicomweb_client.api import DICOMwebClient
+
+    from aifi.edge.scp import EdgeReceiver
+
+    receiver = EdgeReceiver(settings.listener, state, settings.data_dir / "received")
+    client = DICOMwebClient(url=str(peer.url))
+    completed = failed = 0
+    try:
+        for ds in client.iter_study(study_uid):
+            status = receiver.store_encoded(
+                _encoded(ds),
+                str(ds.file_meta.TransferSyntaxUID),
+                str(ds.SOPClassUID),
+                str(ds.SOPInstanceUID),
+                f"DICOMweb {peer.name or peer.ae_title}",
+            )
+            if status == 0:
+                completed += 1
+            else:
+                failed += 1
+    except Exception as exc:  # requests' errors, translated once here
+        return completed, failed, f"the WADO-RS retrieve from {peer.url} failed: {exc}"
+    return completed, failed, ""
+
+
+def _encoded(ds: Dataset) -> bytes:
+    """The data set in its own transfer syntax, without preamble and File Meta Information."""
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    data = buffer.getvalue()
+    group_length = int.from_bytes(data[140:144], "little")  # (0002,0000) UL after "DICM"
+    return data[144 + group_length :]
 
 
 def _sub_operations(peer: QueryRetrievePeer, op: str, responses: Any) -> tuple[int, int, str]:

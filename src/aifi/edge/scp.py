@@ -356,14 +356,41 @@ class EdgeReceiver:
         rsp.ErrorComment = refusal.comment[:_ERROR_COMMENT_MAX]
         return rsp
 
+    def store_encoded(
+        self, raw: bytes, transfer_syntax: str, sop_class_uid: str, sop_uid: str, source: str
+    ) -> int | Dataset:
+        """The receive path for a data set that came another way than C-STORE (WADO-RS).
+
+        ``raw`` is the data set encoded in ``transfer_syntax``, without the
+        Part 10 preamble and File Meta Information; ``source`` names where it
+        came from, as the calling AE title does for a C-STORE. Answers the
+        status a C-STORE would have got (0x0000 or a refusal data set).
+        """
+        try:
+            return self._store_raw(
+                memoryview(raw), UID(transfer_syntax), sop_class_uid, source, sop_uid
+            )
+        except _Refusal as refusal:
+            return self._refused(refusal, source, sop_uid)
+
     def _store(self, event: Event, calling: str, sop_uid: str) -> int:
         request = cast(C_STORE, event.request)
-        problem = uid_problem(sop_uid, "Affected SOP Instance UID")
-        if problem is not None:
-            raise _Refusal(DOES_NOT_MATCH_SOP_CLASS, "invalid SOP Instance UID", problem)
         transfer_syntax = UID(event.context.transfer_syntax)
         sop_class_uid = str(request.AffectedSOPClassUID)
         raw: memoryview = cast(BytesIO, request.DataSet).getbuffer()
+        return self._store_raw(raw, transfer_syntax, sop_class_uid, calling, sop_uid)
+
+    def _store_raw(
+        self,
+        raw: memoryview,
+        transfer_syntax: UID,
+        sop_class_uid: str,
+        calling: str,
+        sop_uid: str,
+    ) -> int:
+        problem = uid_problem(sop_uid, "Affected SOP Instance UID")
+        if problem is not None:
+            raise _Refusal(DOES_NOT_MATCH_SOP_CLASS, "invalid SOP Instance UID", problem)
         header_bytes = part10_header(sop_class_uid, sop_uid, str(transfer_syntax))
         self.space.check(len(header_bytes) + len(raw))
 
