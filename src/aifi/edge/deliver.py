@@ -37,7 +37,8 @@ import pydicom
 from pydicom import Dataset
 
 from aifi.deid import PseudonymMap
-from aifi.edge.config import DeliverySettings, DicomPeer
+from aifi.edge.config import DeliverySettings, Destination, DicomPeer
+from aifi.edge.destinations import Destinations
 from aifi.edge.fhir import FhirPeer, build_report_bundle, post_bundle
 from aifi.edge.identity import recall_identity
 from aifi.edge.notify import RisPeer, build_oru, send_mllp
@@ -46,7 +47,7 @@ from aifi.edge.reidentify import reidentify
 from aifi.edge.state import DEAD_LETTER, FINAL_STATES, EdgeState, TaskRow
 from aifi.errors import DeliveryError, HubRefused, HubUnavailable
 from aifi.protocol.client import HubClient
-from aifi.protocol.schemas import TaskOut, TaskState
+from aifi.protocol.schemas import ResultRef, TaskOut, TaskState
 from aifi.results.codes import PIXEL_DATA_SHA256
 
 __all__ = ["Deliverer", "sr_pixel_digests"]
@@ -71,16 +72,22 @@ class Deliverer:
         result_kinds: Sequence[str] = ("sr", "gsps", "sc"),
         max_backoff_s: float = 60.0,
         settings: DeliverySettings | None = None,
+        destinations: Sequence[Destination] = (),
     ) -> None:
+        """``destinations``, when given, replace ``pacs``: the first is the primary."""
         self.state = state
         self.hub = hub
-        self.pacs = pacs
+        self.pacs = destinations[0] if destinations else pacs
         self.ris = ris
         self.fhir = fhir
-        self.result_kinds = frozenset(result_kinds)
+        primary_kinds = destinations[0].result_kinds if destinations else None
+        self.result_kinds = frozenset(primary_kinds or result_kinds)
         self.pseudonym_map = pseudonym_map
         self.max_backoff_s = max_backoff_s
         self.settings = settings or DeliverySettings()
+        self.others = Destinations(
+            state, destinations[1:], result_kinds, self.settings, max_backoff_s
+        )
         self._reconciled_at = 0.0
 
     # -- the poll ----------------------------------------------------------
@@ -188,6 +195,7 @@ class Deliverer:
         failures: list[str] = []
         datasets: list[tuple[str, Dataset]] = []
         srs: list[Dataset] = []
+        fetched: dict[str, Dataset] = {}
         for ref in pending + (
             [r for r in wanted if r.kind == "sr" and r not in pending] if verify else []
         ):
@@ -221,6 +229,7 @@ class Deliverer:
                 srs.append(ds)
             if ref in pending:
                 datasets.append((ref.kind, ds))
+            fetched[ref.sop_instance_uid] = ds
         if datasets:
             self.state.record_event(
                 "reidentified",
@@ -249,9 +258,30 @@ class Deliverer:
             assert identity is not None
             if not self._notified(local, hub_task, identity):
                 return 0
+        if self.others and not self.others.advance(
+            local.id, hub_task.results, functools.partial(self._fetch, local, fetched)
+        ):
+            return 0  # another destination waits for its retry; the primary has its results
         self.hub.acknowledge(hub_task.id, self._stored_uids(local, hub_task))
         self._mark_delivered(local, hub_task)
         return 1
+
+    def _fetch(self, local: TaskRow, fetched: dict[str, Dataset], ref: ResultRef) -> Dataset:
+        """One result object, re-identified, for a further destination (fetched once a tick)."""
+        if ref.sop_instance_uid not in fetched:
+            assert local.pseudo_study_uid is not None
+            identity = recall_identity(
+                self.pseudonym_map,
+                local.pseudo_study_uid,
+                purpose=f"deliver results of task {local.id}",
+            )
+            raw = self.hub.retrieve_instance(
+                ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid
+            )
+            fetched[ref.sop_instance_uid] = reidentify(
+                pydicom.dcmread(BytesIO(raw)), self.pseudonym_map, identity, task_id=local.id
+            )
+        return fetched[ref.sop_instance_uid]
 
     def _stored_uids(self, local: TaskRow, hub_task: TaskOut) -> list[str]:
         done = self.state.deliveries(local.id)
@@ -264,7 +294,7 @@ class Deliverer:
         wanted = [r for r in hub_task.results if r.kind in self.result_kinds]
         stored = all(done.get(r.sop_instance_uid) == "stored" for r in wanted)
         notified = not hub_task.urgent or (local.notification or "").startswith("sent")
-        return stored and notified
+        return stored and notified and self.others.settled(local.id)
 
     def _mark_delivered(self, local: TaskRow, hub_task: TaskOut, note: str = "") -> None:
         stored = len(self._stored_uids(local, hub_task))
@@ -282,6 +312,12 @@ class Deliverer:
             f"{stored} result objects stored in PACS" + (f"; {note}" if note else ""),
             task_id=local.id,
         )
+        given_up = self.others.dead_letters(local.id)
+        if given_up:
+            self.state.update_task(
+                local.id,
+                reason="; ".join(f"destination {r.destination}: {r.reason}" for r in given_up),
+            )
         logger.info("task %s delivered: %d result objects in PACS", local.id, stored)
 
     def _later(self, local: TaskRow, reason: str) -> None:

@@ -90,6 +90,7 @@ class EdgeService:
             result_kinds=settings.result_kinds,
             max_backoff_s=settings.hub.max_backoff_s,
             settings=settings.delivery,
+            destinations=settings.result_destinations,
         )
         self.purger = Purger(
             self.state, settings.retention, data_dir / "outbox", data_dir / "received"
