@@ -39,7 +39,7 @@ from aifi.edge.policy import Release
 from aifi.edge.state import EdgeState, TaskRow
 from aifi.errors import HubRefused, HubUnavailable, PseudonymizationError
 from aifi.protocol.client import HubClient
-from aifi.protocol.schemas import TaskCreate
+from aifi.protocol.schemas import PRIORITY_RANK, TaskCreate
 
 __all__ = ["Outbox"]
 
@@ -50,6 +50,7 @@ _BATCH_BYTES = 64 << 20
 # A held task looks at the release policy (and the hub's catalog) again this often.
 HELD_RECHECK_S = 2.0
 HELD = "held"
+_PRIORITY_NAME = {rank: name for name, rank in PRIORITY_RANK.items()}
 
 DigestFn = Callable[[Path], str]
 
@@ -93,7 +94,11 @@ class Outbox:
         self.max_backoff_s = max_backoff_s
 
     def tick(self) -> int:
-        """Advance every task that is due; return how many moved."""
+        """Advance every task that is due, urgent and stat ones first; return how many moved.
+
+        Due tasks come by priority, then age (:meth:`EdgeState.due_tasks`), so
+        an urgent CT is pseudonymized and sent before the day's radiographs.
+        """
         moved = 0
         for task in self.state.due_tasks(HELD):
             moved += self._guarded(task, self._recheck)
@@ -223,6 +228,7 @@ class Outbox:
                 study_instance_uid=task.pseudo_study_uid,
                 sop_instance_uids=pseudo_uids,
                 correlation_id=task.id,
+                priority=_PRIORITY_NAME.get(task.priority, "MEDIUM"),
             )
         )
         self.state.update_task(

@@ -9,6 +9,7 @@ Rules are data in ``edge.toml``; this module only executes them::
     patterns = { SeriesDescription = ["*hand*"] }
     min_age_years = 0
     max_age_years = 19
+    priority = "urgent"        # optional: stat | urgent | routine (default) | low
 
 Values in ``match`` compare case-insensitively and exactly; values in
 ``patterns`` are shell-style patterns (``fnmatch``), also case-insensitive.
@@ -22,15 +23,18 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydicom.datadict import keyword_dict
 
-__all__ = ["NON_IMAGE_MODALITIES", "Rule", "age_in_years", "rule_matches"]
+__all__ = ["NON_IMAGE_MODALITIES", "RULE_PRIORITY", "Rule", "age_in_years", "rule_matches"]
 
 # Object types that are not images: not sent to algorithms unless a rule asks.
 NON_IMAGE_MODALITIES = frozenset({"PR", "KO", "SR", "DOC", "REG", "RTSTRUCT", "RTPLAN", "SEG"})
+
+#: A rule's priority as Scheduled Procedure Step Priority (0074,1200): stat and urgent are HIGH.
+RULE_PRIORITY = {"stat": "HIGH", "urgent": "HIGH", "routine": "MEDIUM", "low": "LOW"}
 
 
 class Rule(BaseModel):
@@ -45,6 +49,7 @@ class Rule(BaseModel):
     min_age_years: float | None = None
     max_age_years: float | None = None
     include_non_images: bool = False
+    priority: Literal["stat", "urgent", "routine", "low"] = "routine"
 
     @field_validator("match", "patterns")
     @classmethod

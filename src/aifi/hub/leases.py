@@ -90,7 +90,9 @@ def claim(session: Session, task_id: str, worker: str, lease_s: float) -> bool:
 def claim_next(
     session: Session, worker: str, algorithm_ids: Collection[str] | None, lease_s: float
 ) -> str | None:
-    """Claim the oldest SCHEDULED task of one of ``algorithm_ids`` (None: any); its id, or None.
+    """Claim the most urgent, then oldest, SCHEDULED task of ``algorithm_ids`` (None: any).
+
+    Its id, or None. Urgent and stat work (priority HIGH) goes before routine work.
 
     One statement: ``UPDATE tasks ... WHERE id = (SELECT id ... LIMIT 1 FOR
     UPDATE SKIP LOCKED) AND state = 'SCHEDULED' RETURNING id``. Commits.
@@ -102,7 +104,7 @@ def claim_next(
     if algorithm_ids is not None:
         waiting = waiting.where(Task.algorithm_id.in_(sorted(algorithm_ids)))
     oldest = (
-        waiting.order_by(Task.created_at, Task.id)
+        waiting.order_by(Task.priority, Task.created_at, Task.id)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()

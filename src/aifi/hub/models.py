@@ -217,6 +217,7 @@ class Task(Base):
         Index("ix_tasks_hospital_created", "hospital_id", "created_at", "id"),
         Index("ix_tasks_state", "state"),
         Index("ix_tasks_queue", "state", "algorithm_id", "created_at"),
+        Index("ix_tasks_priority_queue", "state", "priority", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -243,6 +244,8 @@ class Task(Base):
     lease_until: Mapped[datetime | None] = mapped_column()
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # queue order, Scheduled Procedure Step Priority (0074,1200) as a rank: 0 HIGH, 1 MEDIUM, 2 LOW
+    priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     inputs: Mapped[list[TaskInput]] = relationship(
         back_populates="task", cascade="all, delete-orphan"

@@ -28,7 +28,14 @@ from aifi.hub.auditing import audit_log_of
 from aifi.hub.catalog import select_version
 from aifi.hub.models import Instance, Result, Task, TaskInput, utcnow
 from aifi.hub.subscriptions import covering
-from aifi.protocol.schemas import Acknowledge, ResultRef, TaskCreate, TaskOut, TaskState
+from aifi.protocol.schemas import (
+    PRIORITY_RANK,
+    Acknowledge,
+    ResultRef,
+    TaskCreate,
+    TaskOut,
+    TaskState,
+)
 
 __all__ = [
     "TaskRefused",
@@ -43,6 +50,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TERMINAL = (TaskState.COMPLETED.value, TaskState.CANCELED.value)
+_PRIORITY_NAME = {rank: name for name, rank in PRIORITY_RANK.items()}
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ def task_out(task: Task) -> TaskOut:
         state=TaskState(task.state),
         reason=task.reason,
         urgent=task.urgent,
+        priority=_PRIORITY_NAME.get(task.priority, "MEDIUM"),
         created_at=task.created_at,
         updated_at=task.updated_at,
         acknowledged=task.acknowledged,
@@ -159,6 +168,7 @@ def create_task(
         agreement_reference=subscription.agreement_reference,
         study_instance_uid=request.study_instance_uid,
         state=TaskState.SCHEDULED.value,
+        priority=PRIORITY_RANK[request.priority],
         inputs=[TaskInput(instance_id=i.id) for i in instances],
     )
     session.add(task)

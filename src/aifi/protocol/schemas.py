@@ -42,13 +42,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from aifi.core.tasks import TaskState
 
 __all__ = [
+    "PRIORITY_RANK",
     "Acknowledge",
     "AlgorithmState",
     "AuditEventOut",
@@ -59,6 +60,7 @@ __all__ = [
     "IssuedToken",
     "PrincipalCreate",
     "PrincipalOut",
+    "Priority",
     "ResultRef",
     "Role",
     "SubscriptionCreate",
@@ -87,14 +89,28 @@ class AlgorithmState(StrEnum):
     RETIRED = "retired"
 
 
+#: Scheduled Procedure Step Priority (0074,1200), PS3.3 C.30.2.1: HIGH is urgent or stat work.
+Priority = Literal["HIGH", "MEDIUM", "LOW"]
+#: Queue order of each priority: lower goes first (then the oldest).
+PRIORITY_RANK: dict[str, int] = {"HIGH": 0, "MEDIUM": 1, "LOW": 2}
+
+
 class TaskCreate(BaseModel):
-    """Ask the hub to run one algorithm on one pseudonymized study."""
+    """Ask the hub to run one algorithm on one pseudonymized study.
+
+    Unknown fields are refused (422): a misspelt ``priorty`` must not be dropped silently.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     client_task_id: str = Field(min_length=1, max_length=64, description="edge's idempotency key")
     algorithm_id: str = Field(min_length=1, max_length=64)
     study_instance_uid: str = Field(min_length=1, max_length=64)
     sop_instance_uids: list[str] = Field(min_length=1, description="instances uploaded for it")
     correlation_id: str | None = Field(default=None, max_length=64)
+    priority: Priority = Field(
+        default="MEDIUM", description="Scheduled Procedure Step Priority (0074,1200)"
+    )
 
 
 class ResultRef(BaseModel):
@@ -116,6 +132,7 @@ class TaskOut(BaseModel):
     state: TaskState
     reason: str | None = Field(default=None, description="why the task was canceled")
     urgent: bool = False
+    priority: Priority = "MEDIUM"
     created_at: datetime
     updated_at: datetime
     acknowledged: bool = False

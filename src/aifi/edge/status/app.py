@@ -42,6 +42,7 @@ from aifi.edge.requeue import discard_task, retry_task
 from aifi.edge.state import DEAD_LETTER, EdgeState
 from aifi.edge.status.sessions import COOKIE, Session, Sessions
 from aifi.edge.status.views import parse_since, select_tasks, task_view
+from aifi.edge.ups import UpsContext, create_ups_router
 from aifi.errors import AifiError, HubError
 from aifi.protocol.client import HubClient
 
@@ -116,6 +117,11 @@ def create_status_app(ctx: StatusContext) -> FastAPI:
     env.filters["seconds"] = _seconds
     env.filters["bytes"] = _bytes
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    # UPS-RS workitems (IHE AIW-I Task Manager): the RIS's or PACS's way in, aifi.edge.ups
+    pacs_aet = ctx.settings.pacs.ae_title if ctx.settings.pacs is not None else None
+    app.include_router(
+        create_ups_router(UpsContext(ctx.state, ctx.hub, status.admin_password, pacs_aet))
+    )
 
     @app.middleware("http")
     async def security_headers(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 
 from aifi.hub import retention, tasks
 from aifi.hub.auth import CurrentHospital
@@ -18,6 +18,22 @@ from aifi.protocol.schemas import Acknowledge, TaskCreate, TaskOut, TaskState
 __all__ = ["router"]
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+_LIST_FILTERS = frozenset({"state", "acknowledged", "limit", "after"})
+
+
+def known_filters(request: Request) -> None:
+    """Refuse a query parameter the list does not know (400), rather than ignore it.
+
+    ``?study_instance_uid=X`` answering every task would look like a filtered answer.
+    """
+    unknown = sorted(set(request.query_params) - _LIST_FILTERS)
+    if unknown:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"unknown filter {', '.join(unknown)}; GET /tasks filters on"
+            f" {', '.join(sorted(_LIST_FILTERS))}",
+        )
 
 
 @router.post(
@@ -44,7 +60,7 @@ def create_task(
     return tasks.task_out(task)
 
 
-@router.get("", response_model=list[TaskOut])
+@router.get("", response_model=list[TaskOut], dependencies=[Depends(known_filters)])
 def list_tasks(
     hospital: CurrentHospital,
     session: SessionDep,
