@@ -156,7 +156,13 @@ class EdgeService:
 
         app = create_status_app(
             StatusContext(
-                self.settings, self.state, self.pseudonym_map, self.policy, self.hub, self.metrics
+                self.settings,
+                self.state,
+                self.pseudonym_map,
+                self.policy,
+                self.hub,
+                self.metrics,
+                receiver=self.receiver,
             )
         )
         server = StatusServer(

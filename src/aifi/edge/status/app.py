@@ -42,6 +42,7 @@ from aifi.edge.requeue import discard_task, retry_task
 from aifi.edge.state import DEAD_LETTER, EdgeState
 from aifi.edge.status.sessions import COOKIE, Session, Sessions
 from aifi.edge.status.views import parse_since, select_tasks, task_view
+from aifi.edge.stow import Receiver, create_stow_router
 from aifi.edge.ups import UpsContext, create_ups_router
 from aifi.errors import AifiError, HubError
 from aifi.protocol.client import HubClient
@@ -79,6 +80,7 @@ class StatusContext:
     policy: PolicyFile
     hub: HubClient
     registry: CollectorRegistry
+    receiver: Receiver | None = None  # the receive path STOW-RS writes through (aifi.edge.stow)
 
 
 class _LoginRequired(Exception):
@@ -122,6 +124,8 @@ def create_status_app(ctx: StatusContext) -> FastAPI:
     app.include_router(
         create_ups_router(UpsContext(ctx.state, ctx.hub, status.admin_password, pacs_aet))
     )
+    if ctx.receiver is not None:  # STOW-RS in, beside C-STORE (aifi.edge.stow)
+        app.include_router(create_stow_router(ctx.receiver, status.admin_password))
 
     @app.middleware("http")
     async def security_headers(
