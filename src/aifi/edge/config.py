@@ -119,6 +119,9 @@ class DicomPeer(BaseModel):
         description="ask for Storage Commitment (PS3.4 Annex J) after the stores: delivered"
         " means committed; the peer answers on a new association to the edge's listener",
     )
+    commitment_timeout_s: float = Field(
+        default=300.0, gt=0, description="how long to wait for the storage commitment report"
+    )
 
 
 class Destination(DicomPeer):
@@ -357,6 +360,12 @@ class EdgeSettings(BaseModel):
             raise ValueError(
                 f"[[destinations]] name {twice[0]!r} is used twice (note: [pacs] is named"
                 " 'pacs'); give each destination its own name"
+            )
+        later = [d.name for d in self.result_destinations[1:] if d.commitment]
+        if later:
+            raise ValueError(
+                f"[[destinations]] {later[0]!r}: commitment = true is supported for the first"
+                " destination (the primary) only"
             )
         return self
 

@@ -37,6 +37,7 @@ import pydicom
 from pydicom import Dataset
 
 from aifi.deid import PseudonymMap
+from aifi.edge.commitment import Commitments
 from aifi.edge.config import DeliverySettings, Destination, DicomPeer
 from aifi.edge.destinations import Destinations
 from aifi.edge.fhir import FhirPeer, build_report_bundle, post_bundle
@@ -88,6 +89,7 @@ class Deliverer:
         self.others = Destinations(
             state, destinations[1:], result_kinds, self.settings, max_backoff_s
         )
+        self.commitments = Commitments(state)
         self._reconciled_at = 0.0
 
     # -- the poll ----------------------------------------------------------
@@ -258,6 +260,8 @@ class Deliverer:
             assert identity is not None
             if not self._notified(local, hub_task, identity):
                 return 0
+        if self.pacs.commitment and not self._committed(local, hub_task):
+            return 0  # the PACS has not yet committed to keeping what it stored
         if self.others and not self.others.advance(
             local.id, hub_task.results, functools.partial(self._fetch, local, fetched)
         ):
@@ -265,6 +269,47 @@ class Deliverer:
         self.hub.acknowledge(hub_task.id, self._stored_uids(local, hub_task))
         self._mark_delivered(local, hub_task)
         return 1
+
+    def _committed(self, local: TaskRow, hub_task: TaskOut) -> bool:
+        """Storage commitment of the primary (PS3.4 Annex J); False: not (yet) committed.
+
+        No transaction yet (or the last one failed or was never answered):
+        one is requested for every stored result object. A failure counts as
+        a failed attempt of the task, retried with its back-off.
+        """
+        assert self.pacs is not None
+        name = getattr(self.pacs, "name", "pacs")
+        latest = self.commitments.latest(local.id, name)
+        if latest is not None and latest.state == "committed":
+            return True
+        if latest is not None and latest.state == "requested":
+            if time.time() - latest.requested_at < self.pacs.commitment_timeout_s:
+                return False
+            self.commitments.abandon(latest.transaction_uid, "no report in time")
+            self._later(
+                local,
+                f"PACS sent no storage commitment report within"
+                f" {self.pacs.commitment_timeout_s:.0f} s (is the edge's AE title a modality"
+                " there, with storage commitment allowed?)",
+            )
+            return False
+        if latest is not None and latest.state == "failed":
+            self.commitments.abandon(latest.transaction_uid, latest.detail or "failed")
+            self._later(local, f"storage commitment failed: {latest.detail}")
+            return False
+        done = self.state.deliveries(local.id)
+        refs = [
+            (r.sop_class_uid, r.sop_instance_uid)
+            for r in hub_task.results
+            if done.get(r.sop_instance_uid) == "stored"
+        ]
+        ok, detail = self.commitments.request(self.pacs, local.id, name, refs)
+        self.state.record_contact(name, ok, detail)
+        if not ok:
+            self._later(local, f"storage commitment not requested: {detail}")
+            return False
+        self.state.record_event("commitment-requested", detail, task_id=local.id)
+        return False
 
     def _fetch(self, local: TaskRow, fetched: dict[str, Dataset], ref: ResultRef) -> Dataset:
         """One result object, re-identified, for a further destination (fetched once a tick)."""

@@ -57,6 +57,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from aifi.edge.commitment import STORAGE_COMMITMENT, Commitments, on_event_report
 from aifi.edge.config import ListenerSettings
 from aifi.edge.dataset_scan import decode_text, scan_dataset, tags_for
 from aifi.edge.file_meta import part10_header
@@ -221,6 +222,10 @@ class EdgeReceiver:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
+        # PS3.4 J.3.3: a PACS reports storage commitment on an association it opens, in the
+        # SCP role of the Storage Commitment Push Model.
+        ae.add_supported_context(STORAGE_COMMITMENT, scu_role=False, scp_role=True)
+        self._commitments = Commitments(state)
         ae.require_calling_aet = list(settings.allowed_calling_aets)
         # PS3.8 9.3.4: A-ASSOCIATE-RJ "called AE title not recognized" (result 1, source 1, 7).
         ae.require_called_aet = settings.check_called_ae_title
@@ -242,6 +247,7 @@ class EdgeReceiver:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_N_EVENT_REPORT, self._on_event_report),
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
@@ -306,6 +312,11 @@ class EdgeReceiver:
 
     def _on_echo(self, event: Event) -> int:
         return SUCCESS
+
+    def _on_event_report(self, event: Event) -> tuple[int, Dataset | None]:
+        status = on_event_report(self._commitments, event)
+        self.record("commitment-report", f"storage commitment report, answered 0x{status[0]:04X}")
+        return status
 
     def handle_store(self, event: Event) -> int | Dataset:
         """The receive path for a C-STORE on an association the edge opened itself.

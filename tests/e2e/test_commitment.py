@@ -1,0 +1,101 @@
+"""Storage commitment (PS3.4 Annex J) with Orthanc: "delivered" means "committed".
+
+Orthanc (1.10) is the PACS; it answers the edge's N-ACTION and reports the
+outcome with an N-EVENT-REPORT on a new association to the edge's listener
+(the edge's AE title is a modality there, allowed storage commitment). A
+storage SCP that offers no storage commitment keeps the task from being
+delivered, with the reason recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aifi.demo.samples import cr_study
+from aifi.edge.config import DeliverySettings, DicomPeer, EdgeSettings, HubPeer, ListenerSettings
+from aifi.edge.rules import Rule
+from aifi.edge.service import EdgeService
+from peers.orthanc import Orthanc
+
+from .conftest import HubProcess
+from .test_delivery_faults import RefusingPacs, send, settled
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.slow]
+
+
+def _edge(tmp_path: Path, hub: HubProcess, orthanc: Orthanc, pacs: DicomPeer) -> EdgeService:
+    settings = EdgeSettings(
+        data_dir=tmp_path / "edge",
+        quiet_period_s=0.5,
+        listener=ListenerSettings(port=0, allowed_calling_aets=[orthanc.aet]),
+        hub=HubPeer(
+            url=hub.url,
+            token=hub.add_hospital("St. Example"),
+            poll_interval_s=0.1,
+            max_backoff_s=0.2,
+        ),
+        pacs=pacs,
+        delivery=DeliverySettings(max_attempts=3, reconcile_interval_s=1.0),
+        rules=[Rule(name="connection test", algorithm="integrity-check")],
+    )
+    service = EdgeService(settings)
+    service.start()
+    response = orthanc.client.put(
+        "/modalities/aifi",
+        json={
+            "AET": settings.listener.ae_title,
+            "Host": "127.0.0.1",
+            "Port": service.dicom_port,
+            "AllowEcho": True,
+            "AllowStore": True,
+            "AllowStorageCommitment": True,
+        },
+    )
+    response.raise_for_status()
+    return service
+
+
+@pytest.fixture
+def committing_edge(tmp_path: Path, hub: HubProcess, orthanc: Orthanc) -> Iterator[EdgeService]:
+    pacs = DicomPeer(
+        ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port, commitment=True
+    )
+    service = _edge(tmp_path, hub, orthanc, pacs)
+    yield service
+    service.stop()
+
+
+def test_delivered_only_once_orthanc_reports_the_commitment(
+    tmp_path: Path, orthanc: Orthanc, committing_edge: EdgeService
+) -> None:
+    edge = committing_edge
+    study = send(orthanc, tmp_path, cr_study(1, rows=64, columns=64), "cr")
+    assert settled(edge, 1) == {f"integrity-check:{study}": "delivered"}
+    (task,) = edge.state.tasks()
+    kinds = [e["kind"] for e in edge.state.task_events(task.id)]
+    assert kinds.index("commitment-requested") < kinds.index("task-delivered")
+    latest = edge.deliverer.commitments.latest(task.id, "pacs")
+    assert latest is not None and latest.state == "committed", latest
+    assert latest.detail == "1 objects committed"
+    assert orthanc.find_instances(StudyInstanceUID=study, Modality="SR")
+
+
+def test_a_pacs_without_storage_commitment_keeps_the_task_undelivered(
+    tmp_path: Path, hub: HubProcess, orthanc: Orthanc
+) -> None:
+    plain = RefusingPacs(tmp_path / "plain")
+    pacs = DicomPeer(ae_title=plain.aet, host="127.0.0.1", port=plain.dicom_port, commitment=True)
+    edge = _edge(tmp_path, hub, orthanc, pacs)
+    try:
+        send(orthanc, tmp_path, cr_study(1, rows=64, columns=64), "cr")
+        settled(edge, 1)
+        (task,) = edge.state.tasks()
+        assert task.state == "dead-letter"
+        assert "storage commitment" in (task.reason or ""), task.reason
+        assert plain.held("1.2.840.10008.5.1.4.1.1.88.34") == 1  # stored, never committed
+    finally:
+        edge.stop()
+        plain.stop()
