@@ -187,6 +187,8 @@ def test_priors_of_the_same_patient_and_body_part_are_pulled_and_attached(
     tmp_path: Path, orthanc: Orthanc
 ) -> None:
     """An algorithm asking for 2 years of priors: the 2025 hand comes, the 2020 hand does not."""
+    # Priors are pulled to the edge and noted on the task; the hub's task contract
+    # (one study per task) does not carry them yet.
     patient = "PH-PRIOR-1"
     current = put_into_orthanc(
         orthanc,
@@ -229,9 +231,10 @@ def test_priors_of_the_same_patient_and_body_part_are_pulled_and_attached(
     assert task_id is not None
     assert state.task(task_id).rule == "request by aifi edge request"
     held = {row.study_instance_uid for row, _p, _d in state.task_instances(task_id)}
-    assert held == {current, prior}
-    (event,) = [e for e in state.task_events(task_id) if e["kind"] == "priors-attached"]
-    assert "1 prior studies" in event["detail"]
+    assert held == {current}  # the hub's task takes one study: priors stay at the edge
+    assert [r.study_instance_uid for r in state.instances(prior)] == [prior]
+    (event,) = [e for e in state.task_events(task_id) if e["kind"] == "priors-pulled"]
+    assert "1 instances of 1 prior studies" in event["detail"]
     state.close()
 
 
@@ -282,8 +285,8 @@ def test_a_dicomweb_pacs_is_searched_by_qido_and_read_by_wado(
     (row,) = state.instances(current)
     assert pydicom.dcmread(row.path).SOPInstanceUID == row.sop_instance_uid  # a whole Part 10 file
     (task_id,) = Assembler(state, [], quiet_period_s=0).tick()[:1]
-    held = {r.study_instance_uid for r, _p, _d in state.task_instances(task_id)}
-    assert held == {current, prior}
+    assert state.instances(prior)
+    assert [e["kind"] for e in state.task_events(task_id)].count("priors-pulled") == 1
     state.close()
 
 

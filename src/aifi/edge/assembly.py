@@ -22,9 +22,8 @@ import logging
 from collections import defaultdict
 from typing import Any, Literal
 
-from aifi.edge.rules import RULE_PRIORITY, Rule, rule_matches
+from aifi.edge.rules import Rule, rule_matches
 from aifi.edge.state import EdgeState
-from aifi.protocol.schemas import PRIORITY_RANK
 
 __all__ = ["Assembler"]
 
@@ -57,14 +56,11 @@ class Assembler:
         series_attrs = self.state.series_of(study_uid)
         wanted: dict[str, set[str]] = defaultdict(set)
         rule_names: dict[str, str] = {}
-        ranks: dict[str, int] = {}  # the most urgent matching rule's priority, per algorithm
         for rule in self.rules:
             for series_uid, attrs in series_attrs.items():
                 if rule_matches(rule, attrs):
                     wanted[rule.algorithm].add(series_uid)
                     rule_names.setdefault(rule.algorithm, rule.name or rule.algorithm)
-                    rank = PRIORITY_RANK[RULE_PRIORITY[rule.priority]]
-                    ranks[rule.algorithm] = min(ranks.get(rule.algorithm, rank), rank)
         requests = self.state.open_requests(study_uid)
         for request in requests:  # asked for by name (aifi edge request): every series
             if request["algorithm_id"] not in wanted:
@@ -86,7 +82,6 @@ class Assembler:
                 rule_names[algorithm_id],
                 [i.sop_instance_uid for i in instances],
                 last_received_at,
-                priority=ranks.get(algorithm_id, PRIORITY_RANK["MEDIUM"]),
             )
             logger.info(
                 "task %s: %s on %d instances of %d series",
@@ -113,22 +108,19 @@ class Assembler:
         return task_ids
 
     def _fulfil(self, requests: list[dict[str, Any]], algorithm_id: str, task_id: str) -> None:
-        """Answer the requests for ``algorithm_id`` with ``task_id``; attach their priors."""
+        """Answer the requests for ``algorithm_id`` with ``task_id``; note their priors."""
         for request in requests:
             if request["algorithm_id"] != algorithm_id or request["task_id"] is not None:
                 continue
             request["task_id"] = task_id
             self.state.fulfil_request(request["id"], task_id)
-            priors = [
-                i.sop_instance_uid
-                for uid in request["prior_study_uids"]
-                for i in self.state.instances(uid)
-            ]
-            if priors:
-                self.state.add_task_instances(task_id, priors)
+            studies = request["prior_study_uids"]
+            if studies:
+                # Held here, not sent: the hub's task takes the instances of one study only.
+                held = sum(len(self.state.instances(uid)) for uid in studies)
                 self.state.record_event(
-                    "priors-attached",
-                    f"{len(priors)} instances of {len(request['prior_study_uids'])} prior"
-                    " studies sent with the task as priors",
+                    "priors-pulled",
+                    f"{held} instances of {len(studies)} prior studies pulled for this task;"
+                    " kept at the edge (the hub's task contract carries one study)",
                     task_id=task_id,
                 )

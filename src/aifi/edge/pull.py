@@ -12,8 +12,9 @@ that asks for "algorithm X on study Y" (a workitem, an order):
    process: the state database is the only channel);
 3. priors, when asked for (:class:`aifi.core.manifest.Priors`): a C-FIND for
    the same PatientID and IssuerOfPatientID, modality and body part, StudyDate
-   within N years before the study; they are retrieved first and attached to
-   the task as extra instances;
+   within N years before the study; they are retrieved first and noted on the
+   task (``priors-pulled``); they stay at the edge until the hub's task
+   contract, one study per task today, can carry them;
 4. C-MOVE (PS3.4 C.4.2) to the edge's own AE title, so the listener receives
    the instances on its normal path, or C-GET (PS3.4 C.4.3), the instances
    coming back as C-STOREs on the same association, written through
