@@ -5,7 +5,10 @@ UPS-RS routes) and Orthanc as the hospital's PACS. The Task Requester
 subscribes globally, creates a workitem for a study the edge holds (found by
 its Accession Number), receives the UPS State Reports over the WebSocket
 (websockets, the library) and retrieves the result references, which name
-the SR stored in Orthanc inside the original study.
+the SR stored in Orthanc inside the original study. A workitem for a study
+the edge does not hold pulls it from Orthanc by C-MOVE (aifi.edge.pull).
+
+    .venv/bin/pytest tests/edge/test_ups.py -v
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from status_support import PASSWORD, edge_settings, running_hub, send, study, wa
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from aifi.edge.config import QueryRetrievePeer
 from aifi.edge.service import EdgeService
 from aifi.edge.ups import GLOBAL_SUBSCRIPTION
 from aifi.netutil import free_port
@@ -85,6 +89,8 @@ def orthanc_pacs(tmp_path: Path) -> Any:
         yield orthanc, port
 
 
+@pytest.mark.orthanc
+@pytest.mark.slow
 def test_a_task_requester_creates_follows_and_retrieves_a_workitem(
     tmp_path: Path, orthanc_pacs: Any
 ) -> None:
@@ -131,7 +137,9 @@ def test_a_task_requester_creates_follows_and_retrieves_a_workitem(
                 assert first(output, "0020000D") == str(datasets[0].StudyInstanceUID)
                 assert first(output, "00080054") == "ORTHANC"
                 (ref,) = output["00081199"]["Value"]
-                assert first(ref, "00081150") == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+                assert (
+                    first(ref, "00081150") == "1.2.840.10008.5.1.4.1.1.88.34"
+                )  # Comprehensive 3D SR
                 sop = first(ref, "00081155")
                 in_pacs = orthanc.find_instances(SOPInstanceUID=sop)
                 assert len(in_pacs) == 1
@@ -244,5 +252,61 @@ def test_cancellation_change_state_and_refusals(tmp_path: Path) -> None:
             assert httpx.get(base + "workitems").status_code == 401  # no token, no workitems
             with pytest.raises((ConnectionClosed, InvalidStatus)), connect(ws_url) as ws:
                 ws.recv(timeout=5)
+        finally:
+            edge.stop()
+
+
+@pytest.mark.orthanc
+@pytest.mark.slow
+def test_a_workitem_for_a_study_the_edge_lacks_pulls_it_by_c_move(
+    tmp_path: Path, orthanc_pacs: Any
+) -> None:
+    orthanc, pacs_port = orthanc_pacs
+    datasets = study(2)
+    for n, ds in enumerate(datasets):
+        path = tmp_path / f"in-pacs-{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        orthanc.upload(path)
+    with running_hub(tmp_path / "hub") as (hub_url, token):
+        settings = edge_settings(tmp_path / "edge", hub_url, token, pacs_port)
+        peer = QueryRetrievePeer(
+            name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=pacs_port, method="move"
+        )
+        listener = settings.listener.model_copy(update={"allowed_calling_aets": ["ORTHANC"]})
+        edge = EdgeService(
+            settings.model_copy(
+                update={"rules": [], "query_retrieve": [peer], "listener": listener}
+            )
+        )
+        edge.start()
+        orthanc.add_modality("aifi", settings.listener.ae_title, "127.0.0.1", edge.dicom_port)
+        try:
+            base = edge.status_url
+            assert base is not None
+            ws_url = base.replace("http", "ws", 1) + f"ws/subscribers/{REQUESTER}"
+            with httpx.Client(base_url=base, headers=AUTH, timeout=60) as ups:
+                accession = str(datasets[0].AccessionNumber)
+                created = ups.post(
+                    "/workitems", json=workitem("integrity-check", accession=accession)
+                )
+                assert created.status_code == 201, created.text
+                uid = created.headers["location"].rsplit("/", 1)[1]
+                assert ups.post(f"/workitems/{uid}/subscribers/{REQUESTER}").status_code == 201
+                with connect(ws_url, additional_headers=AUTH) as ws:
+                    assert reports(ws, uid, "COMPLETED") == [
+                        "SCHEDULED",
+                        "IN PROGRESS",
+                        "COMPLETED",
+                    ]
+                (item,) = ups.get(f"/workitems/{uid}").json()
+                (output,) = first(item, "00741216")["00404033"]["Value"]
+                (ref,) = output["00081199"]["Value"]
+                assert orthanc.find_instances(SOPInstanceUID=first(ref, "00081155"))
+            assert edge.state.events("pull-requested")
+            missing = workitem("integrity-check", accession="NOT-IN-PACS")
+            with httpx.Client(base_url=base, headers=AUTH, timeout=60) as ups:
+                answer = ups.post("/workitems", json=missing)
+            assert answer.status_code == 404
+            assert "NOT-IN-PACS" in answer.json()["detail"]
         finally:
             edge.stop()

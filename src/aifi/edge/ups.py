@@ -49,6 +49,7 @@ from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from pydicom.uid import generate_uid
 
+from aifi.edge.config import EdgeSettings
 from aifi.edge.state import EdgeState
 from aifi.errors import AifiError, HubError
 from aifi.protocol.client import HubClient
@@ -148,6 +149,7 @@ class UpsContext:
     hub: HubClient
     token: str | None  # the status page's admin password; None: UPS-RS is not served
     retrieve_ae_title: str | None  # where results are stored (the PACS), for Retrieve AE Title
+    settings: EdgeSettings | None = None  # its [[query_retrieve]] peers pull what is not held
 
 
 # -- DICOM JSON ------------------------------------------------------------
@@ -295,11 +297,26 @@ def create_ups_router(ctx: UpsContext) -> APIRouter:
         if priority not in PRIORITY_RANK:
             raise UpsRefused(400, f"priority (0074,1200) {priority!r} is not HIGH, MEDIUM or LOW")
         algorithm_id = _algorithm(ds)
-        study_uid = _study(state, ds)
-        held = bool(state.instances(study_uid))
-        request_id = state.add_request(
-            study_uid, algorithm_id, f"workitem {uid}", priority=priority
-        )
+        study_uid, accession = _study(ds)
+        if not study_uid and accession:
+            study_uid = state.study_with_accession(accession) or ""
+        held = bool(study_uid) and bool(state.instances(study_uid))
+        request_id: int | None = None
+        if not held and ctx.settings is not None and ctx.settings.query_retrieve:
+            study_uid, request_id = _pull(
+                ctx.settings, state, uid, algorithm_id, priority, study_uid, accession
+            )
+        elif not study_uid:
+            raise UpsRefused(
+                404,
+                f"no study with accession {accession} is held by this edge and no"
+                " [[query_retrieve]] peer is configured to pull it; send it from PACS"
+                " (or name its Study Instance UID: the workitem then waits for it)",
+            )
+        if request_id is None:
+            request_id = state.add_request(
+                study_uid, algorithm_id, f"workitem {uid}", priority=priority
+            )
         ds[SOP_CLASS] = _attr(SOP_CLASS, UPS_PUSH)
         ds[SOP_INSTANCE] = _attr(SOP_INSTANCE, uid)
         ds[STATE] = _attr(STATE, "SCHEDULED")
@@ -638,29 +655,55 @@ def _algorithm(ds: dict[str, Any]) -> str:
     return code
 
 
-def _study(state: EdgeState, ds: dict[str, Any]) -> str:
-    """The study the workitem is about: a Study Instance UID given, or found by Accession Number."""
+def _study(ds: dict[str, Any]) -> tuple[str, str]:
+    """(Study Instance UID, Accession Number) the workitem names, either may be ``""``."""
     candidates = [ds, *_items(ds, INPUT_INFO), *_items(ds, REQUEST)]
-    for place in candidates:
-        uid = _text(_first(place, STUDY))
-        if uid:
-            return uid
-    for place in candidates:
-        accession = _text(_first(place, ACCESSION))
-        if accession:
-            found = state.study_with_accession(accession)
-            if found is None:
-                raise UpsRefused(
-                    404,
-                    f"no study with accession {accession} is held by this edge; send it from"
-                    " PACS (or name its Study Instance UID: the workitem then waits for it)",
-                )
-            return found
+    uid = next((u for p in candidates if (u := _text(_first(p, STUDY)))), "")
+    accession = next((a for p in candidates if (a := _text(_first(p, ACCESSION)))), "")
+    if uid or accession:
+        return uid, accession
     raise UpsRefused(
         400,
         "name the study: Study Instance UID (0020,000D) or Accession Number (0008,0050) in"
         " Input Information Sequence (0040,4021) or Referenced Request Sequence (0040,A370)",
     )
+
+
+def _pull(
+    settings: EdgeSettings,
+    state: EdgeState,
+    uid: str,
+    algorithm_id: str,
+    priority: str,
+    study_uid: str,
+    accession: str,
+) -> tuple[str, int | None]:
+    """Pull a study the edge does not hold from the first peer that has it (aifi.edge.pull).
+
+    The request for the algorithm is recorded by the pull itself. A study
+    no peer has is a 404; a peer that fails is a 502 with its reason.
+    """
+    from aifi.edge.pull import pull_study
+
+    problems: list[str] = []
+    for peer in settings.query_retrieve:
+        outcome = pull_study(
+            settings,
+            peer,
+            accession=None if study_uid else accession,
+            study_uid=study_uid or None,
+            algorithm_id=algorithm_id,
+            requested_by=f"workitem {uid}",
+            priority=priority,
+            state=state,
+        )
+        if outcome.ok and outcome.study_instance_uid:
+            return outcome.study_instance_uid, outcome.request_id
+        problems.append(outcome.detail)
+        if outcome.status == "failed" and outcome.request_id is not None:
+            return str(outcome.study_instance_uid), outcome.request_id
+    which = f"study {study_uid}" if study_uid else f"accession {accession}"
+    raise UpsRefused(404, f"{which} is neither held nor found to pull: " + "; ".join(problems))
 
 
 def _int(params: Any, key: str, default: int) -> int:

@@ -122,7 +122,9 @@ def create_status_app(ctx: StatusContext) -> FastAPI:
     # UPS-RS workitems (IHE AIW-I Task Manager): the RIS's or PACS's way in, aifi.edge.ups
     pacs_aet = ctx.settings.pacs.ae_title if ctx.settings.pacs is not None else None
     app.include_router(
-        create_ups_router(UpsContext(ctx.state, ctx.hub, status.admin_password, pacs_aet))
+        create_ups_router(
+            UpsContext(ctx.state, ctx.hub, status.admin_password, pacs_aet, ctx.settings)
+        )
     )
     if ctx.receiver is not None:  # STOW-RS in, beside C-STORE (aifi.edge.stow)
         app.include_router(create_stow_router(ctx.receiver, status.admin_password))
