@@ -22,8 +22,9 @@ import logging
 from collections import defaultdict
 from typing import Any, Literal
 
-from aifi.edge.rules import Rule, rule_matches
+from aifi.edge.rules import RULE_PRIORITY, Rule, rule_matches
 from aifi.edge.state import EdgeState
+from aifi.protocol.schemas import PRIORITY_RANK
 
 __all__ = ["Assembler"]
 
@@ -56,16 +57,21 @@ class Assembler:
         series_attrs = self.state.series_of(study_uid)
         wanted: dict[str, set[str]] = defaultdict(set)
         rule_names: dict[str, str] = {}
+        ranks: dict[str, int] = {}  # the most urgent matching rule's priority, per algorithm
         for rule in self.rules:
             for series_uid, attrs in series_attrs.items():
                 if rule_matches(rule, attrs):
                     wanted[rule.algorithm].add(series_uid)
                     rule_names.setdefault(rule.algorithm, rule.name or rule.algorithm)
+                    rank = PRIORITY_RANK[RULE_PRIORITY[rule.priority]]
+                    ranks[rule.algorithm] = min(ranks.get(rule.algorithm, rank), rank)
         requests = self.state.open_requests(study_uid)
         for request in requests:  # asked for by name (aifi edge request): every series
             if request["algorithm_id"] not in wanted:
                 wanted[request["algorithm_id"]] = set(series_attrs)
                 rule_names[request["algorithm_id"]] = f"request by {request['requested_by']}"
+            rank = PRIORITY_RANK.get(request["priority"], PRIORITY_RANK["MEDIUM"])
+            ranks[request["algorithm_id"]] = min(ranks.get(request["algorithm_id"], rank), rank)
         task_ids: list[str] = []
         for algorithm_id, series in wanted.items():
             fresh = self.state.series_with_instances_outside_tasks(study_uid, algorithm_id)
@@ -82,6 +88,7 @@ class Assembler:
                 rule_names[algorithm_id],
                 [i.sop_instance_uid for i in instances],
                 last_received_at,
+                priority=ranks.get(algorithm_id, PRIORITY_RANK["MEDIUM"]),
             )
             logger.info(
                 "task %s: %s on %d instances of %d series",

@@ -138,6 +138,25 @@ CREATE TABLE IF NOT EXISTS requests (
     task_id TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_open ON requests(study_instance_uid, task_id);
+CREATE TABLE IF NOT EXISTS workitems (
+    uid TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    algorithm_id TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    request_id INTEGER,
+    task_id TEXT,
+    state TEXT,
+    transaction_uid TEXT,
+    cancel_reason TEXT,
+    dataset TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ups_subscribers (
+    workitem_uid TEXT NOT NULL,
+    aet TEXT NOT NULL,
+    PRIMARY KEY (workitem_uid, aet)
+);
 CREATE TABLE IF NOT EXISTS peer_contacts (
     peer TEXT PRIMARY KEY,
     last_success_at REAL,
@@ -158,6 +177,8 @@ DEAD_LETTER = "dead-letter"
 _ADDED_COLUMNS = (
     ("tasks", "notification", "TEXT"),
     ("tasks", "first_failure_at", "REAL"),
+    # queue order: 0 HIGH (urgent, stat), 1 MEDIUM (routine), 2 LOW (aifi.protocol PRIORITY_RANK)
+    ("tasks", "priority", "INTEGER NOT NULL DEFAULT 1"),
 )
 
 
@@ -212,6 +233,7 @@ class TaskRow:
     delivered_at: float | None
     notification: str | None = None
     first_failure_at: float | None = None
+    priority: int = 1
 
 
 class EdgeState:
@@ -485,13 +507,16 @@ class EdgeState:
         rule: str,
         sop_instance_uids: Sequence[str],
         last_instance_at: float,
+        *,
+        priority: int = 1,
     ) -> str:
+        """A pending task; ``priority`` orders the outbox (0 urgent/stat goes first)."""
         task_id = uuid.uuid4().hex
         now = time.time()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO tasks (id, study_instance_uid, algorithm_id, rule, state,"
-                " last_instance_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                " last_instance_at, created_at, updated_at, priority) VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     task_id,
                     study_instance_uid,
@@ -501,6 +526,7 @@ class EdgeState:
                     last_instance_at,
                     now,
                     now,
+                    priority,
                 ),
             )
             db.executemany(
@@ -562,6 +588,12 @@ class EdgeState:
     def fulfil_request(self, request_id: int, task_id: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE requests SET task_id=? WHERE id=?", (task_id, request_id))
+            # the request's priority (a workitem's HIGH) orders the outbox from now on
+            db.execute(
+                "UPDATE tasks SET priority=MIN(priority, (SELECT CASE priority WHEN 'HIGH' THEN 0"
+                " WHEN 'LOW' THEN 2 ELSE 1 END FROM requests WHERE id=?)) WHERE id=?",
+                (request_id, task_id),
+            )
 
     def has_task(self, study_instance_uid: str, algorithm_id: str) -> bool:
         row = (
@@ -635,7 +667,8 @@ class EdgeState:
         rows = (
             self._conn()
             .execute(
-                "SELECT * FROM tasks WHERE state=? AND next_attempt_at<=? ORDER BY created_at",
+                "SELECT * FROM tasks WHERE state=? AND next_attempt_at<=?"
+                " ORDER BY priority, created_at",
                 (state, time.time()),
             )
             .fetchall()
@@ -862,6 +895,122 @@ class EdgeState:
             out.setdefault(kind, {})[status] = int(n)
         return out
 
+    # -- UPS workitems (aifi.edge.ups): the Task Requester's view of tasks ----
+    def add_workitem(
+        self,
+        uid: str,
+        study_instance_uid: str,
+        algorithm_id: str,
+        priority: str,
+        dataset: dict[str, Any],
+        *,
+        request_id: int | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        """Record a created workitem (PS3.4 CC.2.5); its dataset may name the patient: sealed."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO workitems (uid, study_instance_uid, algorithm_id, priority,"
+                " request_id, task_id, dataset, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    uid,
+                    self._sealed(study_instance_uid),
+                    algorithm_id,
+                    priority,
+                    request_id,
+                    task_id,
+                    self._sealed(json.dumps(dataset)),
+                    now,
+                    now,
+                ),
+            )
+
+    def workitem(self, uid: str) -> dict[str, Any] | None:
+        """One workitem row (dataset parsed), or None."""
+        row = self._conn().execute("SELECT * FROM workitems WHERE uid=?", (uid,)).fetchone()
+        return _workitem(row) if row is not None else None
+
+    def workitems(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT * FROM workitems ORDER BY created_at").fetchall()
+        return [_workitem(r) for r in rows]
+
+    def update_workitem(self, uid: str, **fields: Any) -> None:
+        if "dataset" in fields:
+            fields["dataset"] = self._sealed(json.dumps(fields["dataset"]))
+        fields["updated_at"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE workitems SET {cols} WHERE uid=?", (*fields.values(), uid))
+
+    def request_task(self, request_id: int) -> str | None:
+        """The task answering a request: its id, ``""`` when answered by an existing task."""
+        row = (
+            self._conn()
+            .execute("SELECT task_id FROM requests WHERE id=?", (request_id,))
+            .fetchone()
+        )
+        return None if row is None else row[0]
+
+    def latest_task(self, study_instance_uid: str, algorithm_id: str) -> str | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT id FROM tasks WHERE study_instance_uid=? AND algorithm_id=?"
+                " ORDER BY created_at DESC LIMIT 1",
+                (study_instance_uid, algorithm_id),
+            )
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def set_subscription(self, workitem_uid: str, aet: str, subscribed: bool) -> None:
+        """Subscribe (or not) ``aet`` to a workitem's events; ``"*"``: every workitem."""
+        with self._tx() as db:
+            if subscribed:
+                db.execute(
+                    "INSERT OR IGNORE INTO ups_subscribers VALUES (?,?)", (workitem_uid, aet)
+                )
+            else:
+                db.execute(
+                    "DELETE FROM ups_subscribers WHERE workitem_uid=? AND aet=?",
+                    (workitem_uid, aet),
+                )
+
+    def subscribed_workitems(self, aet: str) -> tuple[bool, set[str]]:
+        """(subscribed globally, the workitems ``aet`` subscribed to one by one)."""
+        rows = (
+            self._conn()
+            .execute("SELECT workitem_uid FROM ups_subscribers WHERE aet=?", (aet,))
+            .fetchall()
+        )
+        uids = {r[0] for r in rows}
+        return "*" in uids, uids - {"*"}
+
+    def study_with_accession(self, accession_number: str) -> str | None:
+        """The held study with this Accession Number, read from one instance header per study."""
+        import pydicom
+
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT study_instance_uid, MIN(path) FROM instances i WHERE NOT EXISTS"
+                " (SELECT 1 FROM purged_instances p WHERE p.sop_instance_uid=i.sop_instance_uid)"
+                " GROUP BY study_instance_uid"
+            )
+            .fetchall()
+        )
+        for study_uid, path in rows:
+            try:
+                ds = pydicom.dcmread(
+                    path, stop_before_pixels=True, specific_tags=["AccessionNumber"]
+                )
+            except (OSError, ValueError):
+                continue
+            if str(ds.get("AccessionNumber", "")).strip() == accession_number:
+                return str(study_uid)
+        return None
+
 
 # Task states after which a study sent again is processed again.
 ENDED_BADLY = ("failed", "CANCELED", "discarded")
@@ -958,4 +1107,11 @@ def _task(r: sqlite3.Row) -> TaskRow:
         delivered_at=r["delivered_at"],
         notification=r["notification"],
         first_failure_at=r["first_failure_at"],
+        priority=int(r["priority"]),
     )
+
+
+def _workitem(r: sqlite3.Row) -> dict[str, Any]:
+    found = dict(zip(r.keys(), r, strict=True))
+    found["dataset"] = json.loads(found["dataset"])
+    return found
