@@ -187,6 +187,29 @@ algorithm = "test-slow"
     process.stop()
 
 
+def _children(pid: int) -> list[int]:
+    """The algorithm processes ``pid`` spawned (Linux /proc; not multiprocessing's tracker)."""
+    found = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(child) for child in listing.read_text().split()]
+    return [c for c in found if "Z" not in _state(c) and b"spawn_main" in _cmdline(c)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, Z, ...); "Z" for one that is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
 def _running(database_url: str) -> list[tuple[str, str]]:
     engine = create_engine(database_url)
     try:
@@ -214,9 +237,14 @@ def test_studies_are_delivered_once_while_a_worker_dies_and_an_api_restarts(
         assert done.returncode == 0, done.stderr
         study_uids.append(str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID))
 
-    def send_all() -> None:
+    def send_all() -> None:  # Orthanc's routing job: sent again until the edge took it
         for uid in study_uids:
-            orthanc.store_to("aifi", orthanc.find_instances(StudyInstanceUID=uid))
+            for _ in range(60):
+                try:
+                    orthanc.store_to("aifi", orthanc.find_instances(StudyInstanceUID=uid))
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
             time.sleep(0.5)
 
     sender = threading.Thread(target=send_all)
@@ -233,7 +261,13 @@ def test_studies_are_delivered_once_while_a_worker_dies_and_an_api_restarts(
                 killed_task = task_id
         time.sleep(0.1)
     time.sleep(0.5)  # well inside its 2 s run
+    algorithm_processes = _children(int(worker_pid))
+    assert algorithm_processes  # the run is in a child process of the worker
     hub.kill("worker-1")
+    gone_by = time.monotonic() + 1.0  # its run had over a second left: killed with it
+    while any(_state(pid) != "Z" for pid in algorithm_processes):  # gone, or dead unreaped
+        assert time.monotonic() < gone_by, "the killed worker's algorithm process lives on"
+        time.sleep(0.1)
 
     hub.stop("api-1")  # the API the edge talks to goes away, and comes back
     time.sleep(1.0)

@@ -24,6 +24,8 @@ import dataclasses
 import io
 import logging
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -339,10 +341,29 @@ class ProcessExecutor:
             self._kill()
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when the worker thread that made it dies (SIGKILL too).
+
+    Without it a killed worker's child would finish its run for nothing while
+    another worker runs the re-queued task (prctl(2), PR_SET_PDEATHSIG).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pipe's end still stops an idle child
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl
+        os._exit(1)
+
+
 def _child_main(connection: Connection, settings: HubSettings) -> None:
     """The child's loop: load the algorithms once, then run jobs until the pipe closes."""
     from aifi.hub.bootstrap import configure_process, installation
 
+    _die_with_parent()
     try:
         configure_process(settings)
         algorithms = installation(settings)
