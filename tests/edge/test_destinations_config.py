@@ -105,3 +105,15 @@ def test_missing_certificate_files_are_named(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="cannot load the certificate files"):
         server_context(TlsSettings(cert=tmp_path / "none.pem", key=tmp_path / "none.key"))
+
+
+def test_relative_certificate_paths_are_read_from_the_files_folder(tmp_path: Path) -> None:
+    settings = _load(
+        tmp_path,
+        '[listener]\nallowed_calling_aets = ["PACS"]\n\n[listener.tls]\n'
+        'cert = "certs/edge.pem"\nkey = "certs/edge.key"\nca_bundle = "/etc/ca.pem"\n',
+    )
+    tls = settings.listener.tls
+    assert tls is not None
+    assert tls.cert == tmp_path / "certs" / "edge.pem"
+    assert tls.ca_bundle == Path("/etc/ca.pem")

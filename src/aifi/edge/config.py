@@ -415,11 +415,24 @@ def load_edge_settings(path: Path) -> EdgeSettings:
             raw[key] = str(path.parent / raw[key])
     if "data_dir" not in raw:
         raw["data_dir"] = str(path.parent / "edge-data")
+    _tls_paths_from(raw, path.parent)
     try:
         return EdgeSettings.model_validate(raw)
     except ValidationError as exc:
         problems = "\n".join(f"  - {line}" for line in explain_errors(exc))
         raise ConfigError(f"edge configuration {path} is invalid:\n{problems}") from exc
+
+
+def _tls_paths_from(raw: dict[str, Any], folder: Path) -> None:
+    """Relative certificate paths in any ``tls`` table are taken from the file's folder."""
+    tables = [raw.get("listener"), raw.get("pacs"), *(raw.get("destinations") or [])]
+    for table in tables:
+        tls = table.get("tls") if isinstance(table, dict) else None
+        if not isinstance(tls, dict):
+            continue
+        for key in ("cert", "key", "ca_bundle"):
+            if isinstance(tls.get(key), str) and not Path(tls[key]).is_absolute():
+                tls[key] = str(folder / tls[key])
 
 
 def explain_errors(exc: ValidationError) -> list[str]:
