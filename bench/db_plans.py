@@ -42,6 +42,7 @@ from aifi.hub.db import make_engine, make_sessions, migrate
 from aifi.hub.models import utcnow
 from aifi.hub.retention import images_to_purge, results_to_purge
 from aifi.hub.tasks import list_tasks
+from aifi.protocol.schemas import TaskState
 
 HOSPITALS = ("a" * 32, "b" * 32)
 
