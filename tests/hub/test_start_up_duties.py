@@ -20,8 +20,8 @@ from aifi.hub.app import START_UP_DUTIES, create_app
 from aifi.hub.config import HubSettings
 from aifi.hub.db import engine_for, exclusive, make_sessions
 from aifi.hub.models import Task
-from aifi.hub.schemas import TaskState
 from aifi.hub.storage import STALE_STAGING_S, LocalFolderStore
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub, serving
 from .test_recovery import Holding
