@@ -299,3 +299,29 @@ def test_a_manifest_can_ask_for_priors() -> None:
     assert asking.priors == Priors(years=3.0, same_body_part=True, max_studies=3)
     with pytest.raises(ValueError, match="years"):
         Priors(years=0)
+
+
+def test_a_move_to_a_destination_the_pacs_does_not_know_says_so(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    put_into_orthanc(
+        orthanc,
+        hand_study("ACC-LOST", patient_id="PH-LOST", date=dt.date(2026, 1, 15), seed=9),
+        tmp_path / "modality",
+    )
+    config = edge_toml(tmp_path, orthanc, hub_url="http://127.0.0.1:9", token="x", method="move")
+    config.write_text(config.read_text() + 'move_destination = "NOWHERE"\n')
+    settings = load_edge_settings(config)
+    orthanc.add_modality("aifi", settings.listener.ae_title, "127.0.0.1", settings.listener.port)
+    state = EdgeState(settings.data_dir / "edge.db")
+    outcome = pull_study(
+        settings,
+        peer_named(settings, "pacs"),
+        accession="ACC-LOST",
+        algorithm_id="bone-age",
+        state=state,
+    )
+    assert outcome.status == "failed"
+    assert "answered the C-MOVE with 0x" in outcome.detail
+    assert [e["kind"] for e in state.events()][-1] == "pull-failed"
+    state.close()
