@@ -121,3 +121,18 @@ def test_wrong_called_ae_title_is_rejected_and_recorded(tmp_path: Path) -> None:
         assert "called AE title 'NOT_THE_EDGE'" in event["detail"]
     finally:
         scp.stop()
+
+
+def test_edge_check_reaches_a_tls_pacs(pki: Pki, tmp_path: Path) -> None:
+    from aifi.edge.checks import run_checks
+    from aifi.edge.config import EdgeSettings
+
+    peer_args = ["+tls", str(pki.server_key), str(pki.server_cert), "+cf", str(pki.ca)]
+    with start_storescp(tmp_path / "pacs", extra_args=peer_args) as pacs:
+        tls = TlsSettings(cert=pki.client_cert, key=pki.client_key, ca_bundle=pki.ca)
+        settings = EdgeSettings(
+            data_dir=tmp_path / "edge",
+            pacs=DicomPeer(ae_title=pacs.aet, host="127.0.0.1", port=pacs.port, tls=tls),
+        )
+        [result] = [r for r in run_checks(settings) if r.name == "pacs"]
+        assert result.ok, result.detail

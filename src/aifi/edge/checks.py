@@ -33,7 +33,8 @@ from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
 from aifi.edge.config import DicomPeer, EdgeSettings, ListenerSettings
-from aifi.errors import HubRefused, HubUnavailable
+from aifi.edge.tls import client_context
+from aifi.errors import ConfigError, HubRefused, HubUnavailable
 from aifi.protocol.client import HubClient
 from aifi.protocol.schemas import AlgorithmState, CatalogEntryOut, SubscriptionOut
 
@@ -209,8 +210,16 @@ def _pacs(peer: DicomPeer | None) -> CheckResult:
         primitive = event.assoc.acceptor.primitive
         rejected.append(str(getattr(primitive, "reason_str", "no reason given")))
 
+    try:  # DICOM TLS (PS3.15 B.9) with the hospital's certificates, as delivery uses
+        tls_args = (client_context(peer.tls), peer.host) if peer.tls is not None else None
+    except ConfigError as exc:
+        return CheckResult("pacs", False, str(exc), fatal=True)
     assoc = ae.associate(
-        peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[(evt.EVT_REJECTED, on_rejected)]
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        evt_handlers=[(evt.EVT_REJECTED, on_rejected)],
+        tls_args=tls_args,
     )
     if assoc.is_rejected:
         return CheckResult(
