@@ -10,6 +10,7 @@ JPEG2000.dcm (JPEG 2000) and MR_small_RLE.dcm (RLE Lossless).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLSLossless,
 )
 
-from .conftest import Hub, new_uid, pseudonymized
+from .conftest import Hub, new_uid, pseudonymized, split_multipart
 
 BASELINE = JPEGBaseline8Bit  # pydicom has no lossy JPEG encoder: the hub cannot make it
 
@@ -179,18 +182,39 @@ def test_default_transfer_syntax_is_explicit_vr_little_endian(
     assert f"transfer-syntax={ExplicitVRLittleEndian}" in response.text[:300]
 
 
+@pytest.mark.parametrize("target", [JPEG2000Lossless, JPEGLSLossless])
 def test_retrieve_transcoded_between_compressions(
-    client_a: DICOMwebClient, stored: dict[str, Path]
+    client_a: DICOMwebClient, stored: dict[str, Path], target: str
 ) -> None:
     study, series, sop = _uids(stored["rle"])
     original = pydicom.dcmread(stored["rle"])
 
     ds = client_a.retrieve_instance(
-        study, series, sop, media_types=(("application/dicom", JPEG2000Lossless),)
+        study, series, sop, media_types=(("application/dicom", target),)
     )
 
-    assert ds.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    assert ds.file_meta.TransferSyntaxUID == target
     np.testing.assert_array_equal(ds.pixel_array, original.pixel_array)
+
+
+def test_retrieve_in_implicit_vr_little_endian(
+    hub: Hub, token_a: str, stored: dict[str, Path]
+) -> None:
+    """dicomweb-client will not ask for Implicit VR Little Endian; a plain request does."""
+    study, series, sop = _uids(stored["j2k"])
+    accept = (
+        f'multipart/related; type="application/dicom"; transfer-syntax={ImplicitVRLittleEndian}'
+    )
+
+    response = hub.client.get(
+        f"/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+        headers={**hub.auth(token_a), "Accept": accept},
+    )
+
+    (part,) = split_multipart(response.content, response.headers["content-type"])
+    ds = pydicom.dcmread(BytesIO(part))
+    assert ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    np.testing.assert_array_equal(ds.pixel_array, pydicom.dcmread(stored["j2k"]).pixel_array)
 
 
 def test_study_in_explicit_vr_little_endian_is_one_part_per_instance(
