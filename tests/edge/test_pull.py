@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,9 +138,12 @@ def test_request_by_accession_pulls_the_study_and_the_result_lands_in_pacs(
     config = edge_toml(tmp_path, orthanc, hub_url=hub.url, token=token, method=method)
     service = run_edge(load_edge_settings(config), orthanc)
     try:
-        result = CliRunner().invoke(
-            cli,
+        # The CLI in a process of its own, as an operator runs it beside the edge.
+        result = subprocess.run(
             [
+                sys.executable,
+                "-m",
+                "aifi",
                 "edge",
                 "request",
                 "--accession",
@@ -148,10 +153,13 @@ def test_request_by_accession_pulls_the_study_and_the_result_lands_in_pacs(
                 "--config",
                 str(config),
             ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
-        assert result.exit_code == 0, result.output
-        assert f"requested bone-age on study {study_uid}" in result.output
-        assert f"1 instances retrieved by C-{method.upper()}" in result.output
+        assert result.returncode == 0, result.stderr
+        assert f"requested bone-age on study {study_uid}" in result.stdout
+        assert f"1 instances retrieved by C-{method.upper()}" in result.stdout
         sr = wait_for_sr(orthanc, study_uid)
         assert sr.PatientID == "PH-PULL-1"  # re-identified, inside the original study
         (task,) = service.state.tasks()
