@@ -24,7 +24,10 @@ from aifi.edge.state import EdgeState
 from peers.certs import Pki, make_pki
 from peers.dcmtk import dcmtk_available, start_storescp, storescu
 
-pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="dcmtk is not installed")
+pytestmark = [
+    pytest.mark.dcmtk,
+    pytest.mark.skipif(not dcmtk_available(), reason="dcmtk is not installed"),
+]
 
 
 @pytest.fixture
