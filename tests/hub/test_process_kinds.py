@@ -141,3 +141,46 @@ def test_the_execution_provider_a_model_ran_on_is_recorded(tmp_path: Path) -> No
     # this machine has no GPU: CUDA is skipped without a warning and the CPU recorded
     assert outcome.findings.details["execution_provider"] == "CPUExecutionProvider"
     assert outcome.results
+
+
+@pytest.mark.slow
+def test_an_api_with_several_uvicorn_processes_serves_and_stops(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    import httpx
+
+    from aifi.netutil import free_port
+
+    port = free_port()
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[hub]\ndata_dir = "data"\nport = {port}\n', encoding="utf-8")
+    aifi = [sys.executable, "-m", "aifi", "hub"]
+    migrated = subprocess.run(
+        [*aifi, "migrate", "--config", str(config)], capture_output=True, timeout=120, check=False
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    log = tmp_path / "api.log"
+    with log.open("wb") as out:
+        api = subprocess.Popen(
+            [*aifi, "api", "--processes", "2", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert api.poll() is None, log.read_text()
+            try:
+                answers = [httpx.get(f"http://127.0.0.1:{port}/openapi.json") for _ in range(8)]
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the API did not start in 60 s"
+                time.sleep(0.2)
+        assert {a.status_code for a in answers} == {200}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            assert client.get("/tasks").status_code == 401  # the real API, asking who calls
+    finally:
+        os.kill(api.pid, signal.SIGTERM)
+        assert api.wait(timeout=60) == 0, log.read_text()
+    assert log.read_text().count("hub api ready") == 2  # one per uvicorn process

@@ -58,7 +58,10 @@ def serve(
 
 def api_app() -> FastAPI:
     """The API app of one uvicorn worker process (:func:`serve_api_processes`)."""
+    from aifi.logs import setup_logging
+
     settings = HubSettings.model_validate_json(os.environ[SETTINGS_VARIABLE])
+    setup_logging(level=settings.log_level.upper())  # a fresh process: the CLI's set-up is gone
     return create_app(settings, role="api")
 
 
