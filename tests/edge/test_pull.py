@@ -191,7 +191,7 @@ def test_unknown_accession_is_an_answer_not_a_crash(
     assert "has no study for accession NO-SUCH" in result.output
 
 
-def test_priors_of_the_same_patient_and_body_part_are_pulled_and_attached(
+def test_priors_of_the_same_patient_and_body_part_are_pulled_and_noted_on_the_task(
     tmp_path: Path, orthanc: Orthanc
 ) -> None:
     """An algorithm asking for 2 years of priors: the 2025 hand comes, the 2020 hand does not."""
