@@ -133,6 +133,24 @@ def test_another_hospital_finds_nothing(
     assert raised.value.response.status_code == 404
 
 
+def test_limited_and_fuzzy_searches_say_so(hub: Hub, token_a: str, stored: dict[str, Path]) -> None:
+    study, _, _ = _uids(stored["ct1"])
+
+    limited = hub.client.get(
+        f"/dicomweb/studies/{study}/instances",
+        params={"limit": "2", "fuzzymatching": "true"},
+        headers=hub.auth(token_a),
+    )
+
+    assert len(limited.json()) == 2
+    assert "more matches than limit=2" in limited.headers["warning"]
+    assert "fuzzymatching is not supported" in limited.headers["warning"]
+    everything = hub.client.get(
+        f"/dicomweb/studies/{study}/instances", params={"limit": "4"}, headers=hub.auth(token_a)
+    )
+    assert len(everything.json()) == 4 and "warning" not in everything.headers
+
+
 def test_unknown_query_key_is_refused(hub: Hub, token_a: str) -> None:
     response = hub.client.get(
         "/dicomweb/studies", params={"PatientFavouriteColour": "red"}, headers=hub.auth(token_a)

@@ -83,6 +83,7 @@ class Query:
     include_all: bool = False
     limit: int = DEFAULT_LIMIT
     offset: int = 0
+    warnings: list[str] = field(default_factory=list)  # for the response's Warning header
 
     @classmethod
     def parse(cls, params: Iterable[tuple[str, str]], **path: str | None) -> Query:
@@ -117,7 +118,8 @@ class Query:
                     self.include_all = True
                 elif item.strip():
                     self.include.add(_keyword(item.strip()))
-        # fuzzymatching=true asks for nothing we promise (PS3.18 §8.3.4.4): matching stays exact
+        elif name == "fuzzymatching" and value.strip().lower() == "true":
+            self.warnings.append("fuzzymatching is not supported; matching is exact")
 
 
 def _keyword(name: str) -> str:
@@ -156,9 +158,12 @@ def search(
         if skipped < query.offset:
             skipped += 1
             continue
-        matches.append(entry)
-        if len(matches) >= query.limit:
+        if len(matches) == query.limit:  # PS3.18 §8.3.4: a Warning says there is more
+            query.warnings.append(
+                f"there are more matches than limit={query.limit}; ask again with offset"
+            )
             break
+        matches.append(entry)
     return matches
 
 

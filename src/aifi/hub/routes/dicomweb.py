@@ -214,7 +214,8 @@ def _search(
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such study or series")
     base_url = str(request.base_url).rstrip("/") + router.prefix
     found = search(session, context.store, hospital_id, level, query, base_url)
-    return JSONResponse(found, media_type=DICOM_JSON)
+    headers = {"Warning": ", ".join(f'299 aifi-hub: "{w}"' for w in query.warnings)}
+    return JSONResponse(found, media_type=DICOM_JSON, headers=headers if query.warnings else None)
 
 
 @router.get("/studies")
