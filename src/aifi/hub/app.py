@@ -51,6 +51,7 @@ from aifi.hub.routes import (
     refusals,
     subscriptions,
     tasks,
+    workitems,
 )
 from aifi.hub.runner import TaskRunner
 from aifi.hub.storage import ObjectStore
@@ -131,7 +132,17 @@ def create_app(
         docs_url=None,  # served with local assets by mount_console (no CDN)
         redoc_url=None,
     )
-    for routes in (dicomweb, tasks, catalog, principals, subscriptions, audit, feedback, refusals):
+    for routes in (
+        dicomweb,
+        tasks,
+        workitems,
+        catalog,
+        principals,
+        subscriptions,
+        audit,
+        feedback,
+        refusals,
+    ):
         app.include_router(declare_roles(routes.router))
     app.include_router(health.router)
     mount_console(app)

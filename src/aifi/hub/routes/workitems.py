@@ -1,0 +1,143 @@
+"""``/workitems``: the hub's tasks as UPS-RS workitems (PS3.18 §11) for pseudonymized work.
+
+Create (§11.4), Retrieve (§11.5), Search (§11.9) and Request Cancellation
+(§11.8), mapped onto the same tasks as ``/tasks`` (:mod:`aifi.hub.workitems`).
+An attribute or query key the hub does not support is a 400 with the reason.
+The hub's own workers perform the workitems; there is no external performer
+to change their state.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
+from pydicom.uid import generate_uid
+
+from aifi.hub import tasks, workitems
+from aifi.hub.auth import CurrentHospital
+from aifi.hub.deps import ContextDep, SessionDep
+from aifi.protocol.schemas import PRIORITY_RANK, TaskState
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/workitems", tags=["workitems"])
+
+_DICOM_JSON = "application/dicom+json"
+_SEARCH = {
+    "ProcedureStepState": "state",
+    "00741000": "state",
+    "ScheduledProcedureStepPriority": "priority",
+    "00741200": "priority",
+    "limit": "limit",
+}
+
+
+def _refused(status_code: int, reason: str) -> HTTPException:
+    text = reason.encode("ascii", "replace").decode().replace('"', "'")  # a header is Latin-1
+    return HTTPException(status_code, detail=reason, headers={"Warning": f'299 aifi-hub: "{text}"'})
+
+
+async def _dataset(request: Request) -> dict[str, Any]:
+    try:
+        parsed = json.loads(await request.body() or b"{}")
+    except ValueError as exc:
+        raise _refused(400, f"the body is not JSON: {exc}") from exc
+    if isinstance(parsed, list) and len(parsed) == 1:
+        parsed = parsed[0]
+    if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
+        raise _refused(400, "the body must be one DICOM JSON object (PS3.18 Annex F)")
+    return {k.upper(): v for k, v in parsed.items()}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_workitem(
+    request: Request, hospital: CurrentHospital, session: SessionDep, context: ContextDep
+) -> Response:
+    extra = set(request.query_params) - {"workitem"}
+    if extra:
+        raise _refused(400, f"unknown query parameter {', '.join(sorted(extra))}")
+    ds = await _dataset(request)
+    given = (ds.get("00080018") or {}).get("Value") or []
+    uid = request.query_params.get("workitem") or (str(given[0]) if given else generate_uid())
+    if workitems.find(session, hospital.id, uid) is not None:
+        raise _refused(409, f"workitem {uid} exists already")
+    body = workitems.task_create(ds, uid)
+    if isinstance(body, tasks.TaskRefused):
+        raise _refused(body.status_code, body.detail)
+    outcome = tasks.create_task(session, hospital.id, body, context.algorithms)
+    if isinstance(outcome, tasks.TaskRefused):
+        raise _refused(outcome.status_code, outcome.detail)
+    task, created = outcome
+    if created:
+        context.dispatcher.submit(task.id)
+    location = f"{str(request.base_url).rstrip('/')}/workitems/{uid}"
+    return Response(status_code=201, headers={"Location": location})
+
+
+@router.get("")
+def search_workitems(request: Request, hospital: CurrentHospital, session: SessionDep) -> Response:
+    unknown = sorted(set(request.query_params) - set(_SEARCH))
+    if unknown:
+        raise _refused(
+            400,
+            f"unknown search key {', '.join(unknown)}; the hub matches on ProcedureStepState"
+            " and ScheduledProcedureStepPriority",
+        )
+    wanted = {_SEARCH[k]: v for k, v in request.query_params.items()}
+    state = wanted.get("state")
+    if state is not None and state not in {s.value for s in TaskState}:
+        raise _refused(400, f"(0074,1000) {state!r} is not a UPS state")
+    priority = wanted.get("priority")
+    if priority is not None and priority not in PRIORITY_RANK:
+        raise _refused(400, f"(0074,1200) {priority!r} is not HIGH, MEDIUM or LOW")
+    limit = wanted.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise _refused(400, "limit is a whole number from 1 to 1000")
+    found = tasks.list_tasks(
+        session,
+        hospital.id,
+        state=TaskState(state) if state else None,
+        limit=int(limit),
+    )
+    views = [
+        workitems.workitem_of(t)
+        for t in found
+        if priority is None or t.priority == PRIORITY_RANK[priority]
+    ]
+    if not views:
+        return Response(status_code=204)
+    return JSONResponse(views, media_type=_DICOM_JSON)
+
+
+@router.get("/{uid}")
+def retrieve_workitem(uid: str, hospital: CurrentHospital, session: SessionDep) -> Response:
+    task = workitems.find(session, hospital.id, uid)
+    if task is None:
+        raise _refused(404, f"no workitem {uid}")
+    return JSONResponse([workitems.workitem_of(task)], media_type=_DICOM_JSON)
+
+
+@router.post("/{uid}/cancelrequest", status_code=status.HTTP_202_ACCEPTED)
+async def request_cancellation(
+    uid: str, request: Request, hospital: CurrentHospital, session: SessionDep
+) -> Response:
+    ds = await _dataset(request)
+    unknown = sorted(t for t in ds if t not in ("00741238", "00741242", "00741240", "00404031"))
+    if unknown:
+        raise _refused(400, f"attribute {', '.join(unknown)} is not part of a cancel request")
+    task = workitems.find(session, hospital.id, uid)
+    if task is None:
+        raise _refused(404, f"no workitem {uid}")
+    reasons = (ds.get("00741238") or {}).get("Value") or ["cancellation requested"]
+    outcome = workitems.cancel(
+        session,
+        task,
+        f"canceled at the requester's request: {reasons[0]}",
+        actor=f"hospital:{hospital.id}",
+    )
+    if isinstance(outcome, tasks.TaskRefused):
+        raise _refused(outcome.status_code, outcome.detail)
+    return Response(status_code=202)
