@@ -39,7 +39,7 @@ from aifi.edge.policy import Release
 from aifi.edge.state import EdgeState, TaskRow
 from aifi.errors import HubRefused, HubUnavailable, PseudonymizationError
 from aifi.protocol.client import HubClient
-from aifi.protocol.schemas import PRIORITY_RANK, TaskCreate
+from aifi.protocol.schemas import Priority, TaskCreate
 
 __all__ = ["Outbox"]
 
@@ -50,7 +50,7 @@ _BATCH_BYTES = 64 << 20
 # A held task looks at the release policy (and the hub's catalog) again this often.
 HELD_RECHECK_S = 2.0
 HELD = "held"
-_PRIORITY_NAME = {rank: name for name, rank in PRIORITY_RANK.items()}
+_PRIORITY_NAME: dict[int, Priority] = {0: "HIGH", 1: "MEDIUM", 2: "LOW"}  # PRIORITY_RANK
 
 DigestFn = Callable[[Path], str]
 

@@ -31,6 +31,7 @@ from aifi.hub.subscriptions import covering
 from aifi.protocol.schemas import (
     PRIORITY_RANK,
     Acknowledge,
+    Priority,
     ResultRef,
     TaskCreate,
     TaskOut,
@@ -50,7 +51,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TERMINAL = (TaskState.COMPLETED.value, TaskState.CANCELED.value)
-_PRIORITY_NAME = {rank: name for name, rank in PRIORITY_RANK.items()}
+_PRIORITY_NAME: dict[int, Priority] = {0: "HIGH", 1: "MEDIUM", 2: "LOW"}  # PRIORITY_RANK
 
 
 @dataclass(frozen=True)
