@@ -1,4 +1,4 @@
-"""The hub's one composition root: settings → engine, sessions, store, algorithms, queue, audit.
+"""The hub's one composition root: settings → engine, sessions, store, algorithms, queue.
 
 Every process kind is built here from one :class:`~aifi.hub.config.HubSettings`:
 
@@ -12,6 +12,8 @@ Every process kind is built here from one :class:`~aifi.hub.config.HubSettings`:
 
 :func:`open_hub` makes the shared parts (:class:`HubParts`); the app
 (:func:`aifi.hub.app.create_app`), the workers and the janitor take them.
+The audit trail lives in the same database and is reached through its
+sessions (:func:`aifi.hub.auditing.audit_log_of`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from aifi.hub.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
     from aifi.algorithms.registry import Installation
-    from aifi.audit.store import SqlAuditLog
     from aifi.hub.dispatcher import WorkerPool
     from aifi.hub.executor import Executor
     from aifi.hub.janitor import Janitor
@@ -143,12 +144,6 @@ class HubParts:
         self.queue = TaskQueue(
             self.sessions, poll_s=self.settings.worker_poll_s, lease_s=self.settings.lease_s
         )
-
-    @property
-    def audit(self) -> SqlAuditLog:
-        from aifi.hub.auditing import audit_log
-
-        return audit_log(self.engine)
 
     def sync_catalog(self) -> None:
         """Register the installed manifests; two processes starting at once both succeed."""
