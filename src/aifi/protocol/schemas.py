@@ -18,6 +18,8 @@ to the calling hospital):
 * ``GET /tasks?state=COMPLETED&acknowledged=false`` → ``list[TaskOut]``.
 * ``GET /tasks/{task_id}`` → :class:`TaskOut`.
 * ``POST /tasks/{task_id}/acknowledge`` — :class:`Acknowledge` → :class:`TaskOut`.
+* ``/workitems`` — the same tasks as UPS-RS workitems (DICOM JSON, PS3.18 §11):
+  create, retrieve, search, cancelrequest (``docs/workitems.md``).
 * ``GET /dicomweb/studies/{study}/series/{series}/instances/{sop}`` — WADO-RS
   (PS3.18 §10.4), multipart/related; type="application/dicom".
 
