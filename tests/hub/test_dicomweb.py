@@ -29,6 +29,8 @@ from pydicom.uid import (
     JPEGLSLossless,
 )
 
+from aifi.protocol.client import HubClient, HubPeer
+
 from .conftest import Hub, new_uid, pseudonymized, split_multipart
 
 BASELINE = JPEGBaseline8Bit  # pydicom has no lossy JPEG encoder: the hub cannot make it
@@ -313,3 +315,20 @@ def test_stow_failure_carries_reason_text(
 def test_pydicom_test_files_exist() -> None:
     for name in ("CT_small.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm"):
         assert get_testdata_file(name) is not None
+
+
+def test_the_edge_client_shows_the_reason_text(hub: Hub, token_a: str, dicom_dir: Path) -> None:
+    """The edge's HubClient turns Failure Reason + Text Value into its refusal message."""
+    good = pseudonymized("CT_small.dcm", dicom_dir, study=new_uid())
+    identified = pseudonymized("CT_small.dcm", dicom_dir, study=new_uid(), identity_removed=False)
+    client = HubClient(HubPeer(url=str(hub.client.base_url), token=token_a))
+    try:
+        outcome = client.store_instances([good, identified])
+    finally:
+        client.close()
+
+    assert outcome.stored == (good.stem,)
+    ((sop, message),) = outcome.failed
+    assert sop == identified.stem
+    assert message.startswith("failure reason 272: ")  # 0x0110
+    assert "PatientIdentityRemoved" in message or "PatientName" in message
