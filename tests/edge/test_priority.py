@@ -42,6 +42,7 @@ def test_an_urgent_ct_after_20_radiographs_leaves_the_outbox_first(tmp_path: Pat
     assert (due[0].algorithm_id, due[0].priority) == ("pe", 0)
     assert {t.priority for t in due[1:]} == {1}
     assert [t.created_at for t in due[1:]] == sorted(t.created_at for t in due[1:])
+    assert state.open_tasks_by_priority() == {"HIGH": 1, "MEDIUM": 20, "LOW": 0}  # /metrics
     state.close()
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.algorithms.base import Algorithm, AlgorithmInput, Findings, Manifest
 from aifi.hub.config import HubSettings
@@ -99,7 +100,15 @@ def test_an_urgent_ct_after_20_routine_radiographs_runs_first(
         assert time.monotonic() < deadline, "the worker took no task"
         time.sleep(0.05)
     urgent = create(hub, token_a, ct_uid, sops, "HIGH")
+    waiting = {
+        dict(sample.labels)["priority"]: sample.value
+        for family in text_string_to_metric_families(hub.client.get("/metrics").text)
+        for sample in family.samples
+        if sample.name == "aifi_hub_queue_depth_by_priority"
+    }
     recorder.gate.set()
+
+    assert waiting == {"HIGH": 1, "MEDIUM": 19, "LOW": 0}  # the order, as /metrics shows it
 
     for task_id in [*routine, urgent]:
         assert hub.wait_for_end(token_a, task_id, timeout=60)["state"] == "COMPLETED"

@@ -127,6 +127,14 @@ class EdgeCollector(Collector):
         for state in dict.fromkeys((*_STATES, *counts)):
             tasks.add_metric([state], counts.get(state, 0))
         yield tasks
+        waiting = GaugeMetricFamily(
+            "aifi_edge_open_tasks_by_priority",
+            "tasks not yet delivered or ended, by priority; the outbox sends HIGH first",
+            labels=["priority"],
+        )
+        for name, count in self.state.open_tasks_by_priority().items():
+            waiting.add_metric([name], count)
+        yield waiting
         yield GaugeMetricFamily(
             "aifi_edge_dead_letters",
             "tasks waiting as dead letters for 'aifi edge retry' or 'discard'",

@@ -867,6 +867,16 @@ class EdgeState:
         rows = self._conn().execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
         return {r[0]: int(r[1]) for r in rows.fetchall()}
 
+    def open_tasks_by_priority(self) -> dict[str, int]:
+        """HIGH / MEDIUM / LOW → how many tasks the edge still has work to do for."""
+        marks = ",".join("?" * len(OPEN_STATES))
+        rows = self._conn().execute(
+            f"SELECT priority, COUNT(*) FROM tasks WHERE state IN ({marks}) GROUP BY priority",
+            OPEN_STATES,
+        )
+        counts = {int(r[0]): int(r[1]) for r in rows.fetchall()}
+        return {name: counts.get(rank, 0) for rank, name in enumerate(("HIGH", "MEDIUM", "LOW"))}
+
     def event_counts(self) -> dict[str, int]:
         """Event kind → how many were recorded."""
         rows = self._conn().execute("SELECT kind, COUNT(*) FROM events GROUP BY kind")

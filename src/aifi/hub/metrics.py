@@ -102,6 +102,21 @@ class HubCollector:
         yield GaugeMetricFamily(
             "aifi_hub_queue_depth", "Tasks waiting for a worker (SCHEDULED)", value=depth
         )
+        waiting = GaugeMetricFamily(
+            "aifi_hub_queue_depth_by_priority",
+            "SCHEDULED tasks by Scheduled Procedure Step Priority; HIGH is claimed first",
+            labels=["priority"],
+        )
+        by_rank = dict(
+            self._session.execute(
+                select(Task.priority, func.count())
+                .where(Task.state == TaskState.SCHEDULED.value)
+                .group_by(Task.priority)
+            ).all()
+        )
+        for rank, name in enumerate(("HIGH", "MEDIUM", "LOW")):
+            waiting.add_metric([name], int(by_rank.get(rank, 0)))
+        yield waiting
 
     def _turnaround(self) -> Metric:
         """Creation to end of the run, per algorithm, from the audit trail's run.completed."""
