@@ -11,6 +11,7 @@ import multiprocessing
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -218,11 +219,25 @@ def test_a_hanging_algorithm_is_ended_at_its_time_limit(
         hanging = hub.create_task(token, study_uid, sops, algorithm="test-hang").json()
         after = hub.create_task(token, study_uid, sops).json()
 
+        deadline = time.monotonic() + 60
+        hung: list[int] = []
+        while not hung:  # the child process running the hanging algorithm
+            hung = [
+                p.pid
+                for p in multiprocessing.active_children()
+                if p.name == "aifi-algorithm" and p.pid is not None
+            ]
+            assert time.monotonic() < deadline, "no algorithm process was started"
+            time.sleep(0.05)
         ended = hub.wait_for_end(token, hanging["id"], timeout=120)
         assert ended["state"] == TaskState.CANCELED
         assert ended["reason"] == f"time limit of {HANG_LIMIT_S:g} s exceeded"
         assert ended["results"] == []
-        assert not [p for p in multiprocessing.active_children() if p.name == "aifi-algorithm"]
+        # the hung process is ended (the next task may already run in a fresh one)
+        deadline = time.monotonic() + 10
+        while any(p.pid in hung and p.is_alive() for p in multiprocessing.active_children()):
+            assert time.monotonic() < deadline, f"algorithm process {hung} still alive"
+            time.sleep(0.05)
         # the slot goes on with a fresh child process
         done = hub.wait_for_end(token, after["id"], timeout=120)
         assert done["state"] == TaskState.COMPLETED, done["reason"]
