@@ -250,7 +250,7 @@ def list_tasks(
             or_(
                 Task.created_at > mark.created_at,
                 and_(Task.created_at == mark.created_at, Task.id > mark.id),
-            )
+            ),
         )
     if acknowledged is not None:
         query = query.where(Task.acknowledged == acknowledged)
