@@ -322,6 +322,7 @@ class Row:
     acknowledged: list[float]
     peak_kb: dict[str, int]
     failures: list[str]
+    client_cpu_s: float = 0.0
 
     @property
     def per_s(self) -> float:
@@ -354,8 +355,9 @@ def run_mode(mode: str, args: argparse.Namespace, tpl: list, folder: Path) -> Ro
         for t in pollers:
             t.start()
         # warm-up, not measured: one study per algorithm, as an edge's connection test
-        # (the workers' algorithm processes import and load their models on first use)
-        warm = [Study(0, t, lo or None, 0.0) for _w, t, lo, _hi in tpl]
+        # per worker process (algorithm processes import and load their models on first use)
+        n_warm = max(len(kinds.get("worker", [])), args.slots)  # so every worker's child is warm
+        warm = [Study(0, t, lo or None, 0.0) for _w, t, lo, _hi in tpl for _ in range(n_warm)]
         for s in warm:
             submit(hospitals[0], s, folder / "outbox", time.time())
         deadline = time.monotonic() + 180
@@ -375,6 +377,7 @@ def run_mode(mode: str, args: argparse.Namespace, tpl: list, folder: Path) -> Ro
             profiling.start()
         with meter:
             cpu0, db0 = meter.cpu_s(hub_kinds), meter.cpu_s(["postgres"])
+            own0 = time.process_time()
             t_start = time.time() + 0.5
             with ThreadPoolExecutor(args.uploaders) as pool:
                 for s in studies:
@@ -386,6 +389,7 @@ def run_mode(mode: str, args: argparse.Namespace, tpl: list, folder: Path) -> Ro
                         break
             end = max([s.acknowledged_at for s in studies if s.acknowledged_at] or [time.time()])
             cpu1, db1 = meter.cpu_s(hub_kinds), meter.cpu_s(["postgres"])
+            own1 = time.process_time()
         stop.set()
         if args.profile:
             profiling.join()
@@ -412,6 +416,7 @@ def run_mode(mode: str, args: argparse.Namespace, tpl: list, folder: Path) -> Ro
             acknowledged=[s.acknowledged_at - s.uploaded_at for s in done],
             peak_kb=dict(meter.peak_kb),
             failures=failures,
+            client_cpu_s=own1 - own0,
         )
 
 
@@ -513,6 +518,13 @@ def report(rows: list[Row], algorithm_s: float | None, workload: str) -> str:
             f"{_pct(r.completed, 0.95):6.2f}s {_pct(r.acknowledged, 0.5):7.2f}s "
             f"{_pct(r.acknowledged, 0.95):7.2f}s {per:8.0f}ms {db}  {rss}"
         )
+        if r.done:
+            lines.append(
+                f"{'':<9} load generator (the simulated edges, this process): "
+                f"{r.client_cpu_s / r.done * 1000:.0f} ms CPU/study, "
+                f"{(r.hub_cpu_s + (r.db_cpu_s or 0) + r.client_cpu_s) / r.wall_s:.2f} "
+                "cores busy with hub + DB + generator"
+            )
         if r.failures:
             lines.append(f"{'':<9} not completed: {'; '.join(r.failures)[:300]}")
     if algorithm_s is not None:
