@@ -17,9 +17,11 @@ def test_uids_map_back_and_each_lookup_is_recorded(tmp_path: Path, instance: Dat
     store = PseudonymMap(tmp_path / "map.sqlite", KEY)
     store.remember(result.uid_map)
 
-    original = store.original_uid(result.sop_instance_uid, purpose="deliver result", actor="t1")
+    original = store.original_uids([result.sop_instance_uid], purpose="deliver result", actor="t1")[
+        result.sop_instance_uid
+    ]
     assert original == instance.SOPInstanceUID
-    assert store.original_uid("2.25.1", purpose="probe") is None
+    assert store.original_uids(["2.25.1"], purpose="probe") == {"2.25.1": None}
     lookups = store.lookups()
     assert [(x.actor, x.purpose, x.found) for x in lookups] == [
         ("t1", "deliver result", True),
@@ -50,12 +52,15 @@ def test_another_key_finds_nothing(tmp_path: Path, instance: Dataset) -> None:
     result = Pseudonymizer(KEY).pseudonymize_dataset(instance)
     PseudonymMap(tmp_path / "map.sqlite", KEY).remember(result.uid_map)
     other = PseudonymMap(tmp_path / "map.sqlite", OTHER_KEY)
-    assert other.original_uid(result.sop_instance_uid, purpose="attack") is None
+    assert (
+        other.original_uids([result.sop_instance_uid], purpose="attack")[result.sop_instance_uid]
+        is None
+    )
 
 
 def test_a_lookup_needs_a_purpose(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="purpose"):
-        PseudonymMap(tmp_path / "map.sqlite", KEY).original_uid("2.25.1", purpose=" ")
+        PseudonymMap(tmp_path / "map.sqlite", KEY).original_uids(["2.25.1"], purpose=" ")
 
 
 def test_map_file_is_private(tmp_path: Path) -> None:

@@ -116,3 +116,11 @@ def test_one_task_shows_its_events(edge_toml: tuple[Path, str, str]) -> None:
     assert [e["kind"] for e in as_json["events"]] == ["task-delivered"]
     missing = CliRunner().invoke(app, ["edge", "task", "ffff", "--config", str(config)])
     assert missing.exit_code == 2 and "no task 'ffff'" in missing.output
+
+
+def test_the_privacy_officer_sees_every_identity_lookup(edge_toml: tuple[Path, str, str]) -> None:
+    config, _delivered, _dead = edge_toml
+    run("tasks", "--config", str(config))  # one listing that shows identity: one lookup
+    out = run("lookups", "--config", str(config))
+    assert "aifi edge tasks" in out and "patient" in out
+    assert "1 lookups recorded in all" in out

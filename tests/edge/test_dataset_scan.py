@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
-from aifi.edge.dataset_scan import incomplete_reason
+from aifi.edge.dataset_scan import scan_dataset
 
 FILES = [
     "CT_small.dcm",  # explicit VR little endian, native pixels
@@ -34,7 +34,7 @@ def body_of(name: str) -> tuple[bytes, bool, bool]:
 @pytest.mark.parametrize("name", FILES)
 def test_complete_file_passes_and_any_truncation_is_found(name: str) -> None:
     body, implicit, little = body_of(name)
-    assert incomplete_reason(body, implicit_vr=implicit, little_endian=little) is None
+    assert scan_dataset(body, implicit_vr=implicit, little_endian=little).reason is None
     for cut in (1, 7, 100, len(body) // 2):
-        reason = incomplete_reason(body[:-cut], implicit_vr=implicit, little_endian=little)
+        reason = scan_dataset(body[:-cut], implicit_vr=implicit, little_endian=little).reason
         assert reason is not None, f"{name} cut by {cut} bytes went unnoticed"

@@ -100,7 +100,7 @@ def test_a_running_edge_purges_a_delivered_study_after_the_retention(
     assert [i.sop_instance_uid for i in edge.state.instances(study_uid)] == []
     # The rows stay for the audit: which task held which instance.
     assert len(edge.state.task_instances(task.id)) == 3
-    assert all(edge.state.is_purged(str(ds.SOPInstanceUID)) for ds in datasets)
+    assert not any(i.path.exists() for i, _p, _d in edge.state.task_instances(task.id))
     audit = EdgeState(settings.data_dir / "edge.db").audit
     assert "purged" in {e.action for e in audit.events()}
     assert sorted(p.name for p in pacs.instances())  # the result is in PACS
@@ -179,7 +179,7 @@ def test_unrouted_studies_go_and_a_purged_instance_sent_again_is_received_again(
 
     assert not state.has_instance("3.1")  # the listener takes it again ...
     receive(state, received, STUDY_C, "3.1", modality="MR")
-    assert state.has_instance("3.1") and not state.is_purged("3.1")  # ... and keeps it
+    assert state.has_instance("3.1")  # ... and keeps it (has_instance: held, not purged)
     assert state.undispatched_studies() == [STUDY_C]
 
 

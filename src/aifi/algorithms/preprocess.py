@@ -21,7 +21,6 @@ of the model's canvas back to a column/row of the source image.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +40,6 @@ __all__ = [
     "radiograph_frames",
     "resample",
     "slice_position",
-    "sort_slices",
     "to_canvas",
     "window",
 ]
@@ -239,11 +237,3 @@ def slice_position(ds: pydicom.Dataset, normal: np.ndarray) -> float:
     if "ImagePositionPatient" not in ds:
         raise InputNotAccepted("a CT slice has no Image Position (Patient)")
     return float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
-
-
-def sort_slices(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
-    """Slices ordered along their common normal, feet to head for axial CT (PS3.3 C.7.6.2.1.1)."""
-    if not datasets:
-        return []
-    normal = axial_normal(datasets[0])
-    return sorted(datasets, key=lambda ds: slice_position(ds, normal))

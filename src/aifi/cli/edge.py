@@ -265,6 +265,38 @@ def check(config: ConfigOption = Path("edge.toml")) -> None:
 
 
 @app.command()
+def lookups(
+    config: ConfigOption = Path("edge.toml"),
+    last: Annotated[int, typer.Option(help="show the newest N lookups")] = 50,
+) -> None:
+    """Every use of the pseudonym map: when, who, why, which pseudonym (for the privacy officer)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    _settings, state, pseudonym_map = _open_local(config)
+    state.close()
+    if pseudonym_map is None:
+        typer.echo("no pseudonym map yet: nothing was looked up")
+        return
+    try:
+        rows = pseudonym_map.lookups()
+    finally:
+        pseudonym_map.close()
+    table = Table("when (UTC)", "actor", "purpose", "kind", "pseudonym", "found")
+    for row in rows[-last:]:
+        table.add_row(
+            row.at[:19],
+            row.actor,
+            row.purpose,
+            row.kind,
+            row.pseudonym,
+            "yes" if row.found else "no",
+        )
+    Console().print(table)
+    typer.echo(f"{len(rows)} lookups recorded in all")
+
+
+@app.command()
 def purge(config: ConfigOption = Path("edge.toml")) -> None:
     """Delete received instances and outbox copies past retention now (audited)."""
     from aifi.edge.config import load_edge_settings

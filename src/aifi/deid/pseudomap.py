@@ -156,10 +156,6 @@ class PseudonymMap:
         """Store ``original → pseudonymous`` UIDs (as given by PseudonymizedInstance.uid_map)."""
         self._store("uids", "uid", {pseudo: original for original, pseudo in uid_map.items()})
 
-    def original_uid(self, pseudo: str, *, purpose: str, actor: str = "edge") -> str | None:
-        """The original of a pseudonymous UID, or None; the lookup is recorded."""
-        return self._fetch("uids", "uid", [pseudo], purpose, actor)[pseudo]
-
     def original_uids(
         self, pseudos: Iterable[str], *, purpose: str, actor: str = "edge"
     ) -> dict[str, str | None]:

@@ -183,7 +183,7 @@ def _un(tag: int, value: bytes, *, undefined: bool = False) -> bytes:
     return head + _I.pack(len(value)) + value
 
 
-def planted_file(
+def planted_file(  # called-by: tests/e2e/test_planted_path.py (a corpus generator)
     path: Path, charset: str = "ISO_IR 192", transfer_syntax: str = ExplicitVRLittleEndian
 ) -> Planted:
     """Write a planted instance to ``path`` with the byte-level hiding places added."""
@@ -307,7 +307,13 @@ def _image(sop_class: str, rows: int, cols: int, seed: int) -> Dataset:
     return ds
 
 
-def radiograph(path: Path, *, rows: int = 2500, cols: int = 2048, seed: int = 0) -> Path:
+def radiograph(  # called-by: bench/pseudonymize.py
+    path: Path,
+    *,
+    rows: int = 2500,
+    cols: int = 2048,
+    seed: int = 0,
+) -> Path:
     """Write a DX radiograph (~10 MB at the default size) to ``path``."""
     ds = _image(_DX, rows, cols, seed)
     ds.BodyPartExamined = "HAND"
@@ -318,7 +324,13 @@ def radiograph(path: Path, *, rows: int = 2500, cols: int = 2048, seed: int = 0)
     return path
 
 
-def ct_series(folder: Path, *, slices: int = 300, rows: int = 512, cols: int = 512) -> list[Path]:
+def ct_series(  # called-by: bench/pseudonymize.py
+    folder: Path,
+    *,
+    slices: int = 300,
+    rows: int = 512,
+    cols: int = 512,
+) -> list[Path]:
     """Write a CT series of ``slices`` instances into ``folder``; the pixel data is shared."""
     folder.mkdir(parents=True, exist_ok=True)
     first = _image(_CT, rows, cols, 1)

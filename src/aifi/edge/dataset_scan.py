@@ -31,7 +31,6 @@ __all__ = [
     "ScanProblem",
     "ScanResult",
     "decode_text",
-    "incomplete_reason",
     "scan_dataset",
     "tags_for",
 ]
@@ -105,13 +104,6 @@ def scan_dataset(
         result.reason = str(exc)
         result.problem = exc.problem
     return result
-
-
-def incomplete_reason(
-    buf: memoryview | bytes, *, implicit_vr: bool, little_endian: bool
-) -> str | None:
-    """None when every element fits in ``buf``; otherwise a sentence saying where it ends."""
-    return scan_dataset(buf, implicit_vr=implicit_vr, little_endian=little_endian).reason
 
 
 def decode_text(tag: int, raw: bytes) -> str | list[str]:

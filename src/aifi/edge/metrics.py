@@ -81,10 +81,14 @@ class EdgeCollector(Collector):
         self.state = state
         self.data_dir = data_dir
 
-    def describe(self) -> Iterable[Metric]:
+    def describe(  # called-by: prometheus_client's CollectorRegistry (register)
+        self,
+    ) -> Iterable[Metric]:
         return []  # collected fresh at every scrape, no fixed description
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(  # called-by: prometheus_client's CollectorRegistry on each scrape
+        self,
+    ) -> Iterator[Metric]:
         events = self.state.event_counts()
         yield _counter(
             "aifi_edge_received_instances",

@@ -783,14 +783,6 @@ class EdgeState:
             if task_id is not None:
                 db.execute("INSERT OR IGNORE INTO purged_tasks VALUES (?,?)", (task_id, now))
 
-    def is_purged(self, sop_instance_uid: str) -> bool:
-        row = (
-            self._conn()
-            .execute("SELECT 1 FROM purged_instances WHERE sop_instance_uid=?", (sop_instance_uid,))
-            .fetchone()
-        )
-        return row is not None
-
     # -- deliveries --------------------------------------------------------
     def set_delivery(
         self,

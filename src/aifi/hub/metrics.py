@@ -51,7 +51,9 @@ class HubCollector:
         self._session = session
         self._bounds = bounds
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(  # called-by: prometheus_client's CollectorRegistry on each scrape
+        self,
+    ) -> Iterator[Metric]:
         session = self._session
         names = {i: n for i, n in session.execute(select(Hospital.id, Hospital.name))}
         yield from self._received(names)

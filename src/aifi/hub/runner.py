@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import threading
 import time
@@ -38,6 +37,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from aifi.algorithms.base import Algorithm, AlgorithmInput, InputInstance, Manifest
+from aifi.algorithms.findings_json import findings_to_json
 from aifi.algorithms.selection import select_inputs
 from aifi.errors import AlgorithmError
 from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
@@ -274,7 +274,7 @@ class TaskRunner:
         task.state = TaskState.COMPLETED.value
         task.algorithm_version = outcome.manifest.version
         task.urgent = findings.urgent
-        task.findings = _json_ready(dataclasses.asdict(findings))
+        task.findings = findings_to_json(findings)  # the shape remote algorithms answer with
         task.reason = None
         task.lease_until = None
         task.compute_seconds = time.perf_counter() - started
@@ -363,16 +363,3 @@ def _audit(session: Session, loaded: _Loaded, action: str, detail: dict[str, Any
         correlation_id=loaded.correlation_id,
         detail=detail,
     )
-
-
-def _json_ready(value: dict[str, Any]) -> dict[str, Any]:
-    """Findings as plain JSON (tuples become lists; numpy scalars and others become text)."""
-    loaded: dict[str, Any] = json.loads(json.dumps(value, default=_plain))
-    return loaded
-
-
-def _plain(value: object) -> object:
-    item = getattr(value, "item", None)  # numpy scalars
-    if callable(item):
-        return item()
-    return str(value)

@@ -56,7 +56,7 @@ def serve(
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def api_app() -> FastAPI:
+def api_app() -> FastAPI:  # called-by: uvicorn's factory import string in serve_api_processes
     """The API app of one uvicorn worker process (:func:`serve_api_processes`)."""
     from aifi.logs import setup_logging
 

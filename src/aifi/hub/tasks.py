@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aifi.algorithms.base import Algorithm
+from aifi.core.tasks import can_move
 from aifi.errors import AlgorithmError
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.catalog import select_version
@@ -304,7 +305,7 @@ def rerun_task(session: Session, task_id: str, *, actor: str) -> Task | TaskRefu
     task = session.get(Task, task_id)
     if task is None:
         return TaskRefused(404, f"no task {task_id}")
-    if task.state != TaskState.CANCELED.value:
+    if task.state != TaskState.CANCELED or not can_move(task.state, TaskState.SCHEDULED):
         return TaskRefused(409, f"task {task_id} is {task.state}; only a canceled task is re-run")
     previous = task.reason
     task.state = TaskState.SCHEDULED.value

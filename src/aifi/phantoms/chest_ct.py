@@ -51,7 +51,10 @@ class ChestCT:
     emboli: list[Embolus] = field(default_factory=list)
     hilum_z: float = 0.0
 
-    def embolus_mask(self, index: int) -> np.ndarray:
+    def embolus_mask(  # called-by: training/train_incidental_pe.py (labels)
+        self,
+        index: int,
+    ) -> np.ndarray:
         """Boolean mask of embolus pixels on slice ``index``."""
         rows, cols = self.hu.shape[1:]
         y, x = np.mgrid[0:rows, 0:cols].astype(np.float64)
