@@ -182,7 +182,7 @@ def build_report_bundle(
             )
         )
     summary = str(findings.get("summary", ""))
-    if findings.get("demo_model"):
+    if findings.get("demo_model") and "demo model" not in summary:
         summary += " (demo model - not for clinical use)"
     identifiers: list[dict[str, Any]] = [{"system": "urn:aifi:task", "value": task_id}]
     accession = str(original.get("AccessionNumber", "") or "")

@@ -164,7 +164,7 @@ def build_oru(
             )
         )
     summary = str(findings.get("summary", ""))
-    if findings.get("demo_model"):
+    if findings.get("demo_model") and "demo model" not in summary:
         summary += " (demo model - not for clinical use)"
     observations.append(("TX", "^".join(NARRATIVE_CONCEPT), _esc(summary), "", ""))
 
