@@ -44,6 +44,7 @@ PARAMETERS = {
     "algorithm_id": "algorithm_id",
     "version": "version",
     "tag": "tag",
+    "uid": "client_task_id",  # a workitem UID is its task's client_task_id
 }
 """Path parameter name → the key of A's identifiers substituted for it."""
 
