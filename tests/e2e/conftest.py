@@ -22,7 +22,30 @@ HUB_ON_BOTH_DATABASES = pytest.mark.parametrize(
 """Mark a test that uses ``hub`` to run on the embedded SQLite file and on PostgreSQL."""
 
 
-class HubProcess:
+class _Killable:
+    """A program of ours in a subprocess: stopped politely, or killed as in a power cut."""
+
+    process: subprocess.Popen[bytes] | None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, as in a power cut."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+class HubProcess(_Killable):
     """``aifi hub serve`` in a subprocess, restartable on the same port and data folder."""
 
     def __init__(self, folder: Path, database_url: str | None = None) -> None:
@@ -86,25 +109,8 @@ class HubProcess:
                 time.sleep(0.1)
         raise RuntimeError("hub did not start in 30 s")
 
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handler runs, as in a power cut."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.process = None
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-
-class EdgeProcess:
+class EdgeProcess(_Killable):
     """``aifi edge serve --config edge.toml`` in a subprocess, killable like the hub."""
 
     def __init__(self, folder: Path, config_text: str) -> None:
@@ -131,23 +137,6 @@ class EdgeProcess:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("edge did not start listening in 30 s")
-
-    def kill(self) -> None:
-        """SIGKILL, as in a power cut."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
 
 
 @pytest.fixture

@@ -17,35 +17,14 @@ import pydicom
 from pydicom import Dataset
 
 from aifi.deid import PseudonymMap
+from aifi.edge.reidentify import PATIENT_STUDY_KEYWORDS
 from aifi.errors import DeliveryError
 
 __all__ = ["IDENTITY_KEYWORDS", "recall_identity", "remember_identity"]
 
-# Patient module and General Study module attributes restored into results;
-# the Requested Procedure ID is kept for the RIS (OBR-19).
-IDENTITY_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "IssuerOfPatientIDQualifiersSequence",
-    "PatientBirthDate",
-    "PatientBirthTime",
-    "PatientSex",
-    "OtherPatientIDsSequence",
-    "PatientAge",
-    "PatientSize",
-    "PatientWeight",
-    "EthnicGroup",
-    "PatientComments",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "IssuerOfAccessionNumberSequence",
-    "ReferringPhysicianName",
-    "StudyID",
-    "StudyDescription",
-    "RequestedProcedureID",
-)
+# The attributes results are filed under (reidentify.PATIENT_STUDY_KEYWORDS),
+# plus the Requested Procedure ID the RIS wants (OBR-19).
+IDENTITY_KEYWORDS = (*PATIENT_STUDY_KEYWORDS, "RequestedProcedureID")
 
 _KIND = "study-identity:"
 
