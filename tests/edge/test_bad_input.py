@@ -81,7 +81,7 @@ def send_raw(port: int, case: Case) -> tuple[int, str]:
     ae.dimse_timeout = 20
     ae.add_requested_context(case.sop_class_uid, [ExplicitVRLittleEndian])
     ae.add_requested_context(case.sop_class_uid, [DeflatedExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", port)
+    assoc = ae.associate("127.0.0.1", port, ae_title="AIFI_EDGE")
     assert assoc.is_established
     req = C_STORE()
     req.MessageID = 1
@@ -205,7 +205,7 @@ def _variant(ds: Dataset, value: int) -> Dataset:
 def _store(port: int, ds: Dataset) -> tuple[int, str]:
     ae = AE(ae_title="PACS")
     ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port)
+    assoc = ae.associate("127.0.0.1", port, ae_title="AIFI_EDGE")
     assert assoc.is_established
     try:
         rsp = assoc.send_c_store(ds)

@@ -58,7 +58,7 @@ def start(state_dir: Path, received: Path, min_free_bytes: int) -> EdgeReceiver:
 def store(port: int, ds: Dataset) -> tuple[int, str]:
     ae = AE(ae_title="PACS")
     ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port)
+    assoc = ae.associate("127.0.0.1", port, ae_title="AIFI_EDGE")
     assert assoc.is_established
     try:
         rsp = assoc.send_c_store(ds)

@@ -76,7 +76,7 @@ def test_compressed_transfer_syntax_is_stored_without_decoding(
     ds = pydicom.dcmread(path)
     ae = AE(ae_title="PACS")
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", receiver.port)
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="AIFI_EDGE")
     assert assoc.is_established
     status = assoc.send_c_store(path)
     assoc.release()
@@ -106,7 +106,7 @@ def _send_raw(port: int, sop_class: str, sop_uid: str, payload: bytes) -> int:
     """Send an arbitrary encoded data set (as a broken modality would)."""
     ae = AE(ae_title="PACS")
     ae.add_requested_context(sop_class, "1.2.840.10008.1.2.1")
-    assoc = ae.associate("127.0.0.1", port)
+    assoc = ae.associate("127.0.0.1", port, ae_title="AIFI_EDGE")
     assert assoc.is_established
     from pynetdicom.dimse_primitives import C_STORE
 

@@ -70,7 +70,7 @@ def storescu(
     port: int,
     *,
     calling_aet: str = "STORESCU",
-    called_aet: str = "ANY-SCP",
+    called_aet: str = "AIFI_EDGE",
     extra_args: Sequence[str] = (),
     timeout: float = 300.0,
     nodelay: bool = True,
@@ -85,7 +85,8 @@ def storescu(
     transfer syntax per call). With ``required_only`` (``-R``) it proposes
     per SOP class only what the files need, else also every uncompressed
     transfer syntax. ``extra_args`` go before the peer's address. The caller
-    checks ``returncode`` (0: every C-STORE succeeded) and ``stderr``.
+    checks ``returncode`` (0: every C-STORE succeeded) and ``stderr``. The called
+    AE title defaults to the edge's (``listener.ae_title``), which it checks.
     """
     if not files:
         raise ValueError("files must name at least one DICOM file")
@@ -148,7 +149,7 @@ def echoscu(
     port: int,
     *,
     calling_aet: str = "ECHOSCU",
-    called_aet: str = "ANY-SCP",
+    called_aet: str = "AIFI_EDGE",
     timeout: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
     """One C-ECHO (Verification, PS3.4 A) with dcmtk ``echoscu``; 0 means answered."""

@@ -67,10 +67,10 @@ class ListenerSettings(BaseModel):
         description="calling AE titles accepted; an empty list refuses every association",
     )
     check_called_ae_title: bool = Field(
-        default=False,
+        default=True,
         description="refuse an association whose called AE title is not ae_title"
-        " (A-ASSOCIATE-RJ, PS3.8 9.3.4: called AE title not recognized); leave false for a"
-        " PACS that sends a wrong one",
+        " (A-ASSOCIATE-RJ, PS3.8 9.3.4: called AE title not recognized); false accepts any"
+        " called AE title, for a PACS that sends a wrong one",
     )
     tls: TlsSettings | None = Field(
         default=None, description="DICOM TLS on the listener (PS3.15 B.9, BCP 195)"
