@@ -107,7 +107,8 @@ def test_edge_stores_into_a_tls_peer(pki: Pki, tmp_path: Path) -> None:
 
 
 def test_wrong_called_ae_title_is_rejected_and_recorded(tmp_path: Path) -> None:
-    settings = ListenerSettings(port=0, allowed_calling_aets=["PACS"], check_called_ae_title=True)
+    settings = ListenerSettings(port=0, allowed_calling_aets=["PACS"])  # checked by default
+    assert settings.check_called_ae_title
     scp = _receiver(tmp_path, settings)
     try:
         ae = AE(ae_title="PACS")
@@ -122,6 +123,22 @@ def test_wrong_called_ae_title_is_rejected_and_recorded(tmp_path: Path) -> None:
             time.sleep(0.05)
         [event] = scp.state.events("association-refused")
         assert "called AE title 'NOT_THE_EDGE'" in event["detail"]
+    finally:
+        scp.stop()
+
+
+def test_any_called_ae_title_is_accepted_when_the_check_is_off(tmp_path: Path) -> None:
+    settings = ListenerSettings(port=0, allowed_calling_aets=["PACS"], check_called_ae_title=False)
+    scp = _receiver(tmp_path, settings)
+    try:
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(ComputedRadiographyImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="WHATEVER")
+        assert assoc.is_established
+        assoc.release()
+        stranger = AE(ae_title="INTRUDER")  # the calling AE title is still checked
+        stranger.add_requested_context(ComputedRadiographyImageStorage)
+        assert stranger.associate("127.0.0.1", scp.port, ae_title="WHATEVER").is_rejected
     finally:
         scp.stop()
 
