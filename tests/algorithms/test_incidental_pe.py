@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,35 @@ def test_slice_order_does_not_matter(algorithm: IncidentalPE, tmp_path: Path) ->
     a = algorithm.run(as_algorithm_input(write_study(study, tmp_path / "a")))
     b = algorithm.run(as_algorithm_input(write_study(study[::-1], tmp_path / "b")))
     assert a.details["probability"] == b.details["probability"]
+
+
+def _peak_traced_mb(algorithm: IncidentalPE, folder: Path, slices: int) -> float:
+    """Python/numpy memory at the peak of one run on a ``slices``-slice series (tracemalloc)."""
+    study = chest_ct_series(
+        embolus=True, seed=41, slices=slices, slice_thickness=round(5.0 * 48 / slices, 3)
+    )
+    inputs = as_algorithm_input(write_study(study, folder))
+    del study
+    tracemalloc.start()
+    try:
+        algorithm.run(inputs)
+        return tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_grows_by_canvases_not_by_slices_read(
+    algorithm: IncidentalPE, tmp_path: Path
+) -> None:
+    """Five times the slices cost their 128 x 128 canvases, never a volume of HU.
+
+    Each slice is read alone and brought to the model's grid at once (issue 12:
+    memory flat in study size); holding the study in Hounsfield units would add
+    192 x 192 x 8 bytes per extra slice (about 56 MB here), the canvases add
+    128 x 128 x 4 bytes (about 12.6 MB) and the headers a little.
+    """
+    algorithm.run(as_algorithm_input(write_study(chest_ct_series(embolus=False), tmp_path / "w")))
+    small = _peak_traced_mb(algorithm, tmp_path / "small", 48)
+    large = _peak_traced_mb(algorithm, tmp_path / "large", 240)
+    print(f"peak traced: {small:.1f} MB at 48 slices, {large:.1f} MB at 240")
+    assert large - small < 30.0

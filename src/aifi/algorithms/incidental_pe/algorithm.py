@@ -25,6 +25,7 @@ from aifi.algorithms.base import (
     Box,
     Findings,
     ImageFinding,
+    InputInstance,
     Manifest,
     Measurement,
     Resources,
@@ -39,7 +40,7 @@ from aifi.algorithms.codes import (
     PULMONARY_EMBOLISM,
 )
 from aifi.algorithms.codes import PROBABILITY as _PROBABILITY
-from aifi.algorithms.incidental_pe.model import CELL, canvases_for, model_inputs
+from aifi.algorithms.incidental_pe.model import CANVAS, CELL, canvas_of, model_inputs
 from aifi.algorithms.incidental_pe.selection import CHEST_BODY_PARTS, choose_series
 from aifi.algorithms.onnx_model import PinnedModel, demo_note, load_model_spec
 from aifi.algorithms.preprocess import (
@@ -62,6 +63,8 @@ NO_UNIT = NO_UNITS
 LUNG_HU = (-950.0, -600.0)
 MIN_LUNG_SLICE_FRACTION = 0.3
 MAX_LOCATIONS = 5
+BATCH = 32
+"""Slices per model call: the model's input and activations stay a few MB at any length."""
 
 
 def lung_coverage(hu: np.ndarray) -> float:
@@ -119,25 +122,28 @@ class IncidentalPE:
 
     def run(self, inputs: AlgorithmInput) -> Findings:
         series = choose_series(inputs)
-        datasets = [i.read() for i in series.instances]
-        normal = axial_normal(datasets[0])
-        order = sorted(range(len(datasets)), key=lambda k: slice_position(datasets[k], normal))
-        datasets = [datasets[k] for k in order]
+        headers = series.headers
+        normal = axial_normal(headers[0])
+        order = sorted(range(len(headers)), key=lambda k: slice_position(headers[k], normal))
         uids = [series.instances[k].sop_instance_uid for k in order]
-        shape = (int(datasets[0].Rows), int(datasets[0].Columns))
-        if any((int(ds.Rows), int(ds.Columns)) != shape for ds in datasets):
+        shape = (int(headers[0].Rows), int(headers[0].Columns))
+        if any((int(ds.Rows), int(ds.Columns)) != shape for ds in headers):
             raise InputNotAccepted("the slices of the CT series differ in size")
-        positions = np.array([slice_position(ds, normal) for ds in datasets])
-        hu = np.stack([modality_values(ds, frames_of(ds)[0]) for ds in datasets])
-        coverage = lung_coverage(hu)
+        positions = np.array([slice_position(headers[k], normal) for k in order])
+        canvases, lung_slices, geometry = self._read_slices(
+            [series.instances[k] for k in order], pixel_spacing_mm(headers[order[0]])
+        )
+        coverage = float(lung_slices.mean())
         if coverage < MIN_LUNG_SLICE_FRACTION:
             raise InputNotAccepted(
                 f"the series does not cover the chest: lung tissue on {coverage:.0%} of "
                 f"slices (at least {MIN_LUNG_SLICE_FRACTION:.0%} needed)"
             )
-        canvases, geometry = canvases_for(hu, pixel_spacing_mm(datasets[0]))
-        (heatmaps,) = self.model.run({"slices": model_inputs(canvases, positions)})
-        heatmaps = heatmaps[:, 0]
+        heatmaps = np.empty((len(uids), *self._cells()), dtype=np.float32)
+        for start in range(0, len(uids), BATCH):
+            rows = slice(start, start + BATCH)
+            (batch,) = self.model.run({"slices": model_inputs(canvases, positions, rows)})
+            heatmaps[rows] = batch[:, 0]
         probability = float(heatmaps.max())
         positive = probability >= self.positive_threshold
         locations, images = self._locations(heatmaps, uids, geometry)
@@ -172,6 +178,36 @@ class IncidentalPE:
                 "model": {"version": self.spec.version, "sha256": self.spec.sha256},
             },
         )
+
+    @staticmethod
+    def _cells() -> tuple[int, int]:
+        """The heatmap's grid: one cell per ``CELL`` x ``CELL`` canvas pixels."""
+        return (CANVAS // CELL, CANVAS // CELL)
+
+    @staticmethod
+    def _read_slices(
+        instances: list[InputInstance], spacing: tuple[float, float]
+    ) -> tuple[np.ndarray, np.ndarray, Geometry]:
+        """Each slice, in order, read alone and brought onto the model's canvas at once.
+
+        Returns the canvases (S, CANVAS, CANVAS) float32, whether each slice
+        shows lung (:func:`lung_coverage` of that slice), and the canvas
+        geometry. Only one slice's pixels (and its Hounsfield units) are held
+        at a time, so memory does not grow with the acquired matrix x slices:
+        a 600-slice 512 x 512 CT needs 39 MB of canvases, not 1.2 GB of HU.
+        """
+        canvases = np.empty((len(instances), CANVAS, CANVAS), dtype=np.float32)
+        lung = np.empty(len(instances), dtype=bool)
+        geometry: Geometry | None = None
+        for slot, instance in enumerate(instances):
+            ds = instance.read()
+            plane = modality_values(ds, frames_of(ds)[0])
+            del ds
+            lung[slot] = lung_coverage(plane[None]) > 0
+            canvases[slot], geometry = canvas_of(plane, spacing)
+        if geometry is None:
+            raise InputNotAccepted("the CT series has no slices")
+        return canvases, lung, geometry
 
     def _locations(
         self, heatmaps: np.ndarray, uids: list[str], geometry: Geometry

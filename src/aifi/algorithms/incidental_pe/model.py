@@ -20,6 +20,7 @@ __all__ = [
     "TARGET_MM",
     "WINDOW",
     "Z_STEP_MM",
+    "canvas_of",
     "canvases_for",
     "model_inputs",
 ]
@@ -31,24 +32,39 @@ Z_STEP_MM = 5.0
 WINDOW = (100.0, 700.0)
 
 
+def canvas_of(plane: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarray, Geometry]:
+    """Window one slice (rows, cols) of Hounsfield units and resample it onto the model's canvas.
+
+    The slice is brought down to the model's grid (``TARGET_MM`` per pixel,
+    ``CANVAS`` x ``CANVAS``, float32) as soon as it is read, so a study is
+    never held at its acquired resolution.
+    """
+    return to_canvas(window(plane, *WINDOW), spacing, TARGET_MM, CANVAS)
+
+
 def canvases_for(hu: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarray, Geometry]:
     """Window and resample each slice of ``hu`` (S, rows, cols) onto the model's canvas."""
-    out = []
+    out = np.empty((len(hu), CANVAS, CANVAS), dtype=np.float32)
     geometry = None
-    for plane in hu:
-        canvas, geometry = to_canvas(window(plane, *WINDOW), spacing, TARGET_MM, CANVAS)
-        out.append(canvas)
+    for k, plane in enumerate(hu):
+        out[k], geometry = canvas_of(plane, spacing)
     if geometry is None:
         raise ValueError("no slices")
-    return np.stack(out), geometry
+    return out, geometry
 
 
-def model_inputs(canvases: np.ndarray, positions: np.ndarray) -> np.ndarray:
+def model_inputs(
+    canvases: np.ndarray, positions: np.ndarray, rows: slice = slice(None)
+) -> np.ndarray:
     """(S, 3, H, W): each slice with the planes ``Z_STEP_MM`` below and above it.
 
     ``positions`` are the slice positions along the normal, ascending.
+    ``rows`` picks the slices to build (all by default), so a long series
+    is fed to the model a batch at a time; the neighbouring planes still
+    come from the whole series.
     """
     index = np.arange(len(positions), dtype=np.float64)
+    centre = positions[rows]
 
     def plane_at(z: np.ndarray) -> np.ndarray:
         frac = np.interp(z, positions, index)
@@ -57,6 +73,6 @@ def model_inputs(canvases: np.ndarray, positions: np.ndarray) -> np.ndarray:
         w = (frac - lo)[:, None, None]
         return (1 - w) * canvases[lo] + w * canvases[hi]
 
-    below = plane_at(positions - Z_STEP_MM)
-    above = plane_at(positions + Z_STEP_MM)
-    return np.stack([below, canvases, above], axis=1).astype(np.float32)
+    below = plane_at(centre - Z_STEP_MM)
+    above = plane_at(centre + Z_STEP_MM)
+    return np.stack([below, canvases[rows], above], axis=1).astype(np.float32)
