@@ -11,6 +11,14 @@ cutting events off the end leaves the chain shorter than its recorded
 *head* (the last sequence number and hash, kept apart from the events).
 The store is not this module's concern: :mod:`aifi.audit.store` keeps the
 chain in any SQL database.
+
+A store may keep several independent chains, each named (the hub keeps one
+per hospital and one for itself, see :mod:`aifi.audit.store`). The name of
+a chain other than :data:`MAIN` is part of every hashed body, so an event
+cannot be moved from one chain to another unseen; :data:`MAIN` — the one
+chain of the edge, and the hub's single chain before schema 0008 — hashes
+exactly as it always did, so chains written before chains had names still
+verify.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 
 __all__ = [
     "GENESIS",
+    "MAIN",
     "AuditEvent",
     "Head",
     "canonical",
@@ -34,6 +43,9 @@ __all__ = [
 
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first event."""
+
+MAIN = "main"
+"""The name of a store's one chain (the edge's; the hub's before per-tenant chains)."""
 
 
 def now_iso() -> str:
@@ -60,12 +72,15 @@ class AuditEvent:
     agreement: str | None = None
     correlation_id: str | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
+    chain: str = MAIN
     prev_hash: str = GENESIS
     hash: str = ""
 
     def body(self) -> dict[str, Any]:
-        """The hashed fields (everything except the two hashes)."""
+        """The hashed fields (everything except the two hashes; the chain unless :data:`MAIN`)."""
+        named = {} if self.chain == MAIN else {"chain": self.chain}
         return {
+            **named,
             "seq": self.seq,
             "at": self.at,
             "actor": self.actor,
@@ -80,7 +95,7 @@ class AuditEvent:
         }
 
     def as_json(self) -> dict[str, Any]:
-        """The event with its hashes, as one JSON lines record."""
+        """The event with its hashes, as one JSON lines record (``chain`` unless :data:`MAIN`)."""
         return {**self.body(), "prev_hash": self.prev_hash, "hash": self.hash}
 
 
@@ -102,19 +117,32 @@ def chain_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical(body)).encode("utf-8")).hexdigest()
 
 
-def verify_chain(events: Iterable[AuditEvent], head: Head | None) -> list[str]:
-    """Every problem found in a chain read in ``seq`` order; empty when it is intact.
+def verify_chain(
+    events: Iterable[AuditEvent], head: Head | None, *, chain: str = MAIN
+) -> list[str]:
+    """Every problem found in one chain read in ``seq`` order; empty when it is intact.
 
     Each problem names the sequence number where the chain stops being
     trustworthy: a changed event, a gap (deleted events), an event out of
     place (reordered or a predecessor deleted), or events missing after the
-    last one (truncation, seen against ``head``).
+    last one (truncation, seen against ``head``). Problems of a chain other
+    than :data:`MAIN` start with ``chain NAME:``; an event of another chain
+    among ``events`` is a problem too.
     """
+    problems = _verify_one(events, head, chain)
+    if chain == MAIN:
+        return problems
+    return [f"chain {chain}: {p}" for p in problems]
+
+
+def _verify_one(events: Iterable[AuditEvent], head: Head | None, chain: str) -> list[str]:
     problems: list[str] = []
     expected_seq = 1
     prev_hash = GENESIS
     last = Head(0, GENESIS)
     for event in events:
+        if event.chain != chain:
+            problems.append(f"event {event.seq} is recorded in chain {event.chain}")
         if event.seq != expected_seq:
             if event.seq > expected_seq:
                 problems.append(

@@ -1,52 +1,127 @@
-"""An append-only, hash-chained audit log in a SQL database.
+"""Append-only, hash-chained audit logs in a SQL database: one chain or one per tenant.
 
-Appends are serialized twice: a lock inside the process (worker threads)
-and, across processes, a compare-and-set on the head row inside the same
-transaction as the insert; a writer that lost the race retries with the
-new head. The chain therefore stays linear with any number of writers.
+A store keeps any number of independent chains in the same two tables
+(:mod:`aifi.audit.tables`); ``chain_of`` says which chain an event goes to
+from its hospital. The edge keeps one chain (:data:`aifi.audit.chain.MAIN`);
+the hub keeps one per hospital and one for its own events
+(:mod:`aifi.hub.auditing`), because a single chain is a single hot row:
+every append of every process in the country waits for the one before it
+to commit (measured before schema 0008: about 550 appends/s however many
+processes, p99 up to 362 ms; ``bench/audit_appends.py``).
+
+Why chains per tenant, not events written unchained in each change's own
+transaction and chained later by the janitor: an auditor reads a hospital's
+trail as that hospital's, and a per-tenant chain is verifiable on its own
+(``aifi audit export --hospital``) at the moment of the append, with no
+sealing lag, no watermark against PostgreSQL's commit order (ids are not
+committed in order) and no duty that must be running for the trail to be
+whole. Its cost is kept small: appends of one hospital still wait for each
+other, which is the order the trail must record anyway.
+
+Appends to one chain are serialized twice: a lock per chain inside the
+process (worker threads), and across processes the chain's head row,
+locked ``FOR UPDATE`` on PostgreSQL and compare-and-set in the same
+transaction as the insert everywhere; a writer that lost a race (SQLite's
+busy database, two processes opening the same new chain) retries with the
+new head. Each chain therefore stays linear with any number of writers.
+
+A store with a ``root`` chain records, in that chain and in the same
+transaction, every chain it opens (``audit.chain_opened``): deleting a
+whole chain together with its head row is then still found by
+:meth:`SqlAuditLog.verify`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, Row, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from aifi.audit.chain import GENESIS, AuditEvent, Head, chain_hash, now_iso, verify_chain
+from aifi.audit.chain import GENESIS, MAIN, AuditEvent, Head, chain_hash, now_iso, verify_chain
 from aifi.audit.tables import AuditTables
 from aifi.errors import StorageError
 
-__all__ = ["SqlAuditLog"]
+__all__ = ["CHAIN_OPENED", "ChainLocks", "ChainOf", "SqlAuditLog", "one_chain", "seal_of"]
 
 logger = logging.getLogger(__name__)
 
-_HEAD_ID = 1
 _ATTEMPTS = 200
+
+CHAIN_OPENED = "audit.chain_opened"
+"""The action recorded in the root chain when a store opens another chain."""
+
+ChainOf = Callable[[str | None], str]
+"""Which chain an event of this hospital (None: no hospital) goes to."""
+
+
+def one_chain(_hospital: str | None) -> str:
+    """Every event in :data:`MAIN` (the edge, and any single program)."""
+    return MAIN
+
+
+class ChainLocks:
+    """One lock per chain name, shared by the threads of a process that append."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def __call__(self, chain: str) -> threading.Lock:
+        with self._guard:
+            lock = self._locks.get(chain)
+            if lock is None:
+                lock = self._locks[chain] = threading.Lock()
+            return lock
 
 
 class _LostRaceError(Exception):
     """Another writer appended between our read of the head and our update."""
 
 
-class SqlAuditLog:
-    """The audit chain kept in ``tables`` of the database behind ``engine``.
+def _busy(exc: BaseException) -> bool:
+    """SQLite's answer to a second writer (retry), whatever the database."""
+    return "locked" in str(exc)
 
-    Instances that write the same chain from one process may share ``lock``
-    (fewer retries); correctness does not depend on it.
+
+class SqlAuditLog:
+    """The audit chains kept in ``tables`` of the database behind ``engine``.
+
+    ``chain_of`` picks the chain of each append (default: one chain);
+    ``root`` is the chain that records every other chain opened (None: not
+    recorded). Instances that write from one process may share ``locks``
+    (fewer retries); correctness does not depend on it. ``transient`` says
+    which database errors are worth the append again (a dropped connection,
+    a serialization failure); SQLite's busy database always is.
     """
 
     def __init__(
-        self, engine: Engine, tables: AuditTables, *, lock: threading.Lock | None = None
+        self,
+        engine: Engine,
+        tables: AuditTables,
+        *,
+        chain_of: ChainOf = one_chain,
+        root: str | None = None,
+        locks: ChainLocks | None = None,
+        transient: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self._engine = engine
         self._tables = tables
-        self._lock = lock or threading.Lock()
+        self._chain_of = chain_of
+        self._root = root
+        self._locks = locks or ChainLocks()
+        self._transient = transient or _busy
+
+    def chain_of(self, hospital: str | None) -> str:
+        """The chain an event of ``hospital`` is appended to."""
+        return self._chain_of(hospital)
 
     def append(
         self,
@@ -61,7 +136,7 @@ class SqlAuditLog:
         correlation_id: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
-        """Record one event at the end of the chain; returns it with its hashes."""
+        """Record one event at the end of its chain; returns it with its hashes."""
         fields: dict[str, Any] = {
             "actor": actor,
             "action": action,
@@ -73,94 +148,189 @@ class SqlAuditLog:
             "correlation_id": correlation_id,
             "detail": dict(detail or {}),
         }
-        with self._lock:
+        chain = self._chain_of(hospital)
+        with self._locks(chain):
             for attempt in range(_ATTEMPTS):
                 try:
                     with self._engine.begin() as connection:
-                        return self._append(connection, fields)
-                except (_LostRaceError, IntegrityError, OperationalError) as exc:
-                    if isinstance(exc, OperationalError) and "locked" not in str(exc):
+                        return self._append(connection, chain, fields)
+                except (_LostRaceError, IntegrityError):
+                    pass
+                except DBAPIError as exc:
+                    if not (_busy(exc) or self._transient(exc)):
                         raise StorageError(f"cannot append to the audit log: {exc}") from exc
-                    time.sleep(min(0.001 * (attempt + 1), 0.05))
+                    if not _busy(exc):
+                        logger.warning("audit append to chain %s retried: %s", chain, exc.orig)
+                time.sleep(min(0.001 * (attempt + 1), 0.05))
         raise StorageError(f"cannot append to the audit log: {_ATTEMPTS} attempts lost a race")
 
-    def _append(self, connection: Connection, fields: dict[str, Any]) -> AuditEvent:
+    def _append(self, connection: Connection, chain: str, fields: dict[str, Any]) -> AuditEvent:
         events, head = self._tables.events, self._tables.head
-        row = connection.execute(select(head.c.seq, head.c.hash).where(head.c.id == _HEAD_ID))
-        current = row.first()
-        if current is None:
-            connection.execute(insert(head).values(id=_HEAD_ID, seq=0, hash=GENESIS))
+        current = connection.execute(
+            select(head.c.seq, head.c.hash).where(head.c.chain == chain).with_for_update()
+        ).first()
+        if current is None:  # a new chain; a writer opening it too makes one of us retry
+            connection.execute(insert(head).values(chain=chain, seq=0, hash=GENESIS))
+            if self._root is not None and chain != self._root:
+                opening = {**fields, "action": CHAIN_OPENED, "hospital": None, "task": None}
+                opening.update(algorithm=None, algorithm_version=None, agreement=None)
+                self._append(connection, self._root, {**opening, "detail": {"chain": chain}})
             last = Head(0, GENESIS)
         else:
             last = Head(int(current.seq), str(current.hash))
-        draft = AuditEvent(seq=last.seq + 1, at=now_iso(), prev_hash=last.hash, **fields)
+        draft = AuditEvent(
+            seq=last.seq + 1, at=now_iso(), chain=chain, prev_hash=last.hash, **fields
+        )
         event = AuditEvent(**{**_fields_of(draft), "hash": chain_hash(last.hash, draft.body())})
         connection.execute(insert(events).values(**_row_values(event)))
         moved = connection.execute(
             update(head)
-            .where(head.c.id == _HEAD_ID, head.c.seq == last.seq)
+            .where(head.c.chain == chain, head.c.seq == last.seq)
             .values(seq=event.seq, hash=event.hash)
         )
         if moved.rowcount != 1:
             raise _LostRaceError
         return event
 
-    def head(self) -> Head | None:
-        """The recorded last event (None before the first append)."""
+    def heads(self) -> dict[str, Head]:
+        """The recorded last event of every chain, by chain name."""
         head = self._tables.head
         try:
             with self._engine.connect() as connection:
-                row = connection.execute(
-                    select(head.c.seq, head.c.hash).where(head.c.id == _HEAD_ID)
-                ).first()
+                rows = list(connection.execute(select(head.c.chain, head.c.seq, head.c.hash)))
         except SQLAlchemyError as exc:
             raise StorageError(
                 f"cannot read the audit log ({type(exc).__name__}); "
                 "is this an aifi database with an audit trail?"
             ) from exc
-        return None if row is None else Head(int(row.seq), str(row.hash))
+        return {str(r.chain): Head(int(r.seq), str(r.hash)) for r in rows}
+
+    def head(self) -> Head | None:
+        """The trail's head (None before the first append).
+
+        For one chain, its last event; for several, ``seq`` counts the events
+        of all chains and ``hash`` is SHA-256 over every chain's name, last
+        sequence number and hash: one value an auditor can note down and
+        compare later (:func:`seal_of`).
+        """
+        heads = self.heads()
+        if not heads:
+            return None
+        if set(heads) == {MAIN}:
+            return heads[MAIN]
+        return seal_of(heads)
 
     def events(
         self,
         *,
+        chain: str | None = None,
         hospital: str | None = None,
         action: str | None = None,
         after_seq: int = 0,
         limit: int | None = None,
     ) -> Iterator[AuditEvent]:
-        """Events in chain order, optionally only one hospital's or one action's."""
+        """Events, optionally of one chain, one hospital or one action.
+
+        One chain (or a store of one chain) in chain order; several in the
+        order they were recorded (time, then chain and sequence number).
+        ``after_seq`` pages on within a chain.
+        """
         events = self._tables.events
         query = select(events).where(events.c.seq > after_seq)
+        if chain is not None:
+            query = query.where(events.c.chain == chain)
         if hospital is not None:
             query = query.where(events.c.hospital == hospital)
         if action is not None:
             query = query.where(events.c.action == action)
-        query = query.order_by(events.c.seq)
+        if chain is not None or self._chain_of is one_chain:
+            query = query.order_by(events.c.chain, events.c.seq)
+        else:
+            query = query.order_by(events.c.at, events.c.chain, events.c.seq)
         if limit is not None:
             query = query.limit(limit)
         with self._engine.connect() as connection:
-            for row in connection.execute(query):
+            for row in connection.execution_options(yield_per=2000).execute(query):
                 yield _event_of(row)
 
+    def count(self) -> int:
+        """How many events the chains' heads record."""
+        return sum(h.seq for h in self.heads().values())
+
     def verify(self) -> list[str]:
-        """Problems in the stored chain (see :func:`aifi.audit.chain.verify_chain`)."""
-        head = self.head()
+        """Problems in every stored chain (see :func:`aifi.audit.chain.verify_chain`).
+
+        Each chain is checked on its own against its head; with a ``root``
+        chain, every chain must be recorded as opened there and every chain
+        recorded there must still exist.
+        """
+        events = self._tables.events
         try:
-            return verify_chain(self.events(), head or Head(0, GENESIS))
+            heads = self.heads()
+            problems: list[str] = []
+            seen: set[str] = set()
+            opened: dict[str, int] = {}
+            query = select(events).order_by(events.c.chain, events.c.seq)
+            with self._engine.connect() as connection:
+                rows = connection.execution_options(yield_per=2000).execute(query)
+                for chain, group in itertools.groupby(rows, key=lambda r: str(r.chain)):
+                    seen.add(chain)
+                    chained = (_event_of(r) for r in group)
+                    if chain == self._root:
+                        chained = _noting_opened(chained, opened)
+                    head = heads.get(chain, Head(0, GENESIS))
+                    problems += verify_chain(chained, head, chain=chain)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot read the audit log: {exc}") from exc
+        for chain in sorted(set(heads) - seen):
+            problems += verify_chain([], heads[chain], chain=chain)
+        if self._root is not None:
+            for chain, seq in sorted(opened.items()):
+                if chain not in seen and chain not in heads:
+                    problems.append(
+                        f"chain {chain}, opened at event {seq} of chain {self._root}, is missing "
+                        "(deleted with its head)"
+                    )
+            for chain in sorted((seen | set(heads)) - set(opened) - {self._root, MAIN}):
+                problems.append(f"chain {chain} is not recorded as opened in chain {self._root}")
+        return problems
 
-    def export_jsonl(self, fp: IO[str], *, hospital: str | None = None) -> int:
-        """Write the events as JSON lines (one event per line); how many were written."""
+    def export_jsonl(
+        self, fp: IO[str], *, hospital: str | None = None, chain: str | None = None
+    ) -> int:
+        """Write the events as JSON lines, chain after chain; how many were written."""
         count = 0
-        for event in self.events(hospital=hospital):
-            fp.write(json.dumps(event.as_json(), sort_keys=True, ensure_ascii=False) + "\n")
-            count += 1
+        events = self._tables.events
+        query = select(events).order_by(events.c.chain, events.c.seq)
+        if hospital is not None:
+            query = query.where(events.c.hospital == hospital)
+        if chain is not None:
+            query = query.where(events.c.chain == chain)
+        with self._engine.connect() as connection:
+            for row in connection.execution_options(yield_per=2000).execute(query):
+                event = _event_of(row)
+                fp.write(json.dumps(event.as_json(), sort_keys=True, ensure_ascii=False) + "\n")
+                count += 1
         return count
 
 
+def seal_of(heads: Mapping[str, Head]) -> Head:
+    """The heads of several chains as one: events counted, SHA-256 over every chain's head."""
+    lines = "".join(f"{name}\t{h.seq}\t{h.hash}\n" for name, h in sorted(heads.items()))
+    return Head(
+        sum(h.seq for h in heads.values()), hashlib.sha256(lines.encode("utf-8")).hexdigest()
+    )
+
+
+def _noting_opened(events: Iterator[AuditEvent], opened: dict[str, int]) -> Iterator[AuditEvent]:
+    for event in events:
+        if event.action == CHAIN_OPENED and isinstance(event.detail.get("chain"), str):
+            opened[event.detail["chain"]] = event.seq
+        yield event
+
+
 def _fields_of(event: AuditEvent) -> dict[str, Any]:
-    return {**event.body(), "prev_hash": event.prev_hash, "hash": event.hash}
+    return {**event.body(), "chain": event.chain, "prev_hash": event.prev_hash, "hash": event.hash}
 
 
 def _row_values(event: AuditEvent) -> dict[str, Any]:

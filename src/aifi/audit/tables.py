@@ -1,23 +1,39 @@
-"""The two tables an audit chain lives in, for any SQL database (SQLAlchemy Core).
+"""The two tables audit chains live in, for any SQL database (SQLAlchemy Core).
 
-``audit_events`` holds the events, one row per sequence number;
-``audit_head`` holds one row: the last sequence number and hash, updated in
-the same transaction as each append (it serializes appends and detects a
-cut-off tail). The hub adds them to its own metadata (and migrations); the
-edge's :class:`aifi.audit.SqliteAuditLog` creates them in its own file.
+``audit_events`` holds the events, one row per chain and sequence number;
+``audit_head`` holds one row per chain: its last sequence number and hash,
+updated in the same transaction as each append to that chain (it
+serializes the appends of one chain, and only of that chain, and detects a
+cut-off tail). The hub adds them to its own metadata (and migrations,
+0008 gave them the ``chain`` column); the edge's
+:class:`aifi.audit.SqliteAuditLog` creates them in its own file and
+upgrades a file written before chains had names.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
 
-__all__ = ["AuditTables", "define_audit_tables"]
+__all__ = ["CHAIN_NAME_LENGTH", "AuditTables", "define_audit_tables"]
 
 _SEQ = BigInteger().with_variant(Integer(), "sqlite")  # 64-bit; SQLite's INTEGER already is
 
+CHAIN_NAME_LENGTH = 80
+"""Room for ``hospital:`` and a hospital id of 64 characters."""
+
 
 class AuditTables:
-    """The events and head tables of one chain."""
+    """The events and head tables of a store's chains."""
 
     def __init__(self, events: Table, head: Table) -> None:
         self.events = events
@@ -29,7 +45,8 @@ def define_audit_tables(metadata: MetaData) -> AuditTables:
     events = Table(
         "audit_events",
         metadata,
-        Column("seq", _SEQ, primary_key=True, autoincrement=False),
+        Column("seq", _SEQ, nullable=False, autoincrement=False),
+        Column("chain", String(CHAIN_NAME_LENGTH), nullable=False),
         Column("at", String(40), nullable=False),
         Column("actor", String(200), nullable=False),
         Column("action", String(64), nullable=False),
@@ -42,14 +59,17 @@ def define_audit_tables(metadata: MetaData) -> AuditTables:
         Column("detail", Text, nullable=False),
         Column("prev_hash", String(64), nullable=False),
         Column("hash", String(64), nullable=False),
+        PrimaryKeyConstraint("chain", "seq", name="audit_events_pkey"),
         Index("ix_audit_events_hospital_at", "hospital", "at"),
         Index("ix_audit_events_action_at", "action", "at"),
+        Index("ix_audit_events_at", "at"),
     )
     head = Table(
         "audit_head",
         metadata,
-        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("chain", String(CHAIN_NAME_LENGTH), nullable=False),
         Column("seq", _SEQ, nullable=False),
         Column("hash", String(64), nullable=False),
+        PrimaryKeyConstraint("chain", name="audit_head_pkey"),
     )
     return AuditTables(events, head)
