@@ -82,7 +82,7 @@ def build_sr(
     *,
     series_number: int = SR_SERIES_NUMBER,
     instance_number: int = 1,
-) -> hd.sr.Comprehensive3DSR:
+) -> pydicom.Dataset:
     """Encode ``findings`` of ``manifest``'s algorithm on ``sources`` as one SR.
 
     ``sources`` are the (pseudonymized) images the algorithm ran on, all of
@@ -125,7 +125,7 @@ def build_sr(
 
     sr = hd.sr.Comprehensive3DSR(
         evidence=sources,
-        content=report,
+        content=_container_only(report[0]),  # the tree is attached below: _with_content
         series_instance_uid=hd.UID(),
         series_number=series_number,
         sop_instance_uid=hd.UID(),
@@ -147,7 +147,40 @@ def build_sr(
         manifest.version,
         len(groups),
     )
-    return sr
+    return _with_content(sr, report[0])
+
+
+def _container_only(root: pydicom.Dataset) -> pydicom.Dataset:
+    """The report's root CONTAINER item with an empty Content Sequence (a shallow copy)."""
+    container = pydicom.Dataset()
+    for element in root:
+        if element.keyword != "ContentSequence":
+            container.add(element)
+    container.ContentSequence = pydicom.Sequence()
+    return container
+
+
+def _with_content(sr: hd.sr.Comprehensive3DSR, root: pydicom.Dataset) -> pydicom.Dataset:
+    """The document highdicom made around the root container, with the root's content tree.
+
+    highdicom's SR constructor deep-copies the content tree it is given and
+    parses the copy back into content items (for its ``content`` property),
+    then searches it for references; for the few hundred items of a report
+    that was half of the hub's CPU per result (bench/README.md). So the
+    document (SR Document General and Patient/Study modules, evidence from
+    the sources, Contributing Equipment) is made around the root container
+    alone, and the tree, built and checked by highdicom's TID 1500 template
+    classes, is attached here unchanged. Every content item reference points
+    into ``sources`` (checked in :func:`build_sr`), so the evidence highdicom
+    listed is the evidence the tree references. The result is a plain data
+    set (read it back with ``highdicom.sr.srread`` for content items).
+    """
+    ds = pydicom.Dataset()
+    ds.file_meta = sr.file_meta
+    for element in sr:
+        ds.add(element)
+    ds.ContentSequence = root.ContentSequence
+    return ds
 
 
 def series_description(manifest: Manifest, *, demo_model: bool) -> str:
