@@ -23,6 +23,8 @@ from aifi.edge.checks import check_listener, port_in_use_message, run_checks
 from aifi.edge.config import EdgeSettings
 from aifi.edge.deliver import INTEGRITY_CHECK, Deliverer
 from aifi.edge.metrics import edge_registry
+from aifi.edge.orders import OrderDesk
+from aifi.edge.orders_hl7 import MllpListener
 from aifi.edge.outbox import DigestFn, Outbox
 from aifi.edge.policy import PolicyFile, ReleaseGate
 from aifi.edge.retention import Purger
@@ -102,6 +104,9 @@ class EdgeService:
         self._threads: list[threading.Thread] = []
         self.metrics = edge_registry(self.state, data_dir)
         self.status: StatusServer | None = None
+        # Orders from the RIS (HL7 ORM/OMI over MLLP, FHIR ServiceRequest): aifi.edge.orders
+        self.orders = OrderDesk(settings, self.state) if settings.orders is not None else None
+        self.mllp: MllpListener | None = None
 
     @property
     def dicom_port(self) -> int:
@@ -145,7 +150,30 @@ class EdgeService:
             )
             thread.start()
             self._threads.append(thread)
+        self._start_orders()
         self._start_status()
+
+    def _start_orders(self) -> None:
+        """The order desk's thread, and the MLLP listener where [orders] port is set."""
+        orders = self.settings.orders
+        if self.orders is None or orders is None:
+            return
+        self.orders.start()
+        if orders.port is None:
+            return
+        mllp = MllpListener(
+            self.orders, orders.host, orders.port, max_bytes=orders.max_message_bytes
+        )
+        try:
+            mllp.start()
+        except OSError as exc:
+            self.orders.stop()
+            self.receiver.stop()
+            raise ConfigError(
+                f"the HL7 order listener cannot listen on {orders.host}:{orders.port}"
+                f" ({exc.strerror or exc}); check [orders] host and port"
+            ) from exc
+        self.mllp = mllp
 
     def _start_status(self) -> None:
         """The status page, /metrics, /health, /ready; a port in use costs only the page."""
@@ -163,6 +191,7 @@ class EdgeService:
                 self.hub,
                 self.metrics,
                 receiver=self.receiver,
+                orders=self.orders,
             )
         )
         server = StatusServer(
@@ -220,6 +249,11 @@ class EdgeService:
         if self.status is not None:
             self.status.stop()
             self.status = None
+        if self.mllp is not None:
+            self.mllp.stop()
+            self.mllp = None
+        if self.orders is not None:
+            self.orders.stop()
         self.receiver.stop()
         for thread in self._threads:
             thread.join(timeout=10)

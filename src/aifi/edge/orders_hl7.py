@@ -1,0 +1,411 @@
+"""HL7 v2 orders over MLLP: ORM^O01 and OMI^O23 in, an acknowledgement out.
+
+What is read (HL7 v2.5.1 ch. 4 and 4A; IHE RAD TF-2 RAD-4/RAD-13, its
+HL7 v2.3.1 and v2.5.1 options):
+
+==================  =========================================================
+order control       ORC-1 (table 0119): NW new, CA cancel (DC, OC alike), XO change
+order number        ORC-2.1 placer order number (else OBR-2.1, ORC-3.1, OBR-3.1)
+accession number    IPC-1.1 (OMI), else OBR-18 (placer field 1), else ORC-2.1
+Study Instance UID  IPC-3.1 (OMI), else ZDS-1.1 (the IHE Z-segment of ORM)
+procedure code      OBR-4.1 universal service ID, OBR-4.4, OBR-44.1 procedure code
+priority            TQ1-9.1 (v2.5+), else ORC-7.6, OBR-27.6 (TQ), OBR-5 (table 0027)
+==================  =========================================================
+
+The patient (PID) is not read: the edge finds the patient in the images.
+
+The answer is an original-mode acknowledgement (v2.5.1 §2.9.2): ``AA``
+when every order in the message was taken; ``AE`` with an ERR segment per
+order it could not take (what and why, HL7 table 0357 codes); ``AR`` for a
+message it does not take at all (not an order, an unsupported version, no
+MSH). ERR is the v2.5 shape (ERR-2 location, ERR-3 code, ERR-4 severity,
+ERR-8 user message) from v2.5 on, the ERR-1 shape before.
+
+MLLP framing: HL7 v2 Transport Specification, MLLP release 2 (a message is
+``<VT> message <FS><CR>``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.exceptions import HL7apyException, UnsupportedVersion
+from hl7apy.parser import parse_message
+
+from aifi.edge.orders import Control, Order, OrderDesk, order_priority
+
+__all__ = ["MllpListener", "answer_message"]
+
+logger = logging.getLogger(__name__)
+
+_START, _END = b"\x0b", b"\x1c\x0d"
+# Which messages are orders, in which versions (v2.5.1 ch. 4.4.1 ORM, 4.4.5 OMI)
+_ORM_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
+_OMI_VERSIONS = ("2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8")
+_CONTROLS: dict[str, Control] = {"NW": "NW", "XO": "XO", "CA": "CA", "DC": "CA", "OC": "CA"}
+# HL7 table 0357 (message error condition codes)
+_MEANING = {
+    100: "Segment sequence error",
+    101: "Required field missing",
+    102: "Data type error",
+    103: "Table value not found",
+    200: "Unsupported message type",
+    201: "Unsupported event code",
+    203: "Unsupported version id",
+    204: "Unknown key identifier",
+    207: "Application internal error",
+}
+
+
+@dataclass(frozen=True)
+class _Problem:
+    code: int  # table 0357
+    text: str
+    segment: str = ""
+    sequence: int = 1
+    field: int = 0
+
+
+@dataclass(frozen=True)
+class _Header:
+    """The MSH fields an acknowledgement needs (read from the text, before any parsing)."""
+
+    sending_app: str
+    sending_facility: str
+    receiving_app: str
+    receiving_facility: str
+    message_type: str
+    event: str
+    control_id: str
+    processing_id: str
+    version: str
+    charset: str
+
+
+def answer_message(text: str, desk: OrderDesk) -> str:
+    """The acknowledgement of one HL7 message, each of its orders given to ``desk``."""
+    header = _header(text)
+    if header is None:
+        return _ack(_FALLBACK, "AR", [_Problem(100, "the message does not start with an MSH")])
+    kind = f"{header.message_type}^{header.event}"
+    if header.message_type not in ("ORM", "OMI"):
+        return _ack(
+            header, "AR", [_Problem(200, f"{kind} is not an order: send ORM^O01 or OMI^O23")]
+        )
+    if (header.message_type, header.event) not in (("ORM", "O01"), ("OMI", "O23")):
+        return _ack(header, "AR", [_Problem(201, f"{kind} is not taken: send ORM^O01 or OMI^O23")])
+    versions = _ORM_VERSIONS if header.message_type == "ORM" else _OMI_VERSIONS
+    if header.version not in versions:
+        return _ack(
+            header,
+            "AR",
+            [_Problem(203, f"{kind} v{header.version} is not taken: v{', v'.join(versions)} are")],
+        )
+    try:
+        message = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
+    except UnsupportedVersion as exc:
+        return _ack(header, "AR", [_Problem(203, f"HL7 v{header.version}: {exc}")])
+    except HL7apyException as exc:  # hl7apy's errors, translated once here
+        return _ack(header, "AE", [_Problem(102, f"the message is not valid HL7 v2: {exc}")])
+    source = f"HL7 {kind} v{header.version} from {header.sending_app}/{header.sending_facility}"
+    groups = _order_groups(message.children)
+    if not groups:
+        return _ack(header, "AE", [_Problem(101, "the message has no ORC/OBR order", "ORC")])
+    problems: list[_Problem] = []
+    taken: list[str] = []
+    for number, group in enumerate(groups, start=1):
+        order = _order(group, number, source)
+        if isinstance(order, _Problem):
+            problems.append(order)
+            continue
+        try:
+            answer = desk.take(order)
+        except Exception as exc:  # the RIS gets an answer whatever broke here
+            logger.exception("order %s not recorded", order.key)
+            problems.append(_Problem(207, f"order {order.key} not recorded ({exc}); send it again"))
+            continue
+        if answer.accepted:
+            taken.append(answer.detail)
+        else:
+            problems.append(_Problem(_code_of(answer.detail), answer.detail, "OBR", number, 4))
+    return _ack(header, "AE" if problems else "AA", problems, "; ".join(taken))
+
+
+def _code_of(detail: str) -> int:
+    if "not mapped" in detail:
+        return 103
+    if "names no study" in detail:
+        return 101
+    if "no open order" in detail:
+        return 204
+    return 207
+
+
+# -- reading ------------------------------------------------------------------
+_FALLBACK = _Header("", "", "AIFI_EDGE", "", "ORM", "O01", "", "P", "2.5.1", "")
+
+
+def _header(text: str) -> _Header | None:
+    first = text.lstrip().split("\r", 1)[0].split("\n", 1)[0]
+    if not first.startswith("MSH") or len(first) < 8:
+        return None
+    sep = first[3]
+    fields = first.split(sep)
+    component = first[4] if len(first) > 4 else "^"
+
+    def f(n: int, c: int = 1) -> str:  # MSH-n: MSH-1 is the separator itself
+        value = fields[n - 1] if n - 1 < len(fields) else ""
+        parts = value.split(component)
+        return parts[c - 1].strip() if c - 1 < len(parts) else ""
+
+    return _Header(
+        sending_app=f(3),
+        sending_facility=f(4),
+        receiving_app=f(5),
+        receiving_facility=f(6),
+        message_type=f(9, 1).upper(),
+        event=f(9, 2).upper(),
+        control_id=f(10),
+        processing_id=f(11) or "P",
+        version=f(12),
+        charset=f(18),
+    )
+
+
+def _order_groups(segments: list[Any]) -> list[dict[str, Any]]:
+    """The segments of each order (ORC and what follows it up to the next ORC)."""
+    groups: list[dict[str, Any]] = []
+    for segment in segments:
+        name = str(segment.name)
+        if name == "ORC" or (name == "OBR" and (not groups or "OBR" in groups[-1])):
+            groups.append({})
+        if groups and name not in groups[-1]:
+            groups[-1][name] = segment
+    return [g for g in groups if "ORC" in g or "OBR" in g]
+
+
+def _value(segment: Any, field: int, component: int = 1) -> str:
+    """Field ``field``, component ``component`` of the first repetition, unescaped."""
+    if segment is None:
+        return ""
+    name = f"{segment.name}_{field}"
+    for child in segment.children:
+        if child.name == name:
+            parts = str(child.to_er7()).split("~", 1)[0].split("^")
+            value = parts[component - 1] if component - 1 < len(parts) else ""
+            return _unescape(value.split("&", 1)[0]).strip()
+    return ""
+
+
+def _order(group: dict[str, Any], number: int, source: str) -> Order | _Problem:
+    orc, obr = group.get("ORC"), group.get("OBR")
+    ipc, tq1, zds = group.get("IPC"), group.get("TQ1"), group.get("ZDS")
+    if obr is None:
+        return _Problem(101, f"order {number}: ORC without OBR (the requested procedure)", "ORC")
+    raw = _value(orc, 1).upper() or "NW"
+    control = _CONTROLS.get(raw)
+    if control is None:
+        return _Problem(
+            103,
+            f"order {number}: order control (ORC-1) {raw!r} is not acted on: NW, XO and CA are",
+            "ORC",
+            number,
+            1,
+        )
+    order_number = next(
+        (v for v in (_value(orc, 2), _value(obr, 2), _value(orc, 3), _value(obr, 3)) if v), ""
+    )
+    accession = _value(ipc, 1) or _value(obr, 18) or _value(orc, 2)
+    study_uid = _value(ipc, 3) or _value(zds, 1)
+    codes = tuple(
+        dict.fromkeys(c for c in (_value(obr, 4), _value(obr, 4, 4), _value(obr, 44)) if c)
+    )
+    priority = next(
+        (v for v in (_value(tq1, 9), _value(orc, 7, 6), _value(obr, 27, 6), _value(obr, 5)) if v),
+        "R",
+    )
+    return Order(
+        control=control,
+        order_number=order_number,
+        accession=accession,
+        study_instance_uid=study_uid,
+        codes=codes,
+        priority=order_priority(priority),
+        source=source,
+    )
+
+
+# -- answering -----------------------------------------------------------------
+def _ack(header: _Header, code: str, problems: list[_Problem], detail: str = "") -> str:
+    """An original-mode ACK (v2.5.1 §2.14.1) answering ``header``'s message."""
+    version = header.version if header.version in (*_ORM_VERSIONS, *_OMI_VERSIONS) else "2.5.1"
+    modern = version not in ("2.3", "2.3.1", "2.4")
+    # v2.3 has no message structure component (MSH-9.3)
+    kind = f"ACK^{header.event or 'O01'}" + ("" if version == "2.3" else "^ACK")
+    msh = [
+        "MSH",
+        "^~\\&",
+        _escape(header.receiving_app or "AIFI_EDGE"),
+        _escape(header.receiving_facility),
+        _escape(header.sending_app),
+        _escape(header.sending_facility),
+        time.strftime("%Y%m%d%H%M%S"),
+        "",
+        kind,
+        f"ACK{time.time_ns() // 1000 % 10**15}",
+        _escape(header.processing_id or "P"),
+        version,
+    ]
+    if header.charset:
+        msh += [""] * 5 + [_escape(header.charset)]
+    text = problems[0].text if problems else (detail or "order accepted")
+    segments = [
+        "|".join(msh),
+        "|".join(["MSA", code, _escape(header.control_id), _escape(text[:80])]),
+    ]
+    for p in problems:
+        meaning = _MEANING.get(p.code, "Application internal error")
+        if modern:
+            location = f"{p.segment}^{p.sequence}^{p.field}" if p.segment else ""
+            segments.append(
+                "|".join(
+                    [
+                        "ERR",
+                        "",
+                        location,
+                        f"{p.code}^{meaning}^HL70357",
+                        "E",
+                        "",
+                        "",
+                        "",
+                        _escape(p.text),
+                    ]
+                )
+            )
+        else:
+            where = f"{p.segment}^{p.sequence}^{p.field or ''}" if p.segment else "^^"
+            # ERR-1 (ELD): the code's text component carries the reason (MSA-3 is 80 characters)
+            segments.append(f"ERR|{where}^{p.code}&{_escape(p.text)}&HL70357")
+    return "\r".join(segments) + "\r"
+
+
+def _escape(value: str) -> str:
+    """HL7 escape sequences (v2.5.1 §2.7.4) for the delimiters in ``value``."""
+    out = value.replace("\\", "\\E\\")
+    for char, seq in (("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
+        out = out.replace(char, seq)
+    return out.replace("\r", " ").replace("\n", " ")
+
+
+def _unescape(value: str) -> str:
+    for seq, char in (("\\F\\", "|"), ("\\S\\", "^"), ("\\T\\", "&"), ("\\R\\", "~")):
+        value = value.replace(seq, char)
+    return value.replace("\\E\\", "\\")
+
+
+def _decode(data: bytes) -> tuple[str, str]:
+    """(text, codec): MSH-18 decides (v2.5.1 §2.15.9.18), else UTF-8, else ISO 8859-1."""
+    head = data[:512].split(b"\r", 1)[0]
+    fields = head.split(b"|")
+    charset = fields[17].decode("ascii", "replace").strip() if len(fields) > 17 else ""
+    codec = {"8859/1": "latin-1", "UNICODE UTF-8": "utf-8", "ASCII": "ascii"}.get(charset, "")
+    for candidate in ([codec] if codec else []) + ["utf-8", "latin-1"]:
+        try:
+            return data.decode(candidate), candidate
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1"), "latin-1"  # pragma: no cover - latin-1 decodes anything
+
+
+# -- the listener -------------------------------------------------------------------
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+    answer: Callable[[str], str]
+    max_bytes: int
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    """One RIS connection: any number of framed messages, each answered in turn."""
+
+    def handle(self) -> None:
+        server = cast(_Server, self.server)
+        sock: socket.socket = self.request
+        sock.settimeout(300)
+        buffer = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                buffer += chunk
+                while True:
+                    start = buffer.find(_START)
+                    if start < 0:
+                        buffer = b""
+                        break
+                    end = buffer.find(_END, start)
+                    if end < 0:
+                        if len(buffer) - start > server.max_bytes:
+                            logger.warning(
+                                "MLLP: a message over %d bytes from %s; connection closed",
+                                server.max_bytes,
+                                self.client_address[0],
+                            )
+                            return
+                        buffer = buffer[start:]
+                        break
+                    text, codec = _decode(buffer[start + 1 : end])
+                    buffer = buffer[end + len(_END) :]
+                    reply = server.answer(text)
+                    sock.sendall(_START + reply.encode(codec, "replace") + _END)
+        except (TimeoutError, ConnectionError) as exc:
+            logger.debug("MLLP connection from %s ended: %s", self.client_address[0], exc)
+
+
+class MllpListener:
+    """An MLLP server on ``host:port`` in its own thread, answering with ``answer_message``."""
+
+    def __init__(self, desk: OrderDesk, host: str, port: int, *, max_bytes: int) -> None:
+        self.desk = desk
+        self.host = host
+        self._port = port
+        self.max_bytes = max_bytes
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server is not None else self._port
+
+    def start(self) -> None:
+        server = _Server((self.host, self._port), _Connection)
+        server.answer = lambda text: answer_message(text, self.desk)
+        server.max_bytes = self.max_bytes
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="edge-mllp",
+            daemon=True,
+        )
+        self._thread.start()
+        logger.info("HL7 orders (MLLP) on %s:%d", self.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
