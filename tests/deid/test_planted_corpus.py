@@ -106,7 +106,7 @@ def test_a_deflate_bomb_is_refused_not_inflated(
     import zlib
 
     from aifi.deid import encoding
-    from aifi.deid.filecopy import read_file_meta
+    from aifi.dicom.part10 import read_file_meta
     from aifi.errors import PseudonymizationError
 
     monkeypatch.setattr(encoding, "MAX_INFLATED_BYTES", 1 << 20)

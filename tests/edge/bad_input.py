@@ -23,7 +23,7 @@ from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from aifi.demo.samples import cr_study
-from aifi.edge.file_meta import part10_header
+from aifi.dicom.part10 import file_meta
 
 __all__ = ["Case", "base_instance", "corpus", "encode", "nested", "part10"]
 
@@ -53,9 +53,7 @@ def encode(ds: Dataset) -> bytes:
 
 def part10(case: Case) -> bytes:
     """The case as a Part 10 file (preamble, File Meta Information, data set)."""
-    return part10_header(case.sop_class_uid, case.sop_instance_uid, case.transfer_syntax) + (
-        case.body
-    )
+    return file_meta(case.sop_class_uid, case.sop_instance_uid, case.transfer_syntax) + case.body
 
 
 def _element(tag: int, vr: bytes, value: bytes) -> bytes:

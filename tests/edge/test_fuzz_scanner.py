@@ -1,6 +1,6 @@
 """A short property-based fuzz of what parses hostile bytes (hypothesis, bounded).
 
-The byte-level scanner (:func:`aifi.edge.dataset_scan.scan_dataset`) runs on
+The byte-level scanner (:func:`aifi.dicom.walker.scan_dataset`) runs on
 every received data set before anything is written: for any bytes it must
 return a result (a reason or none), never raise, and stay fast. The
 pseudonymizer's file entry must raise nothing but the project's own errors.
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aifi.deid import Pseudonymizer
-from aifi.edge.dataset_scan import scan_dataset
+from aifi.dicom.walker import scan_dataset
 from aifi.errors import AifiError
 
 _BODY = encode(base_instance("fuzz"))

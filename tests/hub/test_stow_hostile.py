@@ -26,7 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from aifi.deid import Pseudonymizer
-from aifi.deid.encoding import encode_element
+from aifi.dicom.encode import encode_element
 from aifi.hub.db import make_engine, make_sessions
 from aifi.hub.models import Instance, Refusal
 

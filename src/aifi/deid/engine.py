@@ -35,17 +35,10 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from aifi.deid import keys, values
 from aifi.deid.defined_terms import is_defined_term
 from aifi.deid.descriptors import Vocabulary, clean_descriptor, is_clean_descriptor, is_code
-from aifi.deid.encoding import (
-    SWAP_WIDTH,
-    Element,
-    Reader,
-    encode_element,
-    encode_sequence,
-    swap,
-    vr_of,
-)
 from aifi.deid.options import CID_7050, DeidOptions
 from aifi.deid.profile import Profile, load_profile
+from aifi.dicom.encode import SWAP_WIDTH, encode_element, encode_sequence, swap
+from aifi.dicom.walker import Element, Walker, vr_of
 from aifi.errors import ConfigError, DicomInputError
 
 __all__ = ["NEVER_KEEP", "PIXEL_TAGS", "ProfileRun", "resolve_keep"]
@@ -157,7 +150,7 @@ class ProfileRun:
     out_implicit: bool = False
 
     # -- entry point -----------------------------------------------------------
-    def top_level(self, reader: Reader, start: int) -> tuple[list[Element], Element | None]:
+    def top_level(self, reader: Walker, start: int) -> tuple[list[Element], Element | None]:
         """The top-level elements before Pixel Data, and the Pixel Data element if any."""
         found: list[Element] = []
         for element in reader.elements(start, reader.size):
@@ -168,7 +161,7 @@ class ProfileRun:
             found.append(element)
         return found, None
 
-    def summary(self, reader: Reader, elements: list[Element]) -> dict[str, str]:
+    def summary(self, reader: Walker, elements: list[Element]) -> dict[str, str]:
         """A few top-level values the caller checks (burned-in text, UIDs), by keyword."""
         by_tag = {e.tag: e for e in elements}
         wanted = {
@@ -190,7 +183,7 @@ class ProfileRun:
             found["EmbeddedOverlay"] = "YES"
         return found
 
-    def rewrite(self, reader: Reader, elements: list[Element]) -> bytes:
+    def rewrite(self, reader: Walker, elements: list[Element]) -> bytes:
         """The pseudonymized top-level dataset (in tag order), marks added."""
         by_tag = {e.tag: e for e in elements}
         if _CHARSET in by_tag:
@@ -238,7 +231,7 @@ class ProfileRun:
             self.decisions[tag] = decision
         return decision
 
-    def _element(self, reader: Reader, element: Element) -> bytes | None:
+    def _element(self, reader: Walker, element: Element) -> bytes | None:
         decision = self.decide(element.tag)
         if decision == "drop":
             return None
@@ -246,14 +239,14 @@ class ProfileRun:
             return self._unknown_vr(reader, element, decision)
         return self._decided(reader, element, decision)
 
-    def _decided(self, reader: Reader, element: Element, decision: str) -> bytes | None:
+    def _decided(self, reader: Walker, element: Element, decision: str) -> bytes | None:
         if decision in ("keep", "keep-listed", "safe"):
             if element.vr == "SQ":
                 return self._sequence(reader, element)
             return self._vetted(reader, element)  # needed, but never copied unchecked
         return self._act(reader, element, decision)
 
-    def _unknown_vr(self, reader: Reader, element: Element, decision: str) -> bytes | None:
+    def _unknown_vr(self, reader: Walker, element: Element, decision: str) -> bytes | None:
         """An element sent with VR UN: read as its dictionary VR, a sequence as implicit VR.
 
         PS3.5 6.2.2: the value of a UN element is encoded as implicit VR little
@@ -263,7 +256,7 @@ class ProfileRun:
         vr = vr_of(element.tag)
         if vr == "UN":
             return None  # not in the dictionary: nothing can say what it holds
-        inner = Reader(reader.buf, implicit=True, size=reader.size)
+        inner = Walker(reader.buf, implicit=True, size=reader.size)
         if element.undefined or vr == "SQ":
             as_sequence = Element(
                 element.tag, "SQ", element.start, element.vstart, element.vend, element.undefined
@@ -276,7 +269,7 @@ class ProfileRun:
         typed = Element(element.tag, vr, element.start, element.vstart, element.vend, False)
         return self._decided(inner, typed, decision)
 
-    def _vetted(self, reader: Reader, element: Element) -> bytes | None:
+    def _vetted(self, reader: Walker, element: Element) -> bytes | None:
         """A kept or safe-listed element: binary values as they are, text reduced, forms checked."""
         vr = element.vr
         if vr in _NEVER_COPIED_VRS:
@@ -307,7 +300,7 @@ class ProfileRun:
                 return None
         return self._raw(reader, element)
 
-    def _act(self, reader: Reader, element: Element, action: str) -> bytes | None:
+    def _act(self, reader: Walker, element: Element, action: str) -> bytes | None:
         tag, vr, implicit = element.tag, element.vr, self.out_implicit
         if action == "X":
             return None
@@ -326,7 +319,7 @@ class ProfileRun:
             return self._clean(reader, element)
         return self._vetted(reader, element)  # K
 
-    def _raw(self, reader: Reader, element: Element) -> bytes:
+    def _raw(self, reader: Walker, element: Element) -> bytes:
         """The element unchanged: its bytes, or re-encoded (from big endian, from UN)."""
         if reader.implicit == self.out_implicit and not reader.big_endian:
             return bytes(reader.buf[element.start : element.vend])
@@ -335,7 +328,7 @@ class ProfileRun:
             value = swap(value, SWAP_WIDTH.get(element.vr, 1))
         return encode_element(element.tag, element.vr, value, implicit=self.out_implicit)
 
-    def _sequence(self, reader: Reader, element: Element) -> bytes:
+    def _sequence(self, reader: Walker, element: Element) -> bytes:
         items = []
         for start, end in reader.items(element):
             parts = []
@@ -350,7 +343,7 @@ class ProfileRun:
             items.append(b"".join(parts))
         return encode_sequence(element.tag, items, implicit=self.out_implicit)
 
-    def _uids(self, reader: Reader, element: Element) -> bytes | None:
+    def _uids(self, reader: Walker, element: Element) -> bytes | None:
         if element.vr not in {"UI", "UN"}:
             return None
         text = self._text(reader, element, ascii_only=True)
@@ -366,7 +359,7 @@ class ProfileRun:
             new = self.uid_map[uid] = keys.pseudo_uid(self.key, uid)
         return new
 
-    def _clean(self, reader: Reader, element: Element) -> bytes | None:
+    def _clean(self, reader: Walker, element: Element) -> bytes | None:
         """Action C: dates shifted, times kept, text reduced to the descriptor vocabulary."""
         vr, implicit = element.vr, self.out_implicit
         if element.vstart == element.vend:
@@ -391,7 +384,7 @@ class ProfileRun:
         value = charset.encode_string(cleaned, self.encodings)
         return encode_element(element.tag, vr, value, implicit=implicit)
 
-    def _text(self, reader: Reader, element: Element, ascii_only: bool = False) -> str:
+    def _text(self, reader: Walker, element: Element, ascii_only: bool = False) -> str:
         raw = reader.value(element).rstrip(b"\0 ")
         if ascii_only:
             return raw.decode("ascii", errors="replace")
@@ -399,7 +392,7 @@ class ProfileRun:
 
     # -- identifiers, age, marks -------------------------------------------------
     def _identifiers(
-        self, reader: Reader, by_tag: dict[int, Element], out: dict[int, bytes]
+        self, reader: Walker, by_tag: dict[int, Element], out: dict[int, bytes]
     ) -> None:
         implicit = self.out_implicit
         pseudonym = self.patient_pseudonym.encode("ascii")
@@ -420,7 +413,7 @@ class ProfileRun:
                     _PATIENT_AGE, "AS", age.encode(), implicit=implicit
                 )
 
-    def _age(self, reader: Reader, by_tag: dict[int, Element]) -> str | None:
+    def _age(self, reader: Walker, by_tag: dict[int, Element]) -> str | None:
         """PatientAge from birth date and study (or series, acquisition, content) date."""
         if _BIRTH_DATE not in by_tag:
             return None

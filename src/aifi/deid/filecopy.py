@@ -1,9 +1,7 @@
-"""The file around the dataset: File Meta Information, and pixel data copied as bytes.
+"""Pixel data copied as bytes, from the source file into the pseudonymized one.
 
-PS3.10 7.1: a DICOM file is a 128-byte preamble, ``DICM``, the File Meta
-Information (group 0002, explicit VR little endian) and the dataset. The
-pseudonymizer writes new File Meta Information (nothing of the source's:
-no source AE title, no private information) and copies the source's Pixel
+The pseudonymizer writes new File Meta Information
+(:func:`aifi.dicom.part10.file_meta`) and copies the source's Pixel
 Data element byte for byte with ``os.sendfile`` (or a bounded loop), so
 memory stays flat in file size. From a retired big endian file the pixel
 data is copied in pieces with the bytes of each number reversed.
@@ -12,61 +10,13 @@ data is copied in pieces with the bytes of each number reversed.
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 from typing import BinaryIO
 
-from aifi.deid.encoding import Buffer, Reader, encode_element, swap
+from aifi.dicom.encode import swap
 from aifi.errors import DicomInputError
 
-__all__ = [
-    "IMPLEMENTATION_CLASS_UID",
-    "copy_range",
-    "copy_swapped",
-    "file_meta",
-    "read_file_meta",
-    "temp_path",
-]
-
-IMPLEMENTATION_CLASS_UID = "2.25.160740097164212178307347393367283418923"
-_VERSION_NAME = b"AIFI_DEID_1"
-
-
-def read_file_meta(buf: Buffer) -> tuple[int, str]:
-    """Offset of the dataset and the Transfer Syntax UID of a PS3.10 file in ``buf``."""
-    if len(buf) < 132 or bytes(buf[128:132]) != b"DICM":
-        raise DicomInputError("not a DICOM file: no 'DICM' after the 128-byte preamble")
-    reader = Reader(buf, implicit=False)
-    pos, transfer_syntax = 132, ""
-    while pos + 8 <= len(buf):
-        group = struct.unpack_from("<H", buf, pos)[0]
-        if group != 0x0002:
-            break
-        element = reader.element_at(pos)
-        if element.tag == 0x00020010:
-            transfer_syntax = reader.value(element).decode("ascii").strip(" \0")
-        pos = element.vend
-    if not transfer_syntax:
-        raise DicomInputError("the file has no Transfer Syntax UID (0002,0010); it is malformed")
-    return pos, transfer_syntax
-
-
-def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """Preamble, ``DICM`` and new File Meta Information (PS3.10 7.1)."""
-    body = b"".join(
-        (
-            encode_element(0x00020001, "OB", b"\x00\x01", implicit=False),
-            encode_element(0x00020002, "UI", sop_class_uid.encode("ascii"), implicit=False),
-            encode_element(0x00020003, "UI", sop_instance_uid.encode("ascii"), implicit=False),
-            encode_element(0x00020010, "UI", transfer_syntax.encode("ascii"), implicit=False),
-            encode_element(
-                0x00020012, "UI", IMPLEMENTATION_CLASS_UID.encode("ascii"), implicit=False
-            ),
-            encode_element(0x00020013, "SH", _VERSION_NAME, implicit=False),
-        )
-    )
-    length = encode_element(0x00020000, "UL", struct.pack("<I", len(body)), implicit=False)
-    return b"\0" * 128 + b"DICM" + length + body
+__all__ = ["copy_range", "copy_swapped", "temp_path"]
 
 
 def copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:

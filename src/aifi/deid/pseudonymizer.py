@@ -29,20 +29,14 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from aifi.deid.descriptors import Vocabulary
-from aifi.deid.encoding import (
-    SWAP_WIDTH,
-    Element,
-    NeedMoreData,
-    Reader,
-    element_header,
-    inflate_bounded,
-    looks_implicit,
-    swap,
-)
+from aifi.deid.encoding import inflate_bounded
 from aifi.deid.engine import ProfileRun, resolve_keep
-from aifi.deid.filecopy import copy_range, copy_swapped, file_meta, read_file_meta, temp_path
+from aifi.deid.filecopy import copy_range, copy_swapped, temp_path
 from aifi.deid.options import DeidOptions
 from aifi.deid.pixels import burned_in_text_reason
+from aifi.dicom.encode import SWAP_WIDTH, element_header, swap
+from aifi.dicom.part10 import file_meta, read_file_meta
+from aifi.dicom.walker import Element, NeedMoreData, Walker, WalkError, looks_implicit
 from aifi.errors import ConfigError, DicomInputError, PseudonymizationError
 
 __all__ = ["PseudonymizedInstance", "Pseudonymizer"]
@@ -149,6 +143,12 @@ class Pseudonymizer:
                     raise PseudonymizationError(
                         f"{src.name}: its sequences are nested too deeply to be walked safely"
                     ) from None
+                except WalkError as exc:
+                    if exc.problem != "too-deep":
+                        raise
+                    raise PseudonymizationError(
+                        f"{src.name}: its sequences are nested too deeply to be walked safely"
+                    ) from None
                 except _NotPlain:
                     if head[128:132] != b"DICM" and head[:2] not in (b"\x08\x00", b"\x02\x00"):
                         raise DicomInputError(f"{src.name} is not a DICOM file") from None
@@ -184,7 +184,7 @@ class Pseudonymizer:
         if transfer_syntax == _DEFLATED:
             rest = head[start:] + fp.read()
             inflated = inflate_bounded(rest)
-            output = self._rewrite(Reader(inflated, implicit=False), 0, transfer_syntax)
+            output = self._rewrite(Walker(inflated, implicit=False), 0, transfer_syntax)
             pixel = output.pixel
             tail = inflated[pixel.start : pixel.vend] if pixel else b""
             return _Output(output.meta_and_header, None, output.result, tail)
@@ -192,11 +192,11 @@ class Pseudonymizer:
             raise _NotPlain  # an implicit VR dataset labelled explicit, or the reverse
         big = transfer_syntax == _BIG_ENDIAN
         try:
-            reader = Reader(head, implicit=implicit, size=size, big_endian=big)
+            reader = Walker(head, implicit=implicit, size=size, big_endian=big)
             return self._rewrite(reader, start, transfer_syntax)
         except NeedMoreData:
             with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                reader = Reader(mm, implicit=implicit, big_endian=big)
+                reader = Walker(mm, implicit=implicit, big_endian=big)
                 return self._rewrite(reader, start, transfer_syntax)
 
     def _via_pydicom(self, src: Path, dst: Path, part: Path) -> PseudonymizedInstance:
@@ -254,7 +254,7 @@ class Pseudonymizer:
         fp.is_little_endian, fp.is_implicit_VR = not big, implicit
         write_dataset(fp, ds)
         data = fp.getvalue()
-        output = self._rewrite(Reader(data, implicit=implicit, big_endian=big), 0, transfer_syntax)
+        output = self._rewrite(Walker(data, implicit=implicit, big_endian=big), 0, transfer_syntax)
         pixel = output.pixel
         if pixel is None:
             tail = b""
@@ -267,7 +267,7 @@ class Pseudonymizer:
         return dataclasses.replace(output.result, dataset=out)
 
     # -- shared ------------------------------------------------------------------
-    def _rewrite(self, reader: Reader, start: int, transfer_syntax: str) -> _Output:
+    def _rewrite(self, reader: Walker, start: int, transfer_syntax: str) -> _Output:
         pixel_header, swap_width = b"", 0
         if transfer_syntax in (_DEFLATED, _BIG_ENDIAN):
             transfer_syntax = ExplicitVRLittleEndian  # what is written: inflated, little endian
@@ -318,7 +318,7 @@ class Pseudonymizer:
         return _Output(meta + header, pixel, result, b"", pixel_header, swap_width)
 
 
-def _bits_allocated(reader: Reader, elements: list[Element]) -> int | None:
+def _bits_allocated(reader: Walker, elements: list[Element]) -> int | None:
     """Bits Allocated (0028,0100) of the top-level dataset, read in the reader's byte order."""
     for element in elements:
         if element.tag == 0x00280100 and element.vend - element.vstart == 2:

@@ -30,8 +30,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from aifi.deid.encoding import Reader, encode_element
 from aifi.deid.profile import load_profile
+from aifi.dicom.encode import encode_element
+from aifi.dicom.walker import Walker
 
 __all__ = ["CHARSETS", "Planted", "ct_series", "planted_dataset", "planted_file", "radiograph"]
 
@@ -214,7 +215,7 @@ def planted_file(  # called-by: tests/e2e/test_planted_path.py (a corpus generat
     markers["code-meaning"] = b"CODEM0001"
     raw = _to_bytes(ds)
     start = _dataset_start(raw)
-    reader = Reader(raw, implicit=implicit)
+    reader = Walker(raw, implicit=implicit)
     chunks = [(e.tag, raw[e.start : e.vend]) for e in reader.elements(start, len(raw))]
 
     def text(tag: int, vr: str, value: str) -> bytes:
@@ -279,7 +280,7 @@ def _to_bytes(ds: Dataset) -> bytes:
 def _dataset_start(raw: bytes) -> int:
     pos = 132
     while pos + 8 <= len(raw) and _H.unpack_from(raw, pos)[0] == 0x0002:
-        pos = Reader(raw, implicit=False).element_at(pos).vend
+        pos = Walker(raw, implicit=False).element_at(pos).vend
     return pos
 
 

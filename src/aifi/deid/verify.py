@@ -44,15 +44,17 @@ from pydicom.datadict import keyword_for_tag
 
 from aifi.deid.defined_terms import is_defined_term
 from aifi.deid.descriptors import Vocabulary, default_vocabulary, is_clean_descriptor, is_code
-from aifi.deid.encoding import Buffer, Element, Reader, inflate_bounded, vr_of
+from aifi.deid.encoding import inflate_bounded
 from aifi.deid.options import CID_7050
 from aifi.deid.profile import Profile, load_profile
 from aifi.deid.values import FORM_VRS, conforms, dummy_value
+from aifi.dicom.walker import Buffer, Element, Walker, WalkError, vr_of
 from aifi.errors import DicomInputError, PseudonymizationError
 
 __all__ = ["check_deidentified", "check_deidentified_bytes", "check_deidentified_file"]
 
 _FIX = "pseudonymize it with the aifi edge before sending"
+_TOO_DEEP = "its sequences are nested too deeply to be checked; no IOD nests like this"
 #: What :func:`aifi.deid.keys.pseudonym` produces: 16 characters of upper-case base32.
 _PSEUDONYM = re.compile(r"[A-Z2-7]{16}")
 _PSEUDO_UID = re.compile(r"2\.25\.(?:0|[1-9]\d{0,38})")
@@ -120,7 +122,7 @@ def check_deidentified_bytes(buf: Buffer, *, vocabulary: Vocabulary | None = Non
     try:
         return checker.dataset(buf, start, transfer_syntax)
     except RecursionError:
-        return ["its sequences are nested too deeply to be checked; no IOD nests like this"]
+        return [_TOO_DEEP]
 
 
 def _where(path: str, tag: int) -> str:
@@ -143,7 +145,7 @@ class _Checker:
 
     # -- File Meta Information (PS3.10 7.1) ----------------------------------------------
     def file_meta(self, buf: Buffer) -> tuple[int, str]:
-        reader = Reader(buf, implicit=False)
+        reader = Walker(buf, implicit=False)
         pos, transfer_syntax = 132, ""
         while pos + 8 <= len(buf) and int.from_bytes(buf[pos : pos + 2], "little") == 0x0002:
             element = reader.element_at(pos)
@@ -188,11 +190,15 @@ class _Checker:
             except PseudonymizationError as exc:
                 return [*self.problems, f"the data set {exc}".replace("its deflated ", "")]
             start = 0
-        reader = Reader(
+        reader = Walker(
             buf, implicit=transfer_syntax == _IMPLICIT, big_endian=transfer_syntax == _BIG_ENDIAN
         )
         try:
             top = list(reader.elements(start, reader.size))
+        except WalkError as exc:
+            if exc.problem == "too-deep":
+                return [_TOO_DEEP]
+            return [*self.problems, f"the data set cannot be read to its end: {exc}"]
         except DicomInputError as exc:
             return [*self.problems, f"the data set cannot be read to its end: {exc}"]
         self._first_pass(reader, top)
@@ -207,7 +213,7 @@ class _Checker:
             )
         return self.problems
 
-    def _first_pass(self, reader: Reader, top: list[Element]) -> None:
+    def _first_pass(self, reader: Walker, top: list[Element]) -> None:
         """The marks and the values other checks depend on; their absence is a problem."""
         by_tag: dict[int, Element] = {}
         for element in top:
@@ -259,7 +265,7 @@ class _Checker:
             )
 
     def _items(
-        self, reader: Reader, elements: Iterable[Element], path: str, *, top_level: bool
+        self, reader: Walker, elements: Iterable[Element], path: str, *, top_level: bool
     ) -> None:
         last = -1
         for element in elements:
@@ -271,7 +277,7 @@ class _Checker:
             last = max(last, element.tag)
             self._element(reader, element, path, top_level)
 
-    def _element(self, reader: Reader, element: Element, path: str, top_level: bool) -> None:
+    def _element(self, reader: Walker, element: Element, path: str, top_level: bool) -> None:
         tag = element.tag
         if tag & 0x00010000:
             self.private_groups.add(f"{tag >> 16:04X}")
@@ -284,7 +290,7 @@ class _Checker:
             if vr == "UN":
                 self.problems.append(f"{where} is not a standard attribute; {_FIX}")
                 return
-            inner = Reader(reader.buf, implicit=True, size=reader.size)
+            inner = Walker(reader.buf, implicit=True, size=reader.size)
             typed_vr = "SQ" if element.undefined else vr
             element = Element(
                 tag, typed_vr, element.start, element.vstart, element.vend, element.undefined
@@ -304,7 +310,7 @@ class _Checker:
                 f"and must be removed; {_FIX}"
             )
 
-    def _sequence(self, reader: Reader, element: Element, path: str, where: str) -> None:
+    def _sequence(self, reader: Walker, element: Element, path: str, where: str) -> None:
         tag = element.tag
         actions = self.profile.actions(tag)
         listed = tag in self.profile.safe or tag in self.profile.on_request
@@ -318,7 +324,7 @@ class _Checker:
         for start, end in items:
             self._items(reader, list(reader.elements(start, end)), inner_path, top_level=False)
 
-    def _profiled(self, reader: Reader, element: Element, where: str, top_level: bool) -> None:
+    def _profiled(self, reader: Walker, element: Element, where: str, top_level: bool) -> None:
         """An attribute of Table E.1-1: only values its actions (and implemented options) give."""
         tag, vr = element.tag, element.vr
         raw = reader.value(element).rstrip(b"\0 ")
@@ -374,7 +380,7 @@ class _Checker:
             f"(PS3.15 Table E.1-1); {_FIX}"
         )
 
-    def _safe(self, reader: Reader, element: Element, where: str) -> None:
+    def _safe(self, reader: Walker, element: Element, where: str) -> None:
         """A safe-listed attribute: a value of its VR's form; text only in the vocabulary."""
         tag, vr = element.tag, element.vr
         raw = reader.value(element).rstrip(b"\0 ")
@@ -416,7 +422,7 @@ class _Checker:
         elif tag == _VISUAL_FEATURES and raw.strip().upper() == b"YES":
             self.problems.append(f"{where} is YES: the image may show the patient's face")
 
-    def _mark(self, reader: Reader, element: Element, where: str) -> None:
+    def _mark(self, reader: Walker, element: Element, where: str) -> None:
         """The de-identification marks, whose presence :meth:`_first_pass` checked."""
         if element.tag == _METHOD_CODES:
             for start, end in reader.items(element):
@@ -453,7 +459,7 @@ class _Checker:
             or (uid.startswith(_WELL_KNOWN_ROOT) and _UID_FORM.fullmatch(uid) is not None)
         )
 
-    def _text(self, reader: Reader, element: Element) -> str:
+    def _text(self, reader: Walker, element: Element) -> str:
         raw = reader.value(element).rstrip(b"\0 ")
         if raw.isascii():
             return raw.decode("ascii")

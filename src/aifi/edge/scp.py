@@ -57,10 +57,10 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from aifi.dicom.part10 import file_meta
+from aifi.dicom.walker import decode_text, scan_dataset, tags_for
 from aifi.edge.commitment import STORAGE_COMMITMENT, Commitments, on_event_report
 from aifi.edge.config import ListenerSettings
-from aifi.edge.dataset_scan import decode_text, scan_dataset, tags_for
-from aifi.edge.file_meta import part10_header
 from aifi.edge.state import EdgeState, InstanceRow
 from aifi.edge.tls import server_context
 from aifi.errors import ConfigError
@@ -402,7 +402,7 @@ class EdgeReceiver:
         problem = uid_problem(sop_uid, "Affected SOP Instance UID")
         if problem is not None:
             raise _Refusal(DOES_NOT_MATCH_SOP_CLASS, "invalid SOP Instance UID", problem)
-        header_bytes = part10_header(sop_class_uid, sop_uid, str(transfer_syntax))
+        header_bytes = file_meta(sop_class_uid, sop_uid, str(transfer_syntax))
         self.space.check(len(header_bytes) + len(raw))
 
         plain: memoryview | bytes = raw
@@ -526,7 +526,7 @@ class EdgeReceiver:
             )
             self._record_again(row, calling, routing)
             return SUCCESS
-        offset = len(part10_header(row.sop_class_uid, sop_uid, row.transfer_syntax_uid))
+        offset = len(file_meta(row.sop_class_uid, sop_uid, row.transfer_syntax_uid))
         try:
             with row.path.open("rb") as fp:
                 fp.seek(offset)

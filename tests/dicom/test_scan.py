@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
-from aifi.edge.dataset_scan import scan_dataset
+from aifi.dicom.walker import scan_dataset
 
 FILES = [
     "CT_small.dcm",  # explicit VR little endian, native pixels
