@@ -232,10 +232,11 @@ def operator_add(
     name: Annotated[str, typer.Argument(help="a unique name for the operator or auditor")],
     config: ConfigOption = None,
     role: Annotated[
-        Literal["operator", "auditor"], typer.Option(help="operator or auditor (read-only)")
+        Literal["operator", "auditor", "performer"],
+        typer.Option(help="operator, auditor (read-only) or performer (outside UPS performer)"),
     ] = "operator",
 ) -> None:
-    """Add an operator (catalog, hospitals, subscriptions) or auditor; print its token."""
+    """Add an operator (catalog, hospitals, subscriptions), auditor or performer; its token."""
     from aifi.hub.principals import add_principal, issue_token
     from aifi.protocol.schemas import Role
 

@@ -142,7 +142,10 @@ class HubParts:
         from aifi.hub.queue import TaskQueue
 
         self.queue = TaskQueue(
-            self.sessions, poll_s=self.settings.worker_poll_s, lease_s=self.settings.lease_s
+            self.sessions,
+            poll_s=self.settings.worker_poll_s,
+            lease_s=self.settings.lease_s,
+            outside=self.settings.outside_algorithms,
         )
 
     def sync_catalog(self) -> None:

@@ -93,6 +93,17 @@ class HubSettings(BaseSettings):
         default="process",
         description="run each algorithm in a child process (a time limit can end it) or a thread",
     )
+    outside_algorithms: list[str] = Field(
+        default_factory=list,
+        description="algorithm ids whose workitems an outside performer (role performer) "
+        "claims with a Transaction UID; the hub's own workers never take them",
+    )
+    performer_lease_s: float = Field(
+        default=3600.0,
+        ge=1,
+        description="how long an outside performer's claim lasts without an Update; then the "
+        "janitor re-queues the workitem for another claim",
+    )
     worker_poll_s: float = Field(
         default=1.0, gt=0, le=60, description="how often an idle worker looks for a task"
     )

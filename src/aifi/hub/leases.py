@@ -88,11 +88,18 @@ def claim(session: Session, task_id: str, worker: str, lease_s: float) -> bool:
 
 
 def claim_next(
-    session: Session, worker: str, algorithm_ids: Collection[str] | None, lease_s: float
+    session: Session,
+    worker: str,
+    algorithm_ids: Collection[str] | None,
+    lease_s: float,
+    *,
+    exclude: Collection[str] = (),
 ) -> str | None:
     """Claim the most urgent, then oldest, SCHEDULED task of ``algorithm_ids`` (None: any).
 
     Its id, or None. Urgent and stat work (priority HIGH) goes before routine work.
+    Tasks of the ``exclude`` algorithms are left to outside performers
+    (:func:`aifi.hub.workitems.change_state`).
 
     One statement: ``UPDATE tasks ... WHERE id = (SELECT id ... LIMIT 1 FOR
     UPDATE SKIP LOCKED) AND state = 'SCHEDULED' RETURNING id``. Commits.
@@ -103,6 +110,8 @@ def claim_next(
     waiting = select(Task.id).where(Task.state == _SCHEDULED)
     if algorithm_ids is not None:
         waiting = waiting.where(Task.algorithm_id.in_(sorted(algorithm_ids)))
+    if exclude:
+        waiting = waiting.where(Task.algorithm_id.not_in(sorted(exclude)))
     oldest = (
         waiting.order_by(Task.priority, Task.created_at, Task.id)
         .limit(1)

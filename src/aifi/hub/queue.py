@@ -53,10 +53,18 @@ def algorithms_for(manifests: Iterable[Manifest], queues: Collection[str]) -> se
 class TaskQueue:
     """Take tasks from the database for this process's workers; wake them when one is put."""
 
-    def __init__(self, sessions: SessionFactory, *, poll_s: float, lease_s: float) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        poll_s: float,
+        lease_s: float,
+        outside: Collection[str] = (),
+    ) -> None:
         self._sessions = sessions
         self._poll_s = poll_s
         self._lease_s = lease_s
+        self._outside = frozenset(outside)  # performed by outside performers, never taken here
         self._changed = threading.Condition()
         self._generation = 0
 
@@ -87,7 +95,9 @@ class TaskQueue:
             try:
                 task_id = retrying(
                     self._sessions,
-                    lambda session: claim_next(session, worker, algorithm_ids, self._lease_s),
+                    lambda session: claim_next(
+                        session, worker, algorithm_ids, self._lease_s, exclude=self._outside
+                    ),
                 )
             except Exception:  # the database is away: wait, try again
                 logger.exception("could not look for a task; retrying in %s s", self._poll_s)

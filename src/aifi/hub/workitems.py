@@ -8,21 +8,48 @@ in Input Information Sequence (0040,4021), Scheduled Procedure Step
 Priority (0074,1200), and once COMPLETED the result objects in Output
 Information Sequence (0040,4033). Nothing here carries identity: the hub
 only ever holds pseudonymized studies.
+
+An *outside performer* (a principal of role ``performer``, e.g. a vendor's
+remote runner) performs the workitems of the algorithms named in the
+``outside_algorithms`` setting, which the hub's own workers never take
+(:func:`aifi.hub.leases.claim_next` excludes them). It follows PS3.4 CC.2.1
+(N-ACTION Change UPS State) as PS3.18 §11.7 carries it: it claims a
+SCHEDULED workitem with a Transaction UID (0008,1195) of its own; the claim
+is a lease like a worker's (``claimed_by`` = ``performer:<principal id>:<Transaction
+UID>``), renewed by every Update (PS3.18 §11.6), so the janitor re-queues
+a workitem whose performer went silent for ``performer_lease_s``; it ends
+the workitem COMPLETED or CANCELED with the same Transaction UID. The
+Transaction UID is never returned by Retrieve or Search (PS3.4 CC.2.5.1.2).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from aifi.hub.auditing import audit_log_of
+from aifi.hub.leases import claim, fence, renew
 from aifi.hub.models import Task, utcnow
 from aifi.hub.tasks import TaskRefused
-from aifi.protocol.schemas import PRIORITY_RANK, TaskCreate, TaskState
+from aifi.protocol.schemas import PRIORITY_RANK, Role, TaskCreate, TaskState
 
-__all__ = ["SCHEME", "UPS_PUSH", "cancel", "find", "task_create", "workitem_of"]
+__all__ = [
+    "SCHEME",
+    "UPS_PUSH",
+    "StateChanged",
+    "cancel",
+    "change_state",
+    "find",
+    "find_for_performer",
+    "performable",
+    "performer_update",
+    "task_create",
+    "workitem_of",
+]
 
 UPS_PUSH = "1.2.840.10008.5.1.4.34.6.1"
 SCHEME = "99AIFI"
@@ -113,9 +140,10 @@ def workitem_of(task: Task) -> dict[str, Any]:
         },
     }
     if task.reason:
-        ds["00741002"] = {
+        said = "00741006" if task.state == TaskState.IN_PROGRESS.value else "00741238"
+        ds["00741002"] = {  # progress description while IN PROGRESS, else the reason
             "vr": "SQ",
-            "Value": [{"00741238": {"vr": "LT", "Value": [task.reason]}}],
+            "Value": [{said: {"vr": "ST" if said == "00741006" else "LT", "Value": [task.reason]}}],
         }
     if task.state == TaskState.COMPLETED.value:
         series: dict[str, list[Any]] = {}
@@ -180,3 +208,211 @@ def cancel(session: Session, task: Task, reason: str, *, actor: str) -> Task | T
         detail={"reason": reason},
     )
     return task
+
+
+# -- the outside performer: Change State (PS3.18 §11.7) and Update (§11.6) ------------
+
+#: The reasons a Change State or Update is refused or warned about (PS3.18 Table
+#: 11.7.3-2), named by their DIMSE status (PS3.4 CC.2.1.3 and CC.2.6.3).
+C300 = "0xC300: The UPS may no longer be updated"
+C301 = "0xC301: The correct Transaction UID was not provided"
+C302 = "0xC302: The UPS is already IN PROGRESS"
+C303 = "0xC303: The UPS may only become SCHEDULED via N-CREATE, not N-SET or N-ACTION"
+C307 = (
+    "0xC307: Specified SOP Instance UID does not exist or is not a UPS Instance managed by this SCP"
+)
+C310 = "0xC310: The UPS is not yet in the IN PROGRESS state"
+C311 = "0xC311: The UPS is already COMPLETED"
+B304 = "0xB304: The UPS is already in the requested state of CANCELED"
+B306 = "0xB306: The UPS is already in the requested state of COMPLETED"
+
+_PERFORMER = "performer:"
+#: what a performer may set with Update (PS3.4 Table CC.2.5-3, the performer's part):
+#: the Transaction UID and the progress (0074,1002) > (0074,1004) / (0074,1006)
+_UPDATE_KEYS = frozenset({"00081195", "00741002"})
+_PROGRESS_KEYS = frozenset({"00741004", "00741006"})
+
+
+def _claimed_by(principal_id: str, transaction_uid: str) -> str:
+    return f"{_PERFORMER}{principal_id}:{transaction_uid}"
+
+
+def _holds(task: Task, principal_id: str, transaction_uid: str) -> bool:
+    return bool(transaction_uid) and task.claimed_by == _claimed_by(principal_id, transaction_uid)
+
+
+def find_for_performer(session: Session, uid: str, outside: Collection[str]) -> Task | TaskRefused:
+    """The workitem ``uid`` of an algorithm performed outside, of whichever hospital (404/409)."""
+    found = session.scalars(
+        select(Task).where(Task.client_task_id == uid, Task.algorithm_id.in_(sorted(outside)))
+    ).all()
+    if not found:
+        return TaskRefused(404, f"{C307}: no workitem {uid} for an outside performer")
+    if len(found) > 1:  # two hospitals chose the same UID: refuse rather than guess
+        return TaskRefused(409, f"workitem UID {uid} is not unique at the hub; ask the operator")
+    return found[0]
+
+
+def performable(session: Session, outside: Collection[str], *, limit: int) -> list[Task]:
+    """SCHEDULED and IN PROGRESS workitems an outside performer may see (Search), oldest first."""
+    if not outside:
+        return []
+    return list(
+        session.scalars(
+            select(Task)
+            .where(
+                Task.algorithm_id.in_(sorted(outside)),
+                Task.state.in_((TaskState.SCHEDULED.value, TaskState.IN_PROGRESS.value)),
+            )
+            .order_by(Task.priority, Task.created_at, Task.id)
+            .limit(limit)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    """A Change State that succeeded, with the warning of PS3.18 Table 11.7.3-2 if any."""
+
+    task: Task
+    warning: str | None = None
+
+
+def change_state(
+    session: Session,
+    task: Task,
+    wanted: str,
+    transaction_uid: str,
+    *,
+    principal_id: str,
+    lease_s: float,
+    reason: str = "",
+) -> StateChanged | TaskRefused:
+    """Change UPS State (PS3.4 CC.2.1, PS3.18 §11.7) for an outside performer. Commits; audited.
+
+    SCHEDULED → IN PROGRESS claims the workitem with ``transaction_uid`` (a
+    lease of ``lease_s``); IN PROGRESS → COMPLETED or CANCELED only with the
+    same Transaction UID. A missing or wrong Transaction UID is a 400; a
+    move the state does not allow a 409, each with its status text.
+    """
+    actor = f"{Role.PERFORMER.value}:{principal_id}"
+    if not transaction_uid:
+        return TaskRefused(400, f"{C301}: Change State needs the Transaction UID (0008,1195)")
+    if len(transaction_uid) > 64:
+        return TaskRefused(400, f"{C301}: a Transaction UID has at most 64 characters (PS3.5 UI)")
+    if wanted == TaskState.SCHEDULED.value:
+        return TaskRefused(409, C303)
+    if wanted not in (s.value for s in TaskState):
+        return TaskRefused(400, f"(0074,1000) {wanted!r} is not IN PROGRESS, COMPLETED or CANCELED")
+    current = task.state
+    if wanted == TaskState.IN_PROGRESS.value:
+        if current == TaskState.IN_PROGRESS.value:
+            return TaskRefused(409, C302)
+        if current != TaskState.SCHEDULED.value:
+            return TaskRefused(409, C311 if current == TaskState.COMPLETED.value else C300)
+        if not claim(session, task.id, _claimed_by(principal_id, transaction_uid), lease_s):
+            session.refresh(task)  # a hub worker or another performer was first
+            return TaskRefused(409, C302 if task.state == TaskState.IN_PROGRESS.value else C300)
+        session.refresh(task)
+        _audit(session, task, "run.started", actor, {"performer": principal_id})
+        return StateChanged(task)
+    # COMPLETED or CANCELED: only by the holder of the claim
+    if current == wanted and task.claimed_by == f"{_PERFORMER}{principal_id}":
+        # it ended it already: PS3.18 Table 11.7.3-2 answers 200 with a warning
+        return StateChanged(task, B306 if wanted == TaskState.COMPLETED.value else B304)
+    if current == TaskState.SCHEDULED.value:
+        return TaskRefused(409, C310)
+    if current != TaskState.IN_PROGRESS.value:
+        return TaskRefused(409, C311 if current == TaskState.COMPLETED.value else C300)
+    if not _holds(task, principal_id, transaction_uid):
+        return TaskRefused(400, C301)
+    if not fence(session, task.id, _claimed_by(principal_id, transaction_uid)):
+        session.rollback()
+        session.refresh(task)
+        return TaskRefused(409, f"{C300}: the claim was lost (the performer was silent too long)")
+    now = utcnow()
+    task.state = wanted
+    task.reason = (
+        None if wanted == TaskState.COMPLETED.value
+        else f"canceled by its outside performer: {reason or 'no reason given'}"[:2000]
+    )  # fmt: skip
+    task.claimed_by = f"{_PERFORMER}{principal_id}"  # who ended it; the Transaction UID is spent
+    task.lease_until = None
+    task.updated_at = now
+    session.commit()
+    session.refresh(task)
+    action = "run.completed" if wanted == TaskState.COMPLETED.value else "run.canceled"
+    detail: dict[str, Any] = {"performer": principal_id}
+    if task.reason:
+        detail["reason"] = task.reason
+    _audit(session, task, action, actor, detail)
+    return StateChanged(task)
+
+
+def performer_update(
+    session: Session,
+    task: Task,
+    ds: dict[str, Any],
+    *,
+    principal_id: str,
+    lease_s: float,
+) -> Task | TaskRefused:
+    """Update UPS (PS3.4 CC.2.6, PS3.18 §11.6) by its performer: progress only; renews the claim.
+
+    The performer may set the Procedure Step Progress (0074,1004) and its
+    description (0074,1006) in UPS Progress Information Sequence (0074,1002),
+    with the Transaction UID of its claim. Anything else is a 400.
+    """
+    unknown = sorted(t for t in ds if t not in _UPDATE_KEYS)
+    progress = _items(ds, "00741002")
+    unknown += sorted(t for item in progress for t in item if t.upper() not in _PROGRESS_KEYS)
+    if unknown:
+        named = ", ".join(f"({t[:4]},{t[4:]})" for t in unknown)
+        return TaskRefused(
+            400, f"a performer may update only the progress (0074,1002); not {named}"
+        )
+    if task.state in (TaskState.COMPLETED.value, TaskState.CANCELED.value):
+        return TaskRefused(409, f"{C300}: workitem {task.client_task_id} is {task.state}")
+    if task.state != TaskState.IN_PROGRESS.value:
+        return TaskRefused(409, C310)
+    transaction_uid = _text(_first(ds, "00081195"))
+    if not _holds(task, principal_id, transaction_uid):
+        return TaskRefused(400, C301)
+    text = ""
+    if progress:
+        item = {k.upper(): v for k, v in progress[0].items()}
+        percent, said = _text(_first(item, "00741004")), _text(_first(item, "00741006"))
+        try:
+            number = float(percent) if percent else None
+        except ValueError:
+            number = -1.0
+        if number is not None and not 0 <= number <= 100:
+            return TaskRefused(400, f"Procedure Step Progress (0074,1004) {percent!r} is not 0-100")
+        text = " ".join(p for p in (f"{percent} %" if percent else "", said) if p)
+    if not renew(session, task.id, _claimed_by(principal_id, transaction_uid), lease_s):
+        session.refresh(task)
+        return TaskRefused(409, f"{C300}: the claim was lost (the performer was silent too long)")
+    if text:
+        session.execute(
+            update(Task)
+            .where(Task.id == task.id, Task.state == TaskState.IN_PROGRESS.value)
+            .values(reason=text[:2000], updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    session.refresh(task)
+    return task
+
+
+def _audit(session: Session, task: Task, action: str, actor: str, detail: dict[str, Any]) -> None:
+    audit_log_of(session).append(
+        action,
+        actor=actor,
+        hospital=task.hospital_id,
+        task=task.id,
+        algorithm=task.algorithm_id,
+        algorithm_version=task.algorithm_version,
+        agreement=task.agreement_reference,
+        correlation_id=task.correlation_id,
+        detail=detail,
+    )

@@ -81,6 +81,7 @@ class Role(StrEnum):
     HOSPITAL = "hospital"  # its own studies, tasks and results only
     OPERATOR = "operator"  # catalog, hospitals, tokens, subscriptions
     AUDITOR = "auditor"  # read-only: audit trail and usage
+    PERFORMER = "performer"  # an outside UPS performer: claims and ends workitems (PS3.4 CC.1.1)
 
 
 class AlgorithmState(StrEnum):

@@ -3,23 +3,30 @@
 Create (§11.4), Retrieve (§11.5), Search (§11.9) and Request Cancellation
 (§11.8), mapped onto the same tasks as ``/tasks`` (:mod:`aifi.hub.workitems`).
 An attribute or query key the hub does not support is a 400 with the reason.
-The hub's own workers perform the workitems; there is no external performer
-to change their state.
+
+The hub's own workers perform the workitems, except those of the
+``outside_algorithms``: an outside performer (role ``performer``) searches
+and retrieves those (of every hospital; they are pseudonymized), claims one
+with Change State (§11.7, ``PUT /workitems/{uid}/state``) and a Transaction
+UID, reports progress with Update (§11.6, ``POST /workitems/{uid}``) and
+ends it COMPLETED or CANCELED with the same Transaction UID. A refusal
+carries its PS3.18 Table 11.7.3-2 reason in the ``Warning`` header.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydicom.uid import generate_uid
 
 from aifi.hub import tasks, workitems
-from aifi.hub.auth import CurrentHospital
+from aifi.hub.auth import CurrentHospital, RoleGate
 from aifi.hub.deps import ContextDep, SessionDep
-from aifi.protocol.schemas import PRIORITY_RANK, TaskState
+from aifi.hub.models import Principal, Task
+from aifi.protocol.schemas import PRIORITY_RANK, Role, TaskState
 
 __all__ = ["router"]
 
@@ -33,11 +40,21 @@ _SEARCH = {
     "00741200": "priority",
     "limit": "limit",
 }
+_STATE_KEYS = frozenset({"00741000", "00081195", "00741238"})
+
+#: who reads workitems: a hospital (its own) or an outside performer (those it performs)
+WorkitemReader = Annotated[Principal, Depends(RoleGate(Role.HOSPITAL, Role.PERFORMER))]
+Performer = Annotated[Principal, Depends(RoleGate(Role.PERFORMER))]
+
+
+def _warning(reason: str) -> str:
+    """A Warning header carrying a status reason (RFC 7234 §5.5): code 299, the reason quoted."""
+    text = reason.encode("ascii", "replace").decode().replace('"', "'")  # a header is Latin-1
+    return f'299 aifi-hub: "{text}"'
 
 
 def _refused(status_code: int, reason: str) -> HTTPException:
-    text = reason.encode("ascii", "replace").decode().replace('"', "'")  # a header is Latin-1
-    return HTTPException(status_code, detail=reason, headers={"Warning": f'299 aifi-hub: "{text}"'})
+    return HTTPException(status_code, detail=reason, headers={"Warning": _warning(reason)})
 
 
 async def _dataset(request: Request) -> dict[str, Any]:
@@ -78,7 +95,9 @@ async def create_workitem(
 
 
 @router.get("")
-def search_workitems(request: Request, hospital: CurrentHospital, session: SessionDep) -> Response:
+def search_workitems(
+    request: Request, caller: WorkitemReader, session: SessionDep, context: ContextDep
+) -> Response:
     unknown = sorted(set(request.query_params) - set(_SEARCH))
     if unknown:
         raise _refused(
@@ -96,12 +115,21 @@ def search_workitems(request: Request, hospital: CurrentHospital, session: Sessi
     limit = wanted.get("limit", "100")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise _refused(400, "limit is a whole number from 1 to 1000")
-    found = tasks.list_tasks(
-        session,
-        hospital.id,
-        state=TaskState(state) if state else None,
-        limit=int(limit),
-    )
+    if caller.role == Role.PERFORMER.value:
+        found = [
+            t
+            for t in workitems.performable(
+                session, context.settings.outside_algorithms, limit=int(limit)
+            )
+            if state is None or t.state == state
+        ]
+    else:
+        found = tasks.list_tasks(
+            session,
+            _hospital_id(caller),
+            state=TaskState(state) if state else None,
+            limit=int(limit),
+        )
     views = [
         workitems.workitem_of(t)
         for t in found
@@ -112,12 +140,79 @@ def search_workitems(request: Request, hospital: CurrentHospital, session: Sessi
     return JSONResponse(views, media_type=_DICOM_JSON)
 
 
+def _hospital_id(principal: Principal) -> str:
+    if principal.hospital_id is None:  # a broken invariant: role hospital without one
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this token acts for no hospital")
+    return principal.hospital_id
+
+
+def _performed(session: SessionDep, context: ContextDep, uid: str) -> Task:
+    found = workitems.find_for_performer(session, uid, context.settings.outside_algorithms)
+    if isinstance(found, tasks.TaskRefused):
+        raise _refused(found.status_code, found.detail)
+    return found
+
+
 @router.get("/{uid}")
-def retrieve_workitem(uid: str, hospital: CurrentHospital, session: SessionDep) -> Response:
-    task = workitems.find(session, hospital.id, uid)
+def retrieve_workitem(
+    uid: str, caller: WorkitemReader, session: SessionDep, context: ContextDep
+) -> Response:
+    if caller.role == Role.PERFORMER.value:
+        task: Task | None = _performed(session, context, uid)
+    else:
+        task = workitems.find(session, _hospital_id(caller), uid)
     if task is None:
         raise _refused(404, f"no workitem {uid}")
     return JSONResponse([workitems.workitem_of(task)], media_type=_DICOM_JSON)
+
+
+@router.post("/{uid}")
+async def update_workitem(
+    uid: str, request: Request, performer: Performer, session: SessionDep, context: ContextDep
+) -> Response:
+    """Update (PS3.18 §11.6) by the workitem's performer: its progress, with the Transaction UID."""
+    ds = await _dataset(request)
+    task = _performed(session, context, uid)
+    outcome = workitems.performer_update(
+        session,
+        task,
+        ds,
+        principal_id=performer.id,
+        lease_s=context.settings.performer_lease_s,
+    )
+    if isinstance(outcome, tasks.TaskRefused):
+        raise _refused(outcome.status_code, outcome.detail)
+    return Response(status_code=200)
+
+
+@router.put("/{uid}/state")
+async def change_workitem_state(
+    uid: str, request: Request, performer: Performer, session: SessionDep, context: ContextDep
+) -> Response:
+    """Change State (PS3.18 §11.7): claim with a Transaction UID, then complete or cancel."""
+    ds = await _dataset(request)
+    unknown = sorted(t for t in ds if t not in _STATE_KEYS)
+    if unknown:
+        named = ", ".join(f"({t[:4]},{t[4:]})" for t in unknown)
+        raise _refused(400, f"attribute {named} is not part of a Change State request")
+    task = _performed(session, context, uid)
+    wanted = str(((ds.get("00741000") or {}).get("Value") or [""])[0]).strip()
+    transaction = str(((ds.get("00081195") or {}).get("Value") or [""])[0]).strip()
+    reason = str(((ds.get("00741238") or {}).get("Value") or [""])[0]).strip()
+    outcome = workitems.change_state(
+        session,
+        task,
+        wanted,
+        transaction,
+        principal_id=performer.id,
+        lease_s=context.settings.performer_lease_s,
+        reason=reason,
+    )
+    if isinstance(outcome, tasks.TaskRefused):
+        raise _refused(outcome.status_code, outcome.detail)
+    if outcome.warning is not None:
+        return Response(status_code=200, headers={"Warning": _warning(outcome.warning)})
+    return Response(status_code=200)
 
 
 @router.post("/{uid}/cancelrequest", status_code=status.HTTP_202_ACCEPTED)
