@@ -77,9 +77,9 @@ port = 11112
             "name 'pacs' is used twice",
         ),
         (
-            '[[destinations]]\nname = "vna"\nae_title = "X"\nhost = "h"\nport = 1\n'
-            "commitment = true\n",
-            "supported for the first destination",
+            '[[query_retrieve]]\nmethod = "dicomweb"\nurl = "https://pacs/dicom-web"\n'
+            '[query_retrieve.tls]\ncert = "edge.pem"\n',
+            "takes no tls table",
         ),
         (
             '[[destinations]]\nname = "vna"\nae_title = "X"\nhost = "h"\nport = 1\n'
@@ -117,3 +117,17 @@ def test_relative_certificate_paths_are_read_from_the_files_folder(tmp_path: Pat
     assert tls is not None
     assert tls.cert == tmp_path / "certs" / "edge.pem"
     assert tls.ca_bundle == Path("/etc/ca.pem")
+
+
+def test_each_destination_may_ask_for_commitment_and_a_pull_peer_for_tls(tmp_path: Path) -> None:
+    settings = _load(
+        tmp_path,
+        BASE
+        + '[[destinations]]\nname = "vna"\nae_title = "VNA"\nhost = "h"\nport = 1\n'
+        "commitment = true\n\n"
+        '[[query_retrieve]]\nae_title = "PACS"\nhost = "h"\nport = 104\n'
+        '[query_retrieve.tls]\ncert = "certs/edge.pem"\nkey = "certs/edge.key"\n',
+    )
+    assert [d.commitment for d in settings.result_destinations][-1]
+    tls = settings.query_retrieve[0].tls
+    assert tls is not None and tls.cert == tmp_path / "certs" / "edge.pem"

@@ -202,24 +202,56 @@ def task_events(
 @app.command()
 def retry(
     task: Annotated[
-        str, typer.Argument(help="task id (or a unique prefix), from 'tasks --failed'")
-    ],
+        str | None, typer.Argument(help="task id (or a unique prefix), from 'tasks --failed'")
+    ] = None,
+    destination: Annotated[
+        str | None,
+        typer.Option(
+            help="retry this destination's dead letters only (pacs, or a [[destinations]] name)"
+        ),
+    ] = None,
+    task_option: Annotated[
+        str | None, typer.Option("--task", help="with --destination: only this task")
+    ] = None,
     config: ConfigOption = Path("edge.toml"),
     by: Annotated[str, typer.Option(help="who asks, for the audit trail")] = getpass.getuser(),
 ) -> None:
-    """Send a dead-letter, failed or canceled task again (audited)."""
+    """Send a dead-letter, failed or canceled task again; or one destination's dead letters.
+
+    Both are recorded in the edge's events and audit trail with --by.
+    """
     from aifi.edge.config import load_edge_settings
-    from aifi.edge.requeue import retry_task
+    from aifi.edge.requeue import retry_destination, retry_task
     from aifi.edge.state import EdgeState
 
-    state = EdgeState(load_edge_settings(config).data_dir / "edge.db")
+    if destination is None and task is None:
+        raise typer.Exit(_fail("say what to retry: a task id, or --destination NAME [--task ID]"))
+    settings = load_edge_settings(config)
+    state = EdgeState(settings.data_dir / "edge.db")
     try:
-        queued = retry_task(state, task, by=by)
+        if destination is not None:
+            retried = retry_destination(
+                state,
+                settings.result_destinations,
+                destination,
+                task_id=task_option or task,
+                by=by,
+                default_kinds=settings.result_kinds,
+                settings=settings.delivery,
+            )
+        else:
+            assert task is not None
+            queued = retry_task(state, task, by=by)
     except AifiError as exc:
         raise typer.Exit(_fail(str(exc))) from exc
     finally:
         state.close()
-    typer.echo(f"task {queued} queued again")
+    if destination is None:
+        typer.echo(f"task {queued} queued again")
+        return
+    for task_id in retried:
+        typer.echo(f"task {task_id}: destination {destination} queued again")
+    typer.echo(f"{len(retried)} dead letters of destination {destination} queued again")
 
 
 @app.command()

@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from pydicom import Dataset
 from pydicom.uid import generate_uid
@@ -28,13 +29,22 @@ from aifi.edge.config import DicomPeer
 from aifi.edge.state import EdgeState
 from aifi.edge.tls import client_context
 
-__all__ = ["STORAGE_COMMITMENT", "Commitment", "Commitments", "on_event_report"]
+__all__ = [
+    "STORAGE_COMMITMENT",
+    "Commitment",
+    "CommitmentStep",
+    "Commitments",
+    "on_event_report",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Storage Commitment Push Model SOP Class and its well-known instance (PS3.4 J.3.1).
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+
+#: Where one destination's commitment stands (:meth:`Commitments.settle`).
+CommitmentStep = Literal["committed", "waiting", "failed"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commitments (
@@ -53,7 +63,7 @@ class Commitment:
     transaction_uid: str
     task_id: str
     destination: str
-    state: str  # requested | committed | failed
+    state: str  # requested | committed | failed (the report said so) | abandoned
     requested_at: float
     detail: str | None
 
@@ -115,8 +125,10 @@ class Commitments:
             ae_title=peer.ae_title,
             tls_args=(client_context(peer.tls), peer.host) if peer.tls is not None else None,
         )
+        # A request that never reached the PACS is abandoned, not failed: there is no
+        # report to wait for, and the next attempt asks again with a new transaction.
         if not assoc.is_established:
-            self._set(transaction_uid, "failed", f"{where}: no association for the request")
+            self._set(transaction_uid, "abandoned", f"{where}: no association for the request")
             return False, f"{where} refused or missed the storage commitment association"
         try:
             status, _reply = assoc.send_n_action(
@@ -131,9 +143,47 @@ class Commitments:
         code = int(getattr(status, "Status", -1)) if status else -1
         if code != 0x0000:
             why = why if code == -1 else f"{where} answered the N-ACTION with 0x{code:04X}"
-            self._set(transaction_uid, "failed", why)
+            self._set(transaction_uid, "abandoned", why)
             return False, why
         return True, f"storage commitment requested (transaction {transaction_uid})"
+
+    def settle(
+        self,
+        peer: DicomPeer,
+        task_id: str,
+        destination: str,
+        references: Sequence[tuple[str, str]],
+    ) -> tuple[CommitmentStep, str]:
+        """Where ``destination``'s commitment of ``task_id`` stands; ask for it when not yet.
+
+        ``committed``: the report said every object is kept. ``waiting``: a
+        request is out (or was just sent) and its report has not come.
+        ``failed``: the report listed failures, none came within
+        ``peer.commitment_timeout_s``, or the request could not be sent; the
+        caller counts a failed attempt and the next call asks again with a
+        new transaction.
+        """
+        latest = self.latest(task_id, destination)
+        if latest is not None and latest.state == "committed":
+            return "committed", latest.detail or "committed"
+        if latest is not None and latest.state == "requested":
+            if time.time() - latest.requested_at < peer.commitment_timeout_s:
+                return "waiting", f"storage commitment requested ({latest.transaction_uid})"
+            self.abandon(latest.transaction_uid, "no report in time")
+            return "failed", (
+                f"{destination} sent no storage commitment report within"
+                f" {peer.commitment_timeout_s:.0f} s (is the edge's AE title a modality"
+                " there, with storage commitment allowed?)"
+            )
+        if latest is not None and latest.state == "failed":
+            self.abandon(latest.transaction_uid, latest.detail or "failed")
+            return "failed", f"storage commitment failed: {latest.detail}"
+        ok, detail = self.request(peer, task_id, destination, references)
+        self.state.record_contact(destination, ok, detail)
+        if not ok:
+            return "failed", f"storage commitment not requested: {detail}"
+        self.state.record_event("commitment-requested", f"{destination}: {detail}", task_id=task_id)
+        return "waiting", detail
 
     def report(self, ds: Dataset, event_type: int | None) -> bool:
         """Record an N-EVENT-REPORT (PS3.4 J.3.3); False: an unknown transaction."""

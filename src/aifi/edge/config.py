@@ -27,7 +27,6 @@ from pydicom.uid import UID
 
 from aifi.edge.fhir import FhirPeer
 from aifi.edge.notify import RisPeer
-from aifi.edge.orders_config import OrdersSettings
 from aifi.edge.rules import Rule
 from aifi.edge.tls import TlsSettings
 from aifi.errors import ConfigError
@@ -42,7 +41,6 @@ __all__ = [
     "HubPeer",
     "ListenerSettings",
     "LoggingSettings",
-    "OrdersSettings",
     "QueryRetrievePeer",
     "RetentionSettings",
     "RisPeer",
@@ -178,6 +176,11 @@ class QueryRetrievePeer(BaseModel):
         " PS3.18 10.6 and 10.4), e.g. http://pacs:8042/dicom-web",
     )
     timeout_s: float = Field(default=120.0, gt=0, description="how long one retrieve may take")
+    tls: TlsSettings | None = Field(
+        default=None,
+        description="DICOM TLS towards this peer for C-FIND, C-MOVE and C-GET (PS3.15 B.9,"
+        " BCP 195), the same shape as [pacs.tls]",
+    )
 
     @model_validator(mode="after")
     def _address_for_its_method(self) -> QueryRetrievePeer:
@@ -185,6 +188,8 @@ class QueryRetrievePeer(BaseModel):
             raise ValueError('method = "dicomweb" needs url (the PACS\'s DICOMweb base URL)')
         if self.method != "dicomweb" and not self.host:
             raise ValueError(f'method = "{self.method}" needs host and port (the PACS\'s DICOM)')
+        if self.method == "dicomweb" and self.tls is not None:
+            raise ValueError('method = "dicomweb" takes no tls table: give an https:// url instead')
         return self
 
 
@@ -304,11 +309,6 @@ class EdgeSettings(BaseModel):
     query_retrieve: list[QueryRetrievePeer] = Field(
         default_factory=list, description="PACS the edge pulls studies (and priors) from"
     )
-    orders: OrdersSettings | None = Field(
-        default=None,
-        description="orders from the RIS (HL7 ORM/OMI over MLLP, FHIR ServiceRequest) that ask"
-        " for an algorithm on a study; unset: no order triggers (aifi.edge.orders)",
-    )
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     status: StatusSettings = Field(default_factory=StatusSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
@@ -368,12 +368,6 @@ class EdgeSettings(BaseModel):
                 f"[[destinations]] name {twice[0]!r} is used twice (note: [pacs] is named"
                 " 'pacs'); give each destination its own name"
             )
-        later = [d.name for d in self.result_destinations[1:] if d.commitment]
-        if later:
-            raise ValueError(
-                f"[[destinations]] {later[0]!r}: commitment = true is supported for the first"
-                " destination (the primary) only"
-            )
         return self
 
     @property
@@ -432,7 +426,12 @@ def load_edge_settings(path: Path) -> EdgeSettings:
 
 def _tls_paths_from(raw: dict[str, Any], folder: Path) -> None:
     """Relative certificate paths in any ``tls`` table are taken from the file's folder."""
-    tables = [raw.get("listener"), raw.get("pacs"), *(raw.get("destinations") or [])]
+    tables = [
+        raw.get("listener"),
+        raw.get("pacs"),
+        *(raw.get("destinations") or []),
+        *(raw.get("query_retrieve") or []),
+    ]
     for table in tables:
         tls = table.get("tls") if isinstance(table, dict) else None
         if not isinstance(tls, dict):

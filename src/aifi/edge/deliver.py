@@ -86,10 +86,15 @@ class Deliverer:
         self.pseudonym_map = pseudonym_map
         self.max_backoff_s = max_backoff_s
         self.settings = settings or DeliverySettings()
-        self.others = Destinations(
-            state, destinations[1:], result_kinds, self.settings, max_backoff_s
-        )
         self.commitments = Commitments(state)
+        self.others = Destinations(
+            state,
+            destinations[1:],
+            result_kinds,
+            self.settings,
+            max_backoff_s,
+            commitments=self.commitments,
+        )
         self._reconciled_at = 0.0
 
     # -- the poll ----------------------------------------------------------
@@ -279,37 +284,16 @@ class Deliverer:
         """
         assert self.pacs is not None
         name = getattr(self.pacs, "name", "pacs")
-        latest = self.commitments.latest(local.id, name)
-        if latest is not None and latest.state == "committed":
-            return True
-        if latest is not None and latest.state == "requested":
-            if time.time() - latest.requested_at < self.pacs.commitment_timeout_s:
-                return False
-            self.commitments.abandon(latest.transaction_uid, "no report in time")
-            self._later(
-                local,
-                f"PACS sent no storage commitment report within"
-                f" {self.pacs.commitment_timeout_s:.0f} s (is the edge's AE title a modality"
-                " there, with storage commitment allowed?)",
-            )
-            return False
-        if latest is not None and latest.state == "failed":
-            self.commitments.abandon(latest.transaction_uid, latest.detail or "failed")
-            self._later(local, f"storage commitment failed: {latest.detail}")
-            return False
         done = self.state.deliveries(local.id)
         refs = [
             (r.sop_class_uid, r.sop_instance_uid)
             for r in hub_task.results
             if done.get(r.sop_instance_uid) == "stored"
         ]
-        ok, detail = self.commitments.request(self.pacs, local.id, name, refs)
-        self.state.record_contact(name, ok, detail)
-        if not ok:
-            self._later(local, f"storage commitment not requested: {detail}")
-            return False
-        self.state.record_event("commitment-requested", detail, task_id=local.id)
-        return False
+        step, detail = self.commitments.settle(self.pacs, local.id, name, refs)
+        if step == "failed":
+            self._later(local, detail)
+        return step == "committed"
 
     def _fetch(self, local: TaskRow, fetched: dict[str, Dataset], ref: ResultRef) -> Dataset:
         """One result object, re-identified, for a further destination (fetched once a tick)."""

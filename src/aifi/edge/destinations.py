@@ -7,6 +7,15 @@ destination is advanced here, each on its own: its result kinds, its
 transfer syntaxes, its attempts and back-off, its own dead letter. A
 destination that refuses never holds up another; the task is delivered when
 each of them has what it wants or has been given up on, with the reason kept.
+
+A destination with ``commitment = true`` is asked for Storage Commitment
+(PS3.4 Annex J, :mod:`aifi.edge.commitment`) once it has stored its objects:
+it is ``committing`` until its N-EVENT-REPORT says every object is kept, then
+``committed``; a failed or missing report is a failed attempt of that
+destination alone. For such a destination, delivered means committed.
+
+An operator's ``aifi edge retry --destination NAME`` puts a destination's
+dead letter back to ``pending`` (:meth:`Destinations.retry`).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from dataclasses import dataclass
 
 from pydicom import Dataset
 
+from aifi.edge.commitment import Commitments
 from aifi.edge.config import DeliverySettings, Destination
 from aifi.edge.pacs import contact_of, store_to_pacs
 from aifi.edge.state import DEAD_LETTER, EdgeState
@@ -30,6 +40,10 @@ __all__ = ["DestinationRow", "Destinations"]
 logger = logging.getLogger(__name__)
 
 STORED = "stored"
+COMMITTING = "committing"  # stored; the storage commitment report has not come yet
+COMMITTED = "committed"
+#: States of a destination that has what it wants (or was given up on).
+SETTLED = (STORED, COMMITTED, DEAD_LETTER)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS destination_states (
@@ -63,7 +77,7 @@ Fetch = Callable[[ResultRef], Dataset]
 class DestinationRow:
     task_id: str
     destination: str
-    state: str  # pending | stored | dead-letter
+    state: str  # pending | committing | stored | committed | dead-letter
     attempts: int
     next_attempt_at: float
     reason: str | None
@@ -79,8 +93,10 @@ class Destinations:
         default_kinds: Sequence[str],
         settings: DeliverySettings,
         max_backoff_s: float = 60.0,
+        commitments: Commitments | None = None,
     ) -> None:
         self.state = state
+        self.commitments = commitments or Commitments(state)
         self.destinations = list(destinations)
         self.default_kinds = frozenset(default_kinds)
         self.settings = settings
@@ -124,13 +140,51 @@ class Destinations:
     def settled(self, task_id: str) -> bool:
         """Each destination has its results, or was given up on (dead letter)."""
         rows = self.rows(task_id)
-        return all(
-            d.name in rows and rows[d.name].state in (STORED, DEAD_LETTER)
-            for d in self.destinations
-        )
+        return all(d.name in rows and rows[d.name].state in SETTLED for d in self.destinations)
 
     def dead_letters(self, task_id: str) -> list[DestinationRow]:
         return [r for r in self.rows(task_id).values() if r.state == DEAD_LETTER]
+
+    def retry(self, destination: str, task_ids: Sequence[str] | None, *, by: str) -> list[str]:
+        """Put ``destination``'s dead letters (of ``task_ids``, or all) back to pending.
+
+        A task that was delivered meanwhile (its other destinations had what
+        they wanted) goes back to COMPLETED, so the running edge's next
+        reconciliation with the hub stores into this destination again. Each
+        retry is an event of its task (and so in the audit trail) naming who
+        asked. Returns the ids of the tasks retried.
+        """
+        if destination not in {d.name for d in self.destinations}:
+            known = ", ".join(d.name for d in self.destinations) or "none"
+            raise ValueError(f"no further destination named {destination!r} (known: {known})")
+        found = (
+            self.state._conn()
+            .execute(
+                "SELECT task_id FROM destination_states WHERE destination=? AND state=?"
+                " ORDER BY updated_at",
+                (destination, DEAD_LETTER),
+            )
+            .fetchall()
+        )
+        chosen = [r[0] for r in found if task_ids is None or r[0] in task_ids]
+        for task_id in chosen:
+            self._set_state(
+                task_id,
+                destination,
+                state="pending",
+                attempts=0,
+                first_failure_at=None,
+                next_attempt_at=0,
+                reason=f"retry requested by {by}",
+            )
+            if self.state.task(task_id).state == "delivered":
+                self.state.update_task(task_id, state="COMPLETED", next_attempt_at=0)
+            self.state.record_event(
+                "destination-retry-requested",
+                f"{destination}: dead letter retried by {by}",
+                task_id=task_id,
+            )
+        return chosen
 
     # -- advancing ---------------------------------------------------------
     def advance(self, task_id: str, results: Sequence[ResultRef], fetch: Fetch) -> bool:
@@ -139,9 +193,7 @@ class Destinations:
         now = time.time()
         for destination in self.destinations:
             row = rows.get(destination.name)
-            if row is not None and (
-                row.state in (STORED, DEAD_LETTER) or now < row.next_attempt_at
-            ):
+            if row is not None and (row.state in SETTLED or now < row.next_attempt_at):
                 continue
             self._advance_one(task_id, destination, row, results, fetch)
         return self.settled(task_id)
@@ -181,10 +233,44 @@ class Destinations:
         if failures:
             self._later(task_id, destination, row, "; ".join(failures))
             return
-        self._set_state(task_id, destination.name, state=STORED, reason=None, next_attempt_at=0)
-        detail = f"{destination.name}: {len(datasets)} result objects stored"
-        self.state.record_event("destination-stored", detail, task_id=task_id)
-        logger.info("task %s: %s", task_id, detail)
+        if datasets or row is None or row.state != COMMITTING:
+            detail = f"{destination.name}: {len(datasets)} result objects stored"
+            self.state.record_event("destination-stored", detail, task_id=task_id)
+            logger.info("task %s: %s", task_id, detail)
+        if not destination.commitment:
+            self._set_state(task_id, destination.name, state=STORED, reason=None, next_attempt_at=0)
+            return
+        self._commit(task_id, destination, row, results)
+
+    def _commit(
+        self,
+        task_id: str,
+        destination: Destination,
+        row: DestinationRow | None,
+        results: Sequence[ResultRef],
+    ) -> None:
+        """Storage commitment of what this destination stored (PS3.4 Annex J)."""
+        done = self.stored(task_id, destination.name)
+        refs = [
+            (r.sop_class_uid, r.sop_instance_uid)
+            for r in results
+            if done.get(r.sop_instance_uid) == STORED
+        ]
+        step, detail = self.commitments.settle(destination, task_id, destination.name, refs)
+        if step == "failed":
+            self._later(task_id, destination, self.rows(task_id).get(destination.name), detail)
+            return
+        if step == "waiting":
+            if row is None or row.state != COMMITTING:
+                self._set_state(
+                    task_id, destination.name, state=COMMITTING, reason=None, next_attempt_at=0
+                )
+            return
+        self._set_state(task_id, destination.name, state=COMMITTED, reason=None, next_attempt_at=0)
+        self.state.record_event(
+            "destination-committed", f"{destination.name}: {detail}", task_id=task_id
+        )
+        logger.info("task %s: %s committed %s", task_id, destination.name, detail)
 
     def _later(
         self, task_id: str, destination: Destination, row: DestinationRow | None, reason: str

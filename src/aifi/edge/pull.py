@@ -20,6 +20,9 @@ that asks for "algorithm X on study Y" (a workitem, an order):
    coming back as C-STOREs on the same association, written through
    :meth:`aifi.edge.scp.EdgeReceiver.handle_store`.
 
+A peer with a ``tls`` table is spoken to over DICOM TLS (PS3.15 B.9) with
+the hospital's certificates, as the PACS destination is (:mod:`aifi.edge.tls`).
+
 For a DICOMweb PACS (``method = "dicomweb"``) the same steps are QIDO-RS
 searches and a WADO-RS retrieve (PS3.18 10.6, 10.4), each instance written
 through :meth:`aifi.edge.scp.EdgeReceiver.store_encoded`.
@@ -53,6 +56,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from aifi.core.manifest import Priors
 from aifi.edge.config import EdgeSettings, QueryRetrievePeer
 from aifi.edge.state import EdgeState
+from aifi.edge.tls import client_context
 from aifi.errors import ConfigError
 
 __all__ = ["PullOutcome", "StudyMatch", "find_priors", "find_studies", "peer_named", "pull_study"]
@@ -453,18 +457,29 @@ def _association(
         for sop_class in classes[: _MAX_CONTEXTS - len(contexts)]:
             ae.add_requested_context(sop_class, ALL_TRANSFER_SYNTAXES)
             roles.append(build_role(sop_class, scp_role=True))
+    where = f"query_retrieve {peer.name or peer.ae_title}"
+    # PS3.15 B.9 (BCP 195): the peer checked against the hospital's CA bundle, ours shown.
+    tls_args = (client_context(peer.tls, where), peer.host) if peer.tls is not None else None
     assoc = ae.associate(
         peer.host,
         peer.port,
         ae_title=peer.ae_title,
         ext_neg=roles or None,
         evt_handlers=handlers or None,
+        tls_args=tls_args,
     )
     if not assoc.is_established:
+        over = (
+            " over TLS (check that the peer's certificate is signed by a CA in"
+            " tls.ca_bundle and names the host configured, and that the peer trusts the"
+            " edge's certificate)"
+            if peer.tls is not None
+            else ""
+        )
         raise _PeerError(
             f"{peer.ae_title} at {peer.host}:{peer.port} refused or did not answer the"
-            f" association from {peer.calling_ae_title}; check [[query_retrieve]] and that the"
-            " PACS knows this calling AE title"
+            f" association from {peer.calling_ae_title}{over}; check [[query_retrieve]] and"
+            " that the PACS knows this calling AE title"
         )
     try:
         yield assoc

@@ -10,16 +10,25 @@ recorded in the edge's events and audit trail with who asked.
   hub gave up) is sent again as a new task over the same received instances,
   since the hub keeps the old task's outcome under its id; the old task
   stays as it was, with a pointer to the new one.
+* ``aifi edge retry --destination NAME [--task ID]`` retries one
+  destination's dead letters (:func:`retry_destination`): for the primary,
+  the tasks parked as dead letters; for a further destination (a VNA, a
+  research archive), only that destination's part of each task, the others
+  untouched (:meth:`aifi.edge.destinations.Destinations.retry`).
 * **Discarding** ends a task for good (``discarded``); the running edge
   acknowledges it at the hub with what was stored, so the hub can purge.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from aifi.edge.config import DeliverySettings, Destination
+from aifi.edge.destinations import Destinations
 from aifi.edge.state import DEAD_LETTER, EdgeState
 from aifi.errors import AifiError
 
-__all__ = ["RequeueError", "discard_task", "retry_task"]
+__all__ = ["RequeueError", "discard_task", "retry_destination", "retry_task"]
 
 
 class RequeueError(AifiError):
@@ -63,6 +72,45 @@ def retry_task(state: EdgeState, task_id: str, *, by: str) -> str:
     raise RequeueError(
         f"task {task.id} is {task.state}; only dead-letter, failed or CANCELED tasks are retried"
     )
+
+
+def retry_destination(
+    state: EdgeState,
+    destinations: Sequence[Destination],
+    destination: str,
+    *,
+    task_id: str | None = None,
+    by: str,
+    default_kinds: Sequence[str] = ("sr", "gsps", "sc"),
+    settings: DeliverySettings | None = None,
+) -> list[str]:
+    """Retry ``destination``'s dead letters (of ``task_id`` only, when given); the tasks retried.
+
+    ``destinations`` are the edge's result destinations in order (the first is
+    the primary, whose dead letter is the task's own).
+    """
+    names = [d.name for d in destinations]
+    if destination not in names:
+        raise RequeueError(
+            f"no destination {destination!r} in edge.toml; known: {', '.join(names) or 'none'}"
+        )
+    wanted = [_find(state, task_id)] if task_id is not None else None
+    if destination == names[0]:
+        parked = [t.id for t in state.tasks([DEAD_LETTER]) if wanted is None or t.id in wanted]
+        for parked_id in parked:
+            retry_task(state, parked_id, by=f"{by} (destination {destination})")
+        retried = parked
+    else:
+        others = Destinations(
+            state, destinations[1:], default_kinds, settings or DeliverySettings()
+        )
+        retried = others.retry(destination, wanted, by=by)
+    if task_id is not None and not retried:
+        raise RequeueError(
+            f"task {wanted[0] if wanted else task_id} has no dead letter at destination"
+            f" {destination}"
+        )
+    return retried
 
 
 def discard_task(state: EdgeState, task_id: str, *, by: str) -> None:

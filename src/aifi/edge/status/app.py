@@ -6,8 +6,13 @@
 * ``/`` tasks with patient, accession and study date (read from the
   encrypted pseudonym map, each lookup recorded with purpose ``status page``),
   dead letters with **retry** and **discard**, the connectivity of hub, PACS,
-  RIS and FHIR, disk space and the release policy in force.
-* ``/tasks/{id}`` one task's events, results, and the radiologist's feedback
+  RIS and FHIR, disk space and the release policy in force; each result
+  destination (PACS, VNA, research archive) with how many tasks are delivered,
+  committed, retrying or given up on there, each task's state per destination,
+  and **retry** of one destination's dead letter
+  (:mod:`aifi.edge.status.destinations`).
+* ``/tasks/{id}`` one task's events, results, its state at each destination
+  with the reason of a failure, and the radiologist's feedback
   form (agree / disagree, optional correction code) that the edge forwards to
   the hub without identity (IHE AI Results Assessment; ``docs/feedback.md``).
 * ``/health`` (alive), ``/ready`` (database, storage writable, hub
@@ -35,13 +40,14 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from prometheus_client import CollectorRegistry
 
 from aifi.deid import PseudonymMap
+from aifi.edge.commitment import Commitments
 from aifi.edge.config import EdgeSettings
+from aifi.edge.destinations import Destinations
 from aifi.edge.metrics import CONTENT_TYPE, peer_label, render
-from aifi.edge.orders import OrderDesk
-from aifi.edge.orders_fhir import create_orders_router
 from aifi.edge.policy import PolicyFile
-from aifi.edge.requeue import discard_task, retry_task
+from aifi.edge.requeue import discard_task, retry_destination, retry_task
 from aifi.edge.state import DEAD_LETTER, EdgeState
+from aifi.edge.status.destinations import LABELS, DestinationsView
 from aifi.edge.status.sessions import COOKIE, Session, Sessions
 from aifi.edge.status.views import parse_since, select_tasks, task_view
 from aifi.edge.stow import Receiver, create_stow_router
@@ -83,7 +89,6 @@ class StatusContext:
     hub: HubClient
     registry: CollectorRegistry
     receiver: Receiver | None = None  # the receive path STOW-RS writes through (aifi.edge.stow)
-    orders: OrderDesk | None = None  # FHIR ServiceRequest orders go to it (aifi.edge.orders)
 
 
 class _LoginRequired(Exception):
@@ -121,6 +126,15 @@ def create_status_app(ctx: StatusContext) -> FastAPI:
     env.filters["when"] = _when
     env.filters["seconds"] = _seconds
     env.filters["bytes"] = _bytes
+    settings = ctx.settings
+    places = DestinationsView(
+        ctx.state,
+        settings.result_destinations,
+        Destinations(
+            ctx.state, settings.result_destinations[1:], settings.result_kinds, settings.delivery
+        ),
+        Commitments(ctx.state),
+    )
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     # UPS-RS workitems (IHE AIW-I Task Manager): the RIS's or PACS's way in, aifi.edge.ups
     pacs_aet = ctx.settings.pacs.ae_title if ctx.settings.pacs is not None else None
@@ -131,8 +145,6 @@ def create_status_app(ctx: StatusContext) -> FastAPI:
     )
     if ctx.receiver is not None:  # STOW-RS in, beside C-STORE (aifi.edge.stow)
         app.include_router(create_stow_router(ctx.receiver, status.admin_password))
-    if ctx.orders is not None and ctx.orders.orders.fhir:  # FHIR orders (aifi.edge.orders_fhir)
-        app.include_router(create_orders_router(ctx.orders, status.admin_password))
 
     @app.middleware("http")
     async def security_headers(
@@ -240,11 +252,19 @@ def create_status_app(ctx: StatusContext) -> FastAPI:
             task_view(ctx.state, ctx.pseudonym_map, t, purpose=PURPOSE)
             for t in ctx.state.tasks([DEAD_LETTER, "failed", "CANCELED"])
         ]
+        delivering = ctx.state.tasks(["COMPLETED", DEAD_LETTER, "delivered"])
         return page(
             "index.html",
             csrf=current.csrf,
             tasks=views,
             dead=dead,
+            at={v.task.id: places.of_task(v.task) for v in views},
+            destinations=places.summary(delivering),
+            labels=LABELS,
+            destination_dead=[
+                (task_view(ctx.state, ctx.pseudonym_map, t, purpose=PURPOSE), one)
+                for t, one in places.dead_letters(delivering)
+            ],
             states=_STATES,
             counts=ctx.state.state_counts(),
             filter_state=state,
@@ -269,6 +289,7 @@ def create_status_app(ctx: StatusContext) -> FastAPI:
             "task.html",
             csrf=current.csrf,
             view=task_view(ctx.state, ctx.pseudonym_map, task, purpose=PURPOSE),
+            at=places.of_task(task),
             events=ctx.state.task_events(task.id),
             can_judge=task.hub_task_id is not None
             and task.state in ("COMPLETED", "delivered", DEAD_LETTER),
@@ -283,6 +304,22 @@ def create_status_app(ctx: StatusContext) -> FastAPI:
         except AifiError as exc:
             return _back("/", str(exc))
         return _back("/", f"task {task_id[:12]} queued again as {queued[:12]}")
+
+    @app.post("/tasks/{task_id}/destinations/{destination}/retry")
+    def retry_at(task_id: str, destination: str, request: Request, _session: Checked) -> Response:
+        try:
+            retry_destination(
+                ctx.state,
+                settings.result_destinations,
+                destination,
+                task_id=task_id,
+                by=who(request),
+                default_kinds=settings.result_kinds,
+                settings=settings.delivery,
+            )
+        except AifiError as exc:
+            return _back("/", str(exc))
+        return _back("/", f"task {task_id[:12]}: destination {destination} queued again")
 
     @app.post("/tasks/{task_id}/discard")
     def discard(
@@ -377,6 +414,8 @@ def _configured_peers(settings: EdgeSettings) -> dict[str, str]:
     if settings.pacs is not None:
         pacs = settings.pacs
         peers["pacs"] = f"{pacs.ae_title} at {pacs.host}:{pacs.port}"
+    for destination in settings.destinations:
+        peers[destination.name] = f"{destination.ae_title} at {destination.host}:{destination.port}"
     if settings.ris is not None:
         peers["ris"] = f"MLLP {settings.ris.host}:{settings.ris.port}"
     if settings.fhir is not None:
