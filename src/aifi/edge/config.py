@@ -27,6 +27,7 @@ from pydicom.uid import UID
 
 from aifi.edge.fhir import FhirPeer
 from aifi.edge.notify import RisPeer
+from aifi.edge.orders_config import OrdersSettings
 from aifi.edge.rules import Rule
 from aifi.edge.tls import TlsSettings
 from aifi.errors import ConfigError
@@ -41,6 +42,7 @@ __all__ = [
     "HubPeer",
     "ListenerSettings",
     "LoggingSettings",
+    "OrdersSettings",
     "QueryRetrievePeer",
     "RetentionSettings",
     "RisPeer",
@@ -308,6 +310,11 @@ class EdgeSettings(BaseModel):
     rules: list[Rule] = Field(default_factory=list)
     query_retrieve: list[QueryRetrievePeer] = Field(
         default_factory=list, description="PACS the edge pulls studies (and priors) from"
+    )
+    orders: OrdersSettings | None = Field(
+        default=None,
+        description="orders from the RIS (HL7 ORM/OMI over MLLP, FHIR ServiceRequest) that ask"
+        " for an algorithm on a study; unset: no order triggers (aifi.edge.orders)",
     )
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     status: StatusSettings = Field(default_factory=StatusSettings)

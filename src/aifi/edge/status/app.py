@@ -44,6 +44,8 @@ from aifi.edge.commitment import Commitments
 from aifi.edge.config import EdgeSettings
 from aifi.edge.destinations import Destinations
 from aifi.edge.metrics import CONTENT_TYPE, peer_label, render
+from aifi.edge.orders import OrderDesk
+from aifi.edge.orders_fhir import create_orders_router
 from aifi.edge.policy import PolicyFile
 from aifi.edge.requeue import discard_task, retry_destination, retry_task
 from aifi.edge.state import DEAD_LETTER, EdgeState
@@ -89,6 +91,7 @@ class StatusContext:
     hub: HubClient
     registry: CollectorRegistry
     receiver: Receiver | None = None  # the receive path STOW-RS writes through (aifi.edge.stow)
+    orders: OrderDesk | None = None  # FHIR ServiceRequest orders go to it (aifi.edge.orders)
 
 
 class _LoginRequired(Exception):
@@ -145,6 +148,8 @@ def create_status_app(ctx: StatusContext) -> FastAPI:
     )
     if ctx.receiver is not None:  # STOW-RS in, beside C-STORE (aifi.edge.stow)
         app.include_router(create_stow_router(ctx.receiver, status.admin_password))
+    if ctx.orders is not None and ctx.orders.orders.fhir:  # FHIR orders (aifi.edge.orders_fhir)
+        app.include_router(create_orders_router(ctx.orders, status.admin_password))
 
     @app.middleware("http")
     async def security_headers(
