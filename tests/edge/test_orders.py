@@ -26,6 +26,7 @@ from hl7apy.parser import parse_message
 from aifi.edge.assembly import Assembler
 from aifi.edge.config import EdgeSettings, load_edge_settings
 from aifi.edge.orders import OrderDesk
+from aifi.edge.orders_config import OrdersSettings
 from aifi.edge.orders_fhir import create_orders_router
 from aifi.edge.orders_hl7 import MllpListener
 from aifi.edge.state import EdgeState, InstanceRow
@@ -101,7 +102,7 @@ def errors(ack: str) -> list[list[str]]:
 
 def settings_for(tmp_path: Path, **orders: Any) -> EdgeSettings:
     table = {"codes": {"XRHANDBA": "bone-age"}, "retry_interval_s": 0.05, **orders}
-    return EdgeSettings(data_dir=tmp_path / "edge-data", orders=table)
+    return EdgeSettings(data_dir=tmp_path / "edge-data", orders=OrdersSettings(**table))
 
 
 @pytest.fixture
