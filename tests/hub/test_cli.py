@@ -1,10 +1,14 @@
-"""``aifi hub hospital add`` and ``aifi hub serve``, as an operator runs them."""
+"""``aifi hub hospital add`` and ``aifi hub serve``, as an operator runs them.
+
+Each test runs on the SQLite file and on PostgreSQL (the ``database_url``
+fixture puts the URL in ``AIFI_HUB_DATABASE_URL``, which the commands read
+over the hub.toml the test writes).
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,10 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from aifi.cli import app
+from aifi.hub.db import make_engine
 from aifi.netutil import free_port
+from peers.postgres import pg_dump
 
 from .conftest import multipart
 
@@ -27,7 +34,27 @@ def _config(tmp_path: Path, port: int = 8000) -> Path:
     return config
 
 
-def test_hospital_add_prints_a_token_once_and_refuses_a_duplicate(tmp_path: Path) -> None:
+def _stored(tmp_path: Path, database_url: str | None) -> bytes:
+    """Everything the hub's database holds: the SQLite file's bytes, or ``pg_dump``."""
+    if database_url:
+        return pg_dump(database_url)
+    return (tmp_path / "hub-data" / "hub.sqlite").read_bytes()
+
+
+def _sql(tmp_path: Path, database_url: str | None, statement: str) -> object:
+    """Run ``statement`` on the hub's database as someone with database access would."""
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'hub-data' / 'hub.sqlite'}")
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(text(statement))
+            return result.scalar() if result.returns_rows else None
+    finally:
+        engine.dispose()
+
+
+def test_hospital_add_prints_a_token_once_and_refuses_a_duplicate(
+    tmp_path: Path, database_url: str | None
+) -> None:
     config = _config(tmp_path)
     runner = CliRunner()
 
@@ -42,10 +69,12 @@ def test_hospital_add_prints_a_token_once_and_refuses_a_duplicate(tmp_path: Path
     assert "already registered" in again.output
     assert "Hospital A" in listed.stdout
     assert token not in listed.stdout
-    assert token.encode() not in (tmp_path / "hub-data" / "hub.sqlite").read_bytes()
+    assert token.encode() not in _stored(tmp_path, database_url)
 
 
-def test_serve_runs_uvicorn_on_the_configured_port(tmp_path: Path) -> None:
+def test_serve_runs_uvicorn_on_the_configured_port(
+    tmp_path: Path, database_url: str | None
+) -> None:
     port = free_port()
     config = _config(tmp_path, port)
     added = CliRunner().invoke(app, ["hub", "hospital", "add", "Hospital A", "-c", str(config)])
@@ -96,7 +125,9 @@ def _start(config: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
-def test_tasks_survive_a_sigkill_of_the_hub(tmp_path: Path, study: tuple[str, list[Path]]) -> None:
+def test_tasks_survive_a_sigkill_of_the_hub(
+    tmp_path: Path, study: tuple[str, list[Path]], database_url: str | None
+) -> None:
     """Kill -9 while tasks are queued or running; the restarted hub completes each once."""
     study_uid, files = study
     port = free_port()
@@ -166,7 +197,9 @@ def _invoke(*args: str) -> Any:
     return result
 
 
-def test_operators_administer_the_hub_from_the_command_line(tmp_path: Path) -> None:
+def test_operators_administer_the_hub_from_the_command_line(
+    tmp_path: Path, database_url: str | None
+) -> None:
     config = str(_config(tmp_path))
     token = _invoke("hub", "hospital", "add", "Hospital A", "-c", config).stdout.strip()
     bare = _invoke("hub", "hospital", "add", "Hospital B", "--subscribe", "", "-c", config)
@@ -234,27 +267,26 @@ def test_operators_administer_the_hub_from_the_command_line(tmp_path: Path) -> N
     assert "revoked" in _invoke("hub", "token", "list", "-c", config).stdout
 
 
-def test_audit_verify_finds_tampering_in_the_hub_database(tmp_path: Path) -> None:
+def test_audit_verify_finds_tampering_in_the_hub_database(
+    tmp_path: Path, database_url: str | None
+) -> None:
     config = _config(tmp_path)
     for name in ("Hospital A", "Hospital B", "Hospital C"):
         _invoke("hub", "hospital", "add", name, "-c", str(config))
     verify = ["audit", "verify", "--hub-config", str(config)]
     intact = _invoke(*verify)
     assert "intact" in intact.stdout
-    database = tmp_path / "hub-data" / "hub.sqlite"
-
-    with sqlite3.connect(database) as db:
-        db.execute("UPDATE audit_events SET hospital = 'someone' WHERE seq = 2")
+    _sql(tmp_path, database_url, "UPDATE audit_events SET hospital = 'someone' WHERE seq = 2")
     edited = CliRunner().invoke(app, verify)
     assert edited.exit_code == 1
     assert "event 2 was changed after it was recorded" in edited.stdout
 
-    with sqlite3.connect(database) as db:
-        total = db.execute("SELECT max(seq) FROM audit_events").fetchone()[0]
-        db.execute("DELETE FROM audit_events WHERE seq = ?", (total,))
+    total = _sql(tmp_path, database_url, "SELECT max(seq) FROM audit_events")
+    _sql(tmp_path, database_url, f"DELETE FROM audit_events WHERE seq = {total}")
     truncated = CliRunner().invoke(app, verify)
     assert f"events {total}..{total} are missing at the end (truncated)" in truncated.stdout
 
     exported = tmp_path / "audit.jsonl"
     _invoke("audit", "export", "--hub-config", str(config), "-o", str(exported))
+    assert isinstance(total, int)
     assert len(exported.read_text(encoding="utf-8").splitlines()) == total - 1
