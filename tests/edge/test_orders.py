@@ -224,6 +224,49 @@ def test_a_cancel_ends_the_waiting_order_and_the_ups_view_says_canceled(
     assert not desk.state.events("order-waiting")
 
 
+def test_a_changed_order_takes_its_new_priority_and_a_new_code_replaces_it(
+    tmp_path: Path,
+) -> None:
+    codes = {"XRHANDBA": "bone-age", "XRSKEL": "fracture-detection"}
+    settings = settings_for(tmp_path, codes=codes)
+    state = EdgeState(settings.data_dir / "edge.db")
+    desk = OrderDesk(settings, state)
+    listener = MllpListener(desk, "127.0.0.1", 0, max_bytes=1 << 20)
+    listener.start()
+    try:
+        assert msa(send(listener.port, orm()))[0] == "AA"
+        assert msa(send(listener.port, orm("XO", priority="S"))) == ("AA", "order PLC-1 changed")
+        (item,) = desk.order_items()
+        assert item["priority"] == "HIGH"
+        assert msa(send(listener.port, orm("XO", code="XRSKEL")))[0] == "AA"
+    finally:
+        listener.stop()
+    old, new = desk.order_items()
+    assert (old["state"], old["algorithm_id"]) == ("CANCELED", "bone-age")
+    assert old["cancel_reason"].startswith("replaced by a changed order")
+    assert (new["state"], new["algorithm_id"]) == (None, "fracture-detection")
+    state.close()
+
+
+def test_orders_that_waited_when_the_edge_stopped_wait_again_after_it_starts(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    state = EdgeState(settings.data_dir / "edge.db")
+    listener = MllpListener(OrderDesk(settings, state), "127.0.0.1", 0, max_bytes=1 << 20)
+    listener.start()
+    try:
+        assert msa(send(listener.port, orm()))[0] == "AA"
+    finally:
+        listener.stop()
+    state.close()
+    state = EdgeState(settings.data_dir / "edge.db")  # the edge started again
+    OrderDesk(settings, state).tick()
+    (waiting,) = state.events("order-waiting")
+    assert "order PLC-1" in waiting["detail"]
+    state.close()
+
+
 def add_hand_study(state: EdgeState, folder: Path, accession: str) -> str:
     context = StudyContext(
         patient_name="PHANTOM^HAND",

@@ -117,7 +117,8 @@ class OrderDesk:
         self.orders: OrdersSettings = settings.orders
         self.state = state
         self._lock = threading.RLock()
-        self._next_try: dict[str, float] = {}
+        # the waiting orders' workitem UIDs → when to look again; read from the state once
+        self._waiting: dict[str, float] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -188,6 +189,8 @@ class OrderDesk:
                 "Value": [{_STUDY: {"vr": "UI", "Value": [order.study_instance_uid]}}],
             }
         self.state.add_workitem(uid, order.study_instance_uid, algorithm, order.priority, dataset)
+        if self._waiting is not None:
+            self._waiting[uid] = 0.0
         self.state.record_event(
             "order-received",
             f"{order.source}: order {order.key} (accession {order.accession or '-'}):"
@@ -309,18 +312,21 @@ class OrderDesk:
         self.state.record_event(
             f"order-{status}", f"order {name}, workitem {item['uid']}: {reason}"
         )
-        self._next_try.pop(item["uid"], None)
+        self._waiting_done(item["uid"])
 
     # -- waiting for the images and pulling them -------------------------------------
     def tick(self) -> int:
         """Look for the images of every waiting order whose turn it is; how many were requested."""
         requested = 0
         now = time.time()
-        for item in self.order_items():
-            mine = item["dataset"][ORDER_KEY]
-            if mine["status"] != "waiting" or item["state"] in _FINAL:
+        if self._waiting is None:  # after a start: the orders that waited when the edge stopped
+            self._waiting = {i["uid"]: 0.0 for i in self.order_items() if _waiting(i)}
+        for uid, due in list(self._waiting.items()):
+            if due > now:
                 continue
-            if self._next_try.get(item["uid"], 0.0) > now:
+            item = self.state.workitem(uid)
+            if item is None or not _waiting(item):  # canceled by UPS-RS, say
+                self._waiting.pop(uid, None)
                 continue
             requested += self._look(item)
         return requested
@@ -381,7 +387,7 @@ class OrderDesk:
                     f"order {name}, workitem {item['uid']}: {item['algorithm_id']} on study"
                     f" {study_uid}, priority {item['priority']}: {detail}",
                 )
-                self._next_try.pop(item["uid"], None)
+                self._waiting_done(item["uid"])
                 return 1
             if current is None or current["state"] in _FINAL:
                 return 0
@@ -402,8 +408,13 @@ class OrderDesk:
                     "order-waiting",
                     f"order {name}, workitem {item['uid']}: waiting for the images ({why})",
                 )
-            self._next_try[item["uid"]] = time.time() + self.orders.retry_interval_s
+            if self._waiting is not None:
+                self._waiting[item["uid"]] = time.time() + self.orders.retry_interval_s
             return 0
+
+    def _waiting_done(self, uid: str) -> None:
+        if self._waiting is not None:
+            self._waiting.pop(uid, None)
 
     def _sealed(self, value: str) -> str:
         return self.state._sealed(value)  # the workitems column is sealed (aifi.edge.sealed)
@@ -431,6 +442,10 @@ class OrderDesk:
             woken = self._wake.wait(min(1.0, self.orders.retry_interval_s))
             if woken:
                 self._wake.clear()
+
+
+def _waiting(item: dict[str, Any]) -> bool:
+    return bool(item["dataset"][ORDER_KEY]["status"] == "waiting" and item["state"] not in _FINAL)
 
 
 def _referenced_request(order: Order) -> dict[str, Any]:
