@@ -327,11 +327,13 @@ class Deliverer:
 
     def _mark_delivered(self, local: TaskRow, hub_task: TaskOut, note: str = "") -> None:
         stored = len(self._stored_uids(local, hub_task))
+        # A destination given up on stays on the task, written with its state in one step.
+        given_up = self.others.dead_letters(local.id)
         self.state.update_task(
             local.id,
             state="delivered",
             delivered_at=time.time(),
-            reason=None,
+            reason="; ".join(f"destination {r.destination}: {r.reason}" for r in given_up) or None,
             attempts=0,
             next_attempt_at=0,
             first_failure_at=None,
@@ -341,12 +343,6 @@ class Deliverer:
             f"{stored} result objects stored in PACS" + (f"; {note}" if note else ""),
             task_id=local.id,
         )
-        given_up = self.others.dead_letters(local.id)
-        if given_up:
-            self.state.update_task(
-                local.id,
-                reason="; ".join(f"destination {r.destination}: {r.reason}" for r in given_up),
-            )
         logger.info("task %s delivered: %d result objects in PACS", local.id, stored)
 
     def _later(self, local: TaskRow, reason: str) -> None:
