@@ -296,3 +296,46 @@ def test_a_result_kind_without_builder_is_refused(study: Study, findings: Findin
 
     with pytest.raises(AlgorithmError, match="hologram"):
         encode_results(findings, manifest, study.datasets())
+
+
+def test_image_library_lists_the_sources_highdicom_can_describe(
+    study: Study, findings: Findings, tmp_path: Path
+) -> None:
+    """The Enhanced MR keeps its geometry in functional groups: out of TID 1600, not the report."""
+    sources = study.datasets()
+    sr = hd.sr.srread(written(build_sr(findings, MANIFEST, sources), tmp_path))
+
+    library = [
+        item
+        for item in sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "111028"  # Image Library
+    ]
+    listed = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in content_items(library[0])
+        if item.ValueType == "IMAGE"
+    }
+    enhanced = sources[SOURCES.index("emri_small_RLE.dcm")]
+    assert listed == {ds.SOPInstanceUID for ds in sources} - {enhanced.SOPInstanceUID}
+    measured = {
+        g.source_images[0].referenced_sop_instance_uid
+        for g in sr.content.get_image_measurement_groups()
+    }
+    assert enhanced.SOPInstanceUID in measured
+
+
+def test_sr_evidence_lists_every_source_by_series(
+    study: Study, findings: Findings, tmp_path: Path
+) -> None:
+    """PS3.3 C.17.2.3: the current study's sources in the Current Requested Procedure Evidence."""
+    sources = study.datasets()
+    sr = pydicom.dcmread(written(build_sr(findings, MANIFEST, sources), tmp_path))
+
+    (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+    assert evidence.StudyInstanceUID == study.study_instance_uid
+    listed = {
+        (series.SeriesInstanceUID, ref.ReferencedSOPInstanceUID, ref.ReferencedSOPClassUID)
+        for series in evidence.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert listed == {(ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID) for ds in sources}

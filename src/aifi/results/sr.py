@@ -73,6 +73,8 @@ SR_SERIES_NUMBER = 9901
 """Default Series Number of a result SR; the hub gives each its own (:func:`series_numbers`)."""
 
 _QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+_UNDESCRIBABLE = (AttributeError, KeyError, IndexError, TypeError, ValueError)
+"""What highdicom raises for a source it cannot describe in the TID 1600 Image Library."""
 
 
 def build_sr(
@@ -115,12 +117,7 @@ def build_sr(
         groups.append(_study_group(findings, algorithm_id, finding_type))
 
     procedure = findings.procedure or IMAGING_PROCEDURE
-    report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(manifest),
-        procedure_reported=_coded(procedure),
-        imaging_measurements=groups,
-        referenced_images=_describable(sources) or None,
-    )
+    report = _measurement_report(manifest, _coded(procedure), groups, sources)
     report[0].ContentSequence.append(_qualitative_evaluations(findings))
 
     sr = hd.sr.Comprehensive3DSR(
@@ -148,6 +145,38 @@ def build_sr(
         len(groups),
     )
     return _with_content(sr, report[0])
+
+
+def _measurement_report(
+    manifest: Manifest,
+    procedure: hd.sr.CodedConcept,
+    groups: Sequence[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ],
+    sources: Sequence[pydicom.Dataset],
+) -> hd.sr.MeasurementReport:
+    """TID 1500 with every source in its Image Library, else with those highdicom can describe.
+
+    The usual case (every source describable) describes each source once;
+    only when highdicom refuses one are they tried one by one
+    (:func:`_describable`).
+    """
+    context = _observation_context(manifest)
+    try:
+        return hd.sr.MeasurementReport(
+            observation_context=context,
+            procedure_reported=procedure,
+            imaging_measurements=groups,
+            referenced_images=sources,
+        )
+    except _UNDESCRIBABLE:
+        return hd.sr.MeasurementReport(
+            observation_context=context,
+            procedure_reported=procedure,
+            imaging_measurements=groups,
+            referenced_images=_describable(sources) or None,
+        )
 
 
 def _container_only(root: pydicom.Dataset) -> pydicom.Dataset:
@@ -400,7 +429,7 @@ def _describable(sources: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     for ds in sources:
         try:
             hd.sr.ImageLibraryEntryDescriptors(ds)
-        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        except _UNDESCRIBABLE as exc:
             logger.debug("image library leaves out %s: %s", ds.SOPInstanceUID, exc)
         else:
             describable.append(ds)
