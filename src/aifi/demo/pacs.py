@@ -25,6 +25,7 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from aifi.dicom.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
 from aifi.errors import ConfigError
 from aifi.netutil import set_nodelay
 
@@ -36,11 +37,6 @@ logger = logging.getLogger(__name__)
 #: a peer-supplied SOP Instance UID becomes a file name.
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
-#: C-STORE statuses, PS3.4 Table B.2-1.
-_SUCCESS = 0x0000
-_OUT_OF_RESOURCES = 0xA700
-_CANNOT_UNDERSTAND = 0xC000
-
 
 def _on_conn_open(event: Event) -> None:
     """Turn Nagle's algorithm off: small DIMSE responses otherwise wait for ACKs."""
@@ -51,7 +47,7 @@ def _on_conn_open(event: Event) -> None:
 
 def _on_echo(event: Event) -> int:
     """C-ECHO: always success (PS3.4 A.4)."""
-    return _SUCCESS
+    return SUCCESS
 
 
 def _on_store(event: Event, folder: Path) -> int:
@@ -60,7 +56,7 @@ def _on_store(event: Event, folder: Path) -> int:
     sop_instance_uid = str(request.AffectedSOPInstanceUID)
     if len(sop_instance_uid) > 64 or not _UID.fullmatch(sop_instance_uid):
         logger.warning("refused an instance whose SOP Instance UID is not a valid UID")
-        return _CANNOT_UNDERSTAND
+        return CANNOT_UNDERSTAND
     path = folder / f"{sop_instance_uid}.dcm"
     partial = folder / f".{sop_instance_uid}.{threading.get_ident()}.part"
     try:
@@ -69,9 +65,9 @@ def _on_store(event: Event, folder: Path) -> int:
     except OSError:
         logger.exception("demo PACS could not write instance %s", sop_instance_uid)
         partial.unlink(missing_ok=True)
-        return _OUT_OF_RESOURCES
+        return OUT_OF_RESOURCES
     logger.debug("demo PACS stored %s", sop_instance_uid)
-    return _SUCCESS
+    return SUCCESS
 
 
 class DemoPacs:

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
+from aifi.dicom.status import SUCCESS
 from aifi.edge.config import DicomPeer, EdgeSettings, ListenerSettings
 from aifi.edge.tls import client_context
 from aifi.errors import ConfigError, HubRefused, HubUnavailable
@@ -240,7 +241,7 @@ def _pacs(peer: DicomPeer | None) -> CheckResult:
     finally:
         assoc.release()
     code = int(getattr(status, "Status", -1)) if status else -1
-    if code != 0x0000:
+    if code != SUCCESS:
         text = "no response" if code == -1 else f"status 0x{code:04X}"
         return CheckResult("pacs", False, f"{where} answered the C-ECHO with {text}")
     return CheckResult("pacs", True, f"{where} answers C-ECHO")

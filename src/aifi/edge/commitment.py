@@ -25,6 +25,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.events import Event
 
+from aifi.dicom.status import PROCESSING_FAILURE, SUCCESS
 from aifi.edge.config import DicomPeer
 from aifi.edge.state import EdgeState
 from aifi.edge.tls import client_context
@@ -141,7 +142,7 @@ class Commitments:
         finally:
             assoc.release()
         code = int(getattr(status, "Status", -1)) if status else -1
-        if code != 0x0000:
+        if code != SUCCESS:
             why = why if code == -1 else f"{where} answered the N-ACTION with 0x{code:04X}"
             self._set(transaction_uid, "abandoned", why)
             return False, why
@@ -225,7 +226,7 @@ def on_event_report(commitments: Commitments, event: Event) -> tuple[int, Datase
         known = commitments.report(event.event_information, event.event_type)
     except (sqlite3.Error, OSError, ValueError, KeyError, AttributeError):
         logger.exception("storage commitment report from %s could not be recorded", calling)
-        return 0x0110, None  # Processing failure (PS3.7 C.4.2.1.4): the PACS may send again
+        return PROCESSING_FAILURE, None  # PS3.7 C.4.2.1.4: the PACS may send again
     if not known:
         logger.warning("storage commitment report from %s for an unknown transaction", calling)
-    return 0x0000, None
+    return SUCCESS, None

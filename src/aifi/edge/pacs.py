@@ -17,6 +17,7 @@ from pydicom import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
+from aifi.dicom.status import is_stored
 from aifi.edge.config import DicomPeer
 from aifi.edge.tls import client_context
 
@@ -129,7 +130,7 @@ def store_to_pacs(
                 continue
             code = int(getattr(status, "Status", -1)) if status else -1
             comment = str(status.get("ErrorComment", "")) if status else ""
-            if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
+            if is_stored(code):  # success or a warning (PS3.4 Table B.2-1)
                 results.append(StoreResult(uid, True, f"status 0x{code:04X}"))
             elif code == -1:
                 results.append(StoreResult(uid, False, "no response from PACS"))

@@ -54,6 +54,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from aifi.core.manifest import Priors
+from aifi.dicom.status import (
+    MOVE_DESTINATION_UNKNOWN,
+    PENDING,
+    PENDING_WITH_WARNINGS,
+    SUBOPERATIONS_FAILED,
+    SUCCESS,
+)
 from aifi.edge.config import EdgeSettings, QueryRetrievePeer
 from aifi.edge.state import EdgeState
 from aifi.edge.tls import client_context
@@ -66,8 +73,7 @@ logger = logging.getLogger(__name__)
 PullStatus = Literal["requested", "not-found", "failed"]
 
 # Pending statuses of C-FIND/C-MOVE/C-GET responses (PS3.4 C.4.1.1.4, C.4.2.1.5).
-_PENDING = (0xFF00, 0xFF01)
-_WARNING = 0xB000
+_PENDING = (PENDING, PENDING_WITH_WARNINGS)
 _RETRIEVE = {"move": "C-MOVE", "get": "C-GET", "dicomweb": "WADO-RS"}
 # Presentation contexts an association may propose (PS3.8 9.3.2.2: at most 128).
 _MAX_CONTEXTS = 128
@@ -254,7 +260,7 @@ def find_studies(
                     f"{peer.ae_title} aborted or did not answer the C-FIND; check that it"
                     f" allows queries from the calling AE title {peer.calling_ae_title}"
                 )
-            elif code not in (0x0000, *_PENDING):
+            elif code not in (SUCCESS, *_PENDING):
                 raise _PeerError(f"{peer.ae_title} answered the C-FIND with 0x{code:04X}")
     return matches
 
@@ -429,10 +435,10 @@ def _sub_operations(peer: QueryRetrievePeer, op: str, responses: Any) -> tuple[i
         failed = int(getattr(status, "NumberOfFailedSuboperations", failed) or 0)
         warnings = int(getattr(status, "NumberOfWarningSuboperations", 0) or 0)
         completed += warnings if code not in _PENDING else 0
-        if code not in (0x0000, _WARNING, *_PENDING):
+        if code not in (SUCCESS, SUBOPERATIONS_FAILED, *_PENDING):
             comment = str(getattr(status, "ErrorComment", "") or "")
             problem = f"{peer.ae_title} answered the {op} with 0x{code:04X} {comment}".strip()
-            if code == 0xA801:
+            if code == MOVE_DESTINATION_UNKNOWN:
                 problem += " (move destination unknown: register the edge's AE title in the PACS)"
     return completed, failed, problem
 

@@ -58,6 +58,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from aifi.dicom.part10 import file_meta
+from aifi.dicom.status import (
+    CANNOT_UNDERSTAND,
+    DOES_NOT_MATCH_SOP_CLASS,
+    DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+)
 from aifi.dicom.walker import decode_text, scan_dataset, tags_for
 from aifi.edge.commitment import STORAGE_COMMITMENT, Commitments, on_event_report
 from aifi.edge.config import ListenerSettings
@@ -94,13 +101,6 @@ _WANTED = tags_for((*ROUTING_KEYWORDS, *_IDENTITY))
 _KEYWORD_OF = {tag: kw for kw in (*ROUTING_KEYWORDS, *_IDENTITY) for tag in tags_for((kw,))}
 
 _DUL_LOOP_DELAY_S = 0.0001
-
-# PS3.4 Table B.2-1 C-STORE status codes; PS3.7 C.4.2 for 0x0111.
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-DUPLICATE_SOP_INSTANCE = 0x0111
 
 _ERROR_COMMENT_MAX = 64  # Error Comment is LO (PS3.5 Table 6.2-1)
 _UID_SYNTAX = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")

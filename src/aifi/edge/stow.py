@@ -33,14 +33,14 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from aifi.dicom.status import CANNOT_UNDERSTAND, STUDY_MISMATCH, stow_http_status
+
 __all__ = ["Receiver", "create_stow_router"]
 
 logger = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 DICOM_MEDIA_TYPE = "application/dicom"
-CANNOT_UNDERSTAND = 0xC000  # PS3.18 Table I.2-2 (and PS3.4 Table B.2-1)
-STUDY_MISMATCH = 0xC409  # a Cxxx code, as the hub answers: not the study of the request target
 _BATCH = 1024 * 1024
 
 
@@ -73,7 +73,7 @@ class _Outcome:
             ds.ReferencedSOPSequence = self.stored
         if self.failed:
             ds.FailedSOPSequence = self.failed
-        code = 200 if not self.failed else 202 if self.stored else 409
+        code = stow_http_status(len(self.stored), len(self.failed))
         return JSONResponse(ds.to_json_dict(), status_code=code, media_type=DICOM_JSON)
 
 

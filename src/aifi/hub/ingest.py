@@ -33,6 +33,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aifi.deid.verify import check_deidentified_file
+from aifi.dicom.status import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    STUDY_MISMATCH,
+    stow_http_status,
+)
 from aifi.errors import StorageError
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.drift import input_statistics
@@ -41,10 +48,6 @@ from aifi.hub.storage import ObjectStore, is_uid, object_key
 from aifi.hub.stow import DICOM_MEDIA_TYPE, ReceivedPart
 
 __all__ = [
-    "FAILURE_CANNOT_UNDERSTAND",
-    "FAILURE_IDENTITY_PRESENT",
-    "FAILURE_OUT_OF_RESOURCES",
-    "FAILURE_STUDY_MISMATCH",
     "Failed",
     "StoreOutcome",
     "Stored",
@@ -53,11 +56,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# PS3.18 Table I.2-2 Store Instances Response Failure Reason values.
-FAILURE_OUT_OF_RESOURCES = 0xA700
-FAILURE_CANNOT_UNDERSTAND = 0xC000
-FAILURE_IDENTITY_PRESENT = 0x0110  # "Processing failure": refused by the identity check
-FAILURE_STUDY_MISMATCH = 0xC409  # a Cxxx code: not the study named in the request target
+# Failure Reasons (PS3.18 Table I.2-2) come from the one table, aifi.dicom.status; a
+# part that still carries identity fails the identity check: "Processing failure".
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,7 @@ class StoreOutcome:
     @property
     def http_status(self) -> HTTPStatus:
         """PS3.18 §10.5.3: 200 all stored, 202 some stored, 409 none stored."""
-        if not self.failed:
-            return HTTPStatus.OK
-        return HTTPStatus.ACCEPTED if self.stored else HTTPStatus.CONFLICT
+        return stow_http_status(len(self.stored), len(self.failed))
 
     def to_dicom_json(self, base_url: str) -> dict[str, Any]:
         """The Store Instances Response Module (PS3.18 §10.5.3.1) as DICOM JSON."""
@@ -184,13 +182,11 @@ def _store_one(
     expected_study: str | None,
 ) -> Stored | Failed:
     if part.media_type not in ("", DICOM_MEDIA_TYPE):
-        return Failed(
-            FAILURE_CANNOT_UNDERSTAND, f"part is {part.media_type}, not {DICOM_MEDIA_TYPE}"
-        )
+        return Failed(CANNOT_UNDERSTAND, f"part is {part.media_type}, not {DICOM_MEDIA_TYPE}")
     try:
         ds = pydicom.dcmread(part.path, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many types on broken input
-        return Failed(FAILURE_CANNOT_UNDERSTAND, f"not a DICOM Part 10 file ({type(exc).__name__})")
+        return Failed(CANNOT_UNDERSTAND, f"not a DICOM Part 10 file ({type(exc).__name__})")
     sop_class_uid = str(ds.get("SOPClassUID", ""))
     sop_instance_uid = str(ds.get("SOPInstanceUID", ""))
     study_uid = str(ds.get("StudyInstanceUID", ""))
@@ -203,14 +199,14 @@ def _store_one(
     ):
         if not is_uid(uid):
             return Failed(
-                FAILURE_CANNOT_UNDERSTAND,
+                CANNOT_UNDERSTAND,
                 f"{keyword} is missing or not a valid UID",
                 sop_instance_uid if is_uid(sop_instance_uid) else None,
                 sop_class_uid if is_uid(sop_class_uid) else None,
             )
     if expected_study is not None and study_uid != expected_study:
         return Failed(
-            FAILURE_STUDY_MISMATCH,
+            STUDY_MISMATCH,
             f"instance belongs to study {study_uid}, not to the request's {expected_study}",
             sop_instance_uid,
             sop_class_uid,
@@ -218,7 +214,7 @@ def _store_one(
     problems = check_deidentified_file(part.path)
     if problems:
         return Failed(
-            FAILURE_IDENTITY_PRESENT,
+            PROCESSING_FAILURE,
             "not de-identified: " + "; ".join(problems),
             sop_instance_uid,
             sop_class_uid,
@@ -233,7 +229,7 @@ def _store_one(
         size = store.put(part.path, key)
     except StorageError as exc:
         logger.error("cannot store instance %s: %s", sop_instance_uid, exc)
-        return Failed(FAILURE_OUT_OF_RESOURCES, str(exc), sop_instance_uid, sop_class_uid)
+        return Failed(OUT_OF_RESOURCES, str(exc), sop_instance_uid, sop_class_uid)
     if earlier is not None:  # sent again after retention purged it
         earlier.object_key, earlier.size = key, size
         earlier.received_at, earlier.purged_at = utcnow(), None

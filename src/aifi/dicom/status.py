@@ -1,0 +1,154 @@
+"""DICOM status codes aifi answers and reads, with their names and classes.
+
+One table for every DIMSE service aifi speaks (C-ECHO, C-STORE, C-FIND,
+C-MOVE, C-GET, N-ACTION and N-EVENT-REPORT of Storage Commitment) and for the
+Failure Reason (0008,1197) of a STOW-RS response (PS3.18 §10.5.3, whose
+failure reasons are the C-STORE statuses).
+
+Every status falls in one class (PS3.7 C.1, "Status Type"): success (0000),
+warning (0001, 0107, 0116, Bxxx), failure (01xx, 02xx, Axxx, Cxxx),
+cancel (FE00) or pending (FF00, FF01). :func:`status_class` says which,
+also for a code this table does not name, so a peer's answer is judged by
+the Standard's ranges rather than by a list of the codes we happen to know.
+
+:data:`STUDY_MISMATCH` (0xC409) is aifi's own: a STOW-RS request to
+``/studies/{StudyInstanceUID}`` carried an instance of another study
+(PS3.18 §10.5.1 says such an instance fails and names no code for it); it
+lies in the C-STORE range of Cxxx, "Cannot understand".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Literal
+
+__all__ = [
+    "CANCEL",
+    "CANNOT_UNDERSTAND",
+    "DOES_NOT_MATCH_SOP_CLASS",
+    "DUPLICATE_SOP_INSTANCE",
+    "MOVE_DESTINATION_UNKNOWN",
+    "OUT_OF_RESOURCES",
+    "PENDING",
+    "PENDING_WITH_WARNINGS",
+    "PROCESSING_FAILURE",
+    "STATUSES",
+    "STUDY_MISMATCH",
+    "SUBOPERATIONS_FAILED",
+    "SUCCESS",
+    "Known",
+    "StatusClass",
+    "describe",
+    "is_pending",
+    "is_stored",
+    "status_class",
+    "stow_http_status",
+]
+
+StatusClass = Literal["success", "warning", "failure", "cancel", "pending"]
+
+SUCCESS = 0x0000
+#: PS3.7 C.4.2.1.4 (general): the peer failed to process the request; it may send again.
+PROCESSING_FAILURE = 0x0110
+#: PS3.7 C.4.2 (general): this SOP Instance UID was stored before (a warning in some services).
+DUPLICATE_SOP_INSTANCE = 0x0111
+#: PS3.4 Table B.2-1 (C-STORE) A7xx; also C-FIND/C-MOVE/C-GET A700.
+OUT_OF_RESOURCES = 0xA700
+#: PS3.4 Table C.4-2 (C-MOVE): the Move Destination is unknown to the SCP.
+MOVE_DESTINATION_UNKNOWN = 0xA801
+#: PS3.4 Table B.2-1 (C-STORE) A9xx: the data set does not match the SOP class.
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+#: PS3.4 Table B.2-1 (C-STORE) Cxxx: the SCP cannot understand the data set.
+CANNOT_UNDERSTAND = 0xC000
+#: aifi's own Cxxx code: a STOW-RS instance is not of the study the request names.
+STUDY_MISMATCH = 0xC409
+#: PS3.4 Table C.4-2/C.4-3 (C-MOVE, C-GET) B000: sub-operations complete, one or more failed.
+SUBOPERATIONS_FAILED = 0xB000
+#: PS3.4 C.4.1.1.4, C.4.2.1.5: Cancel.
+CANCEL = 0xFE00
+#: PS3.4 C.4.1.1.4 (C-FIND), C.4.2.1.5 (C-MOVE, C-GET): matches or sub-operations continue.
+PENDING = 0xFF00
+#: PS3.4 C.4.1.1.4: pending, an optional key was not supported.
+PENDING_WITH_WARNINGS = 0xFF01
+
+
+@dataclass(frozen=True)
+class Known:
+    """A status aifi names: its code, the Standard's words for it, where it is defined."""
+
+    code: int
+    name: str
+    where: str
+
+    @property
+    def status_class(self) -> StatusClass:
+        return status_class(self.code)
+
+
+#: Every status code aifi answers or looks for, by code.
+STATUSES: dict[int, Known] = {
+    known.code: known
+    for known in (
+        Known(SUCCESS, "Success", "PS3.7 C.1.1"),
+        Known(PROCESSING_FAILURE, "Processing failure", "PS3.7 C.4.2.1.4"),
+        Known(DUPLICATE_SOP_INSTANCE, "Duplicate SOP Instance", "PS3.7 C.4.2"),
+        Known(OUT_OF_RESOURCES, "Refused: Out of Resources", "PS3.4 Table B.2-1"),
+        Known(MOVE_DESTINATION_UNKNOWN, "Refused: Move Destination unknown", "PS3.4 Table C.4-2"),
+        Known(DOES_NOT_MATCH_SOP_CLASS, "Error: Data Set does not match SOP Class", "PS3.4 B.2-1"),
+        Known(CANNOT_UNDERSTAND, "Error: Cannot understand", "PS3.4 Table B.2-1"),
+        Known(STUDY_MISMATCH, "Error: not of the study the request names", "aifi"),
+        Known(
+            SUBOPERATIONS_FAILED,
+            "Warning: Sub-operations complete, one or more failures",
+            "PS3.4 Table C.4-2",
+        ),
+        Known(CANCEL, "Cancel", "PS3.4 C.4.2.1.5"),
+        Known(PENDING, "Pending", "PS3.4 C.4.1.1.4"),
+        Known(PENDING_WITH_WARNINGS, "Pending: optional keys not supported", "PS3.4 C.4.1.1.4"),
+    )
+}
+
+
+def status_class(code: int) -> StatusClass:
+    """The class of a status code by the ranges of PS3.7 C.1 (any code, named here or not)."""
+    if code == SUCCESS:
+        return "success"
+    if code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF:
+        return "warning"
+    if code == CANCEL:
+        return "cancel"
+    if code in (PENDING, PENDING_WITH_WARNINGS):
+        return "pending"
+    return "failure"
+
+
+def is_stored(code: int) -> bool:
+    """Whether a C-STORE answered with ``code`` stored the instance (success or warning)."""
+    return status_class(code) in ("success", "warning")
+
+
+def is_pending(code: int) -> bool:
+    """Whether ``code`` says more responses of the same request follow (PS3.7 C.1)."""
+    return status_class(code) == "pending"
+
+
+def describe(code: int) -> str:
+    """``0xA700 (Refused: Out of Resources)``; an unnamed code with its class."""
+    known = STATUSES.get(code)
+    return f"0x{code:04X} ({known.name if known else status_class(code)})"
+
+
+def stow_http_status(stored: int, failed: int, warned: int = 0) -> HTTPStatus:
+    """The HTTP status of a STOW-RS response (PS3.18 §10.5.3, Table 10.5.3-1).
+
+    ``stored`` counts the instances stored, ``warned`` those of them stored
+    with a warning. 200 when every instance was stored without warnings, 202
+    when some were stored but others failed or carry warnings, 409 when
+    none was stored.
+    """
+    if failed and not stored:
+        return HTTPStatus.CONFLICT
+    if failed or warned:
+        return HTTPStatus.ACCEPTED
+    return HTTPStatus.OK
