@@ -32,7 +32,7 @@ from aifi.hub.principals import add_principal, issue_token
 from aifi.hub.server import HubServer
 from aifi.netutil import free_port
 from aifi.protocol.schemas import Role, TaskState
-from peers.postgres import pg_dump
+from peers.postgres import PostgresCluster, pg_dump
 
 KEEP = {
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
@@ -217,6 +217,24 @@ def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     url: str = request.getfixturevalue("postgres_database")
     monkeypatch.setenv("AIFI_HUB_DATABASE_URL", url)
     return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a new database without any schema: a SQLite file, or a PostgreSQL database.
+
+    For tests of migrations and of what runs before them; on PostgreSQL the
+    database is made for the test and dropped after it.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty-hub.sqlite'}"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    name = cluster.create_database()
+    try:
+        yield cluster.url(name)
+    finally:
+        cluster.drop_database(name)
 
 
 def database_contents(settings: HubSettings) -> bytes:

@@ -105,6 +105,7 @@ def test_a_suspended_version_is_not_pseudonymized_for_once_the_cache_expires(
 
 
 def test_a_hub_that_is_down_is_retried_later_not_failed() -> None:
+    """No database: the edge's side of a hub that does not answer."""
     down = HubClient(HubPeer(url=f"http://127.0.0.1:{free_port()}", token="t" * 32))
     try:
         with pytest.raises(HubUnavailable, match="will retry"):

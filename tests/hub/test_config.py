@@ -1,4 +1,9 @@
-"""hub.toml: one typed settings object, placeholder secrets refused outside development."""
+"""hub.toml: one typed settings object, placeholder secrets refused outside development.
+
+These read settings only and open no database, so they run once; the
+settings reaching a real PostgreSQL are tested by test_cli.py and
+test_process_kinds.py on both databases.
+"""
 
 from __future__ import annotations
 

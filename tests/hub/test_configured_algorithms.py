@@ -4,7 +4,10 @@ The README's ``hub.toml`` block is written as it stands into the test's
 folder; its ``models`` folder gets a vendor's fracture model whose file does
 not match its pinned SHA-256, its ``remote-algorithms`` folder a remote
 algorithm pointing at a vendor service on loopback (:mod:`peers.vendor`).
-The port comes from ``AIFI_HUB_PORT``, which wins over the file's 8000.
+The port comes from ``AIFI_HUB_PORT``, which wins over the file's 8000; on
+PostgreSQL the database from ``AIFI_HUB_DATABASE_URL`` (the ``database_url``
+fixture). The refusals at start-up come before any database is opened, so
+they run once.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def vendor_service() -> Iterator[tuple[Vendor, Served]]:
 
 @pytest.mark.slow
 def test_the_readme_hub_toml_runs_the_configured_algorithms(
-    tmp_path: Path, vendor_service: tuple[Vendor, Served]
+    tmp_path: Path, vendor_service: tuple[Vendor, Served], database_url: str | None
 ) -> None:
     vendor, served = vendor_service
     text = readme_hub_toml()

@@ -6,10 +6,8 @@ what only SQLite has (its journal mode).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -18,25 +16,10 @@ from aifi.hub.db import head_revision, make_engine, make_sessions, migrate
 from aifi.hub.models import Base
 from aifi.hub.principals import find_by_token, hash_token
 from aifi.hub.subscriptions import list_subscriptions
-from peers.postgres import PostgresCluster
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The URL of a new database without any schema: a SQLite file, or a PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hub.sqlite'}"
-        return
-    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    name = cluster.create_database()
-    try:
-        yield cluster.url(name)
-    finally:
-        cluster.drop_database(name)
-
-
-def test_migrations_match_the_models(empty_url: str) -> None:
-    engine = make_engine(empty_url)
+def test_migrations_match_the_models(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
     migrate(engine)
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -59,8 +42,8 @@ def test_migrating_twice_is_harmless_and_sqlite_runs_in_wal_mode(tmp_path: Path)
     engine.dispose()
 
 
-def test_the_edge_poll_is_served_by_an_index(empty_url: str) -> None:
-    engine = make_engine(empty_url)
+def test_the_edge_poll_is_served_by_an_index(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
     migrate(engine)
     poll = (
         "SELECT * FROM tasks WHERE hospital_id = 'h' "
@@ -82,9 +65,9 @@ def test_the_edge_poll_is_served_by_an_index(empty_url: str) -> None:
 
 
 def test_hospitals_registered_before_governance_keep_their_token_and_connection_test(
-    empty_url: str,
+    empty_database_url: str,
 ) -> None:
-    engine = make_engine(empty_url)
+    engine = make_engine(empty_database_url)
     migrate(engine, "0001")
     with engine.begin() as connection:
         connection.execute(

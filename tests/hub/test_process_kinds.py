@@ -56,8 +56,8 @@ def test_an_api_process_runs_no_task_and_a_worker_process_does(
     assert len(ended["results"]) == 1
 
 
-def test_an_api_process_does_not_migrate(tmp_path: Path) -> None:
-    empty = HubSettings(data_dir=tmp_path / "hub-data")
+def test_an_api_process_does_not_migrate(tmp_path: Path, empty_database_url: str) -> None:
+    empty = HubSettings(data_dir=tmp_path / "hub-data", database_url=empty_database_url)
     with pytest.raises(StorageError, match="run 'aifi hub migrate'"):
         open_hub(empty, schema="check")
 
@@ -84,6 +84,7 @@ def test_one_janitor_is_active_and_another_takes_over_when_it_stops(
 
 
 def test_queues_are_resource_classes_or_algorithm_ids() -> None:
+    """No database: which algorithms a queue name selects."""
     installed = registry.manifests()
     everything = {m.id for m in installed}
     assert algorithms_for(installed, []) == everything
@@ -92,7 +93,10 @@ def test_queues_are_resource_classes_or_algorithm_ids() -> None:
     assert algorithms_for(installed, ["fracture", "bone-age"]) == {"fracture", "bone-age"}
 
 
-def test_a_worker_for_a_queue_nothing_is_in_says_so(tmp_path: Path) -> None:
+def test_a_worker_for_a_queue_nothing_is_in_says_so(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """``aifi hub migrate`` then ``worker`` (on PostgreSQL through AIFI_HUB_DATABASE_URL)."""
     config = tmp_path / "hub.toml"
     config.write_text('[hub]\ndata_dir = "data"\n', encoding="utf-8")
     migrated = subprocess.run(
@@ -115,6 +119,7 @@ def test_a_worker_for_a_queue_nothing_is_in_says_so(tmp_path: Path) -> None:
 
 
 def test_the_execution_provider_a_model_ran_on_is_recorded(tmp_path: Path) -> None:
+    """No database: an algorithm run on the providers a GPU node would be given."""
     from aifi.algorithms.fracture import FractureDetection
     from aifi.algorithms.onnx_model import use_providers
     from aifi.algorithms.selection import select_inputs
@@ -144,7 +149,9 @@ def test_the_execution_provider_a_model_ran_on_is_recorded(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_an_api_with_several_uvicorn_processes_serves_and_stops(tmp_path: Path) -> None:
+def test_an_api_with_several_uvicorn_processes_serves_and_stops(
+    tmp_path: Path, database_url: str | None
+) -> None:
     import os
     import signal
 

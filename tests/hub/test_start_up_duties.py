@@ -78,6 +78,7 @@ def test_a_second_hub_does_not_reset_a_task_the_first_one_runs(
 
 
 def test_starting_a_hub_keeps_the_uploads_another_process_is_staging(tmp_path: Path) -> None:
+    """No database: the staging folders of the local object store."""
     receiving = LocalFolderStore(tmp_path / "hub-data")
     handle, staged = receiving.new_temporary()
     with handle:

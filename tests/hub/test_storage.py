@@ -3,6 +3,7 @@
 Every test of the contract runs twice (``store`` is parametrized): once on
 :class:`LocalFolderStore`, once on :class:`S3Store` against a real SeaweedFS
 on loopback (``peers.seaweedfs``), each S3 test in a bucket of its own.
+No database is opened here (the store alone), so nothing runs per database.
 """
 
 from __future__ import annotations

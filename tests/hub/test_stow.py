@@ -170,9 +170,11 @@ def test_truncated_body_is_400_and_leaves_nothing_staged(
 
 
 def test_body_larger_than_the_limit_is_refused(
-    tmp_path: Path, study: tuple[str, list[Path]]
+    tmp_path: Path, study: tuple[str, list[Path]], database_url: str | None
 ) -> None:
-    settings = HubSettings(data_dir=tmp_path / "small-hub", max_upload_bytes=10_000)
+    settings = HubSettings(
+        data_dir=tmp_path / "small-hub", max_upload_bytes=10_000, database_url=database_url
+    )
     token = register(settings, "Hospital A")
     with serving(create_app(settings), settings) as client:
         response = Hub(client, settings).stow(token, study[1])
