@@ -275,7 +275,7 @@ class SqlAuditLog:
                 rows = connection.execution_options(yield_per=2000).execute(query)
                 for chain, group in itertools.groupby(rows, key=lambda r: str(r.chain)):
                     seen.add(chain)
-                    chained = (_event_of(r) for r in group)
+                    chained: Iterator[AuditEvent] = (_event_of(r) for r in group)
                     if chain == self._root:
                         chained = _noting_opened(chained, opened)
                     head = heads.get(chain, Head(0, GENESIS))

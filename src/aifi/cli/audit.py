@@ -1,7 +1,9 @@
 """``aifi audit ...``: verify and export the hash-chained audit trail of a hub or an edge.
 
-``verify`` exits 0 when the chain is intact and 1 with one line per problem,
-each naming the sequence number where the chain breaks.
+``verify`` exits 0 when every chain is intact and 1 with one line per
+problem, each naming the chain (the hub keeps one per hospital, one for
+itself, and ``main`` for events from before that) and the sequence number
+where it breaks.
 """
 
 from __future__ import annotations
@@ -46,12 +48,13 @@ def verify(
 
             with jsonl.open(encoding="utf-8") as fp:
                 problems = verify_jsonl(fp)
-            count = None
+            count, chains = None, 0
         else:
             with _log(hub_config, edge_db) as log:
                 problems = log.verify()
-                head = log.head()
-                count = head.seq if head else 0
+                heads = log.heads()
+                count = sum(h.seq for h in heads.values())
+                chains = len(heads)
     except AifiError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -60,7 +63,12 @@ def verify(
             typer.echo(problem)
         typer.echo(f"the audit trail is NOT intact: {len(problems)} problems", err=True)
         raise typer.Exit(1)
-    typer.echo("the audit trail is intact" + (f" ({count} events)" if count is not None else ""))
+    if count is None:
+        typer.echo("the audit trail is intact")
+    elif chains > 1:
+        typer.echo(f"the audit trail is intact ({count} events in {chains} chains)")
+    else:
+        typer.echo(f"the audit trail is intact ({count} events)")
 
 
 @app.command()
@@ -71,15 +79,18 @@ def export(
         Path | None, typer.Option("--output", "-o", help="file to write; default stdout")
     ] = None,
     hospital: Annotated[str | None, typer.Option(help="only this hospital's events (id)")] = None,
+    chain: Annotated[
+        str | None, typer.Option(help="only this chain (hospital:<id>, hub, main); verifiable")
+    ] = None,
 ) -> None:
-    """Write the trail as JSON lines, one event per line, in chain order."""
+    """Write the trail as JSON lines, one event per line, chain after chain in chain order."""
     try:
         with _log(hub_config, edge_db) as log:
             if output is None:
-                count = log.export_jsonl(sys.stdout, hospital=hospital)
+                count = log.export_jsonl(sys.stdout, hospital=hospital, chain=chain)
             else:
                 with output.open("w", encoding="utf-8") as fp:
-                    count = log.export_jsonl(fp, hospital=hospital)
+                    count = log.export_jsonl(fp, hospital=hospital, chain=chain)
     except AifiError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

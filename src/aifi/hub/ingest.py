@@ -140,19 +140,22 @@ def store_parts(
 
     ``study_instance_uid`` is the study named in the request target
     (``POST /studies/{study}``), if any: instances of another study fail.
+    When a database error ends it, the parts not yet stored stay staged and
+    no refusal is recorded yet, so the caller may run it again on a new
+    session (instances stored before the error are then found as re-sent).
     """
     outcome = StoreOutcome()
-    try:
-        for part in parts:
-            result = _store_one(session, store, hospital_id, part, study_instance_uid)
-            if isinstance(result, Failed):
-                outcome.failed.append(result)
-                _record_refusal(session, hospital_id, result)
-            else:
-                outcome.stored.append(result)
-    finally:
-        for part in parts:
-            part.path.unlink(missing_ok=True)
+    for part in parts:
+        result = _store_one(session, store, hospital_id, part, study_instance_uid)
+        if isinstance(result, Failed):
+            outcome.failed.append(result)
+        else:
+            outcome.stored.append(result)
+    for failed in outcome.failed:
+        _record_refusal(session, hospital_id, failed)
+    session.commit()
+    for part in parts:
+        part.path.unlink(missing_ok=True)
     _audit(session, hospital_id, outcome)
     return outcome
 
@@ -226,10 +229,14 @@ def _store_one(
         return stored
     key = object_key("instances", hospital_id, study_uid, series_uid, sop_instance_uid)
     try:
-        size = store.put(part.path, key)
-    except StorageError as exc:
-        logger.error("cannot store instance %s: %s", sop_instance_uid, exc)
-        return Failed(OUT_OF_RESOURCES, str(exc), sop_instance_uid, sop_class_uid)
+        size = part.path.stat().st_size
+    except FileNotFoundError:  # stored by an attempt whose commit was lost; its row was not
+        return Failed(
+            OUT_OF_RESOURCES,
+            "the hub lost its database connection while storing this instance; send it again",
+            sop_instance_uid,
+            sop_class_uid,
+        )
     if earlier is not None:  # sent again after retention purged it
         earlier.object_key, earlier.size = key, size
         earlier.received_at, earlier.purged_at = utcnow(), None
@@ -246,6 +253,17 @@ def _store_one(
             )
         )
         session.add(input_statistics(hospital_id, ds))  # for drift of the inputs (drift.py)
+    try:  # the row first: a dropped connection here leaves the part staged for a retry
+        session.flush()
+    except IntegrityError:  # a concurrent request stored it first: same object, same key
+        session.rollback()
+        return stored
+    try:
+        size = store.put(part.path, key)
+    except StorageError as exc:
+        session.rollback()
+        logger.error("cannot store instance %s: %s", sop_instance_uid, exc)
+        return Failed(OUT_OF_RESOURCES, str(exc), sop_instance_uid, sop_class_uid)
     try:
         session.commit()
     except IntegrityError:  # a concurrent request stored it first: same object, same key
@@ -277,4 +295,3 @@ def _record_refusal(session: Session, hospital_id: str, failed: Failed) -> None:
             reason=failed.reason,
         )
     )
-    session.commit()

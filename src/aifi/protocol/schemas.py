@@ -275,5 +275,6 @@ class AuditEventOut(BaseModel):
     agreement: str | None
     correlation_id: str | None
     detail: dict[str, Any]
+    chain: str = "main"  # hospital:<id>, hub, or main (events from before per-tenant chains)
     prev_hash: str
     hash: str

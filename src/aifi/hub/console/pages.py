@@ -452,7 +452,7 @@ def audit_page(
     log = audit_log(context.engine)
     problems = log.verify()
     events = AUDIT_TABLES.events
-    query = select(events).order_by(events.c.seq.desc()).limit(200)
+    query = select(events).order_by(events.c.at.desc(), events.c.seq.desc()).limit(200)
     if viewer.hospital_id:
         query = query.where(events.c.hospital == viewer.hospital_id)
     if action:

@@ -26,34 +26,60 @@ def list_events(
     context: ContextDep,
     hospital_id: str | None = None,
     action: str | None = None,
+    chain: Annotated[
+        str | None,
+        Query(max_length=80, description="one chain: hospital:<id>, hub, or main (before 0008)"),
+    ] = None,
     after_seq: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # SQL's largest INTEGER
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> list[AuditEventOut]:
-    """Audit events in chain order, optionally one hospital's or one action's."""
+    """Audit events: one chain in chain order, or all in the order they were recorded.
+
+    ``after_seq`` pages on within the chain named by ``chain``.
+    """
+    if after_seq and chain is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail="after_seq pages on within one chain; name it with chain= "
+            "(hospital:<id>, hub or main)",
+        )
     events = audit_log(context.engine).events(
-        hospital=hospital_id, action=action, after_seq=after_seq, limit=limit
+        chain=chain, hospital=hospital_id, action=action, after_seq=after_seq, limit=limit
     )
     return [AuditEventOut.model_validate(e.as_json()) for e in events]
 
 
 @router.get("/audit/verify")
 def verify(_reader: Reader, context: ContextDep) -> dict[str, Any]:
-    """Check the whole chain: ``intact`` and every problem with its sequence number."""
+    """Check every chain: ``intact``, each problem with its chain and sequence number.
+
+    ``head`` seals the whole trail (events of all chains, SHA-256 over every
+    chain's head); ``chains`` gives each chain's own head.
+    """
     log = audit_log(context.engine)
     problems = log.verify()
+    heads = log.heads()
     head = log.head()
     return {
         "intact": not problems,
         "problems": problems,
         "head": None if head is None else {"seq": head.seq, "hash": head.hash},
+        "events": sum(h.seq for h in heads.values()),
+        "chains": {name: {"seq": h.seq, "hash": h.hash} for name, h in sorted(heads.items())},
     }
 
 
 @router.get("/audit/export", response_class=PlainTextResponse)
-def export(_reader: Reader, context: ContextDep) -> PlainTextResponse:
-    """The whole chain as JSON lines (verify it offline with ``aifi audit verify --jsonl``)."""
+def export(
+    _reader: Reader,
+    context: ContextDep,
+    hospital_id: str | None = None,
+    chain: Annotated[str | None, Query(max_length=80)] = None,
+) -> PlainTextResponse:
+    """The trail as JSON lines, chain after chain (verify it offline with
+    ``aifi audit verify --jsonl``; one hospital's chain verifies on its own)."""
     out = io.StringIO()
-    audit_log(context.engine).export_jsonl(out)
+    audit_log(context.engine).export_jsonl(out, hospital=hospital_id, chain=chain)
     return PlainTextResponse(out.getvalue(), media_type="application/x-ndjson")
 
 

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from aifi.errors import DicomInputError
 from aifi.hub.auth import CurrentHospital
+from aifi.hub.db import retrying
 from aifi.hub.deps import ContextDep, HubContext, SessionDep
 from aifi.hub.ingest import store_parts
 from aifi.hub.models import Instance, Result
@@ -39,10 +40,10 @@ DICOM_JSON = "application/dicom+json"
 
 @router.post("/studies", status_code=status.HTTP_200_OK)
 async def store_instances(
-    request: Request, hospital: CurrentHospital, session: SessionDep, context: ContextDep
+    request: Request, hospital: CurrentHospital, context: ContextDep
 ) -> JSONResponse:
     """STOW-RS Store Instances (PS3.18 §10.5)."""
-    return await _store(request, hospital.id, session, context, None)
+    return await _store(request, hospital.id, context, None)
 
 
 @router.post("/studies/{study}", status_code=status.HTTP_200_OK)
@@ -50,16 +51,18 @@ async def store_study_instances(
     study: str,
     request: Request,
     hospital: CurrentHospital,
-    session: SessionDep,
     context: ContextDep,
 ) -> JSONResponse:
     """STOW-RS Store Instances into one study; instances of other studies fail."""
-    return await _store(request, hospital.id, session, context, study)
+    return await _store(request, hospital.id, context, study)
 
 
 async def _store(
-    request: Request, hospital_id: str, session: Session, context: HubContext, study: str | None
+    request: Request, hospital_id: str, context: HubContext, study: str | None
 ) -> JSONResponse:
+    """Receive the parts, then judge and store them in a transaction run again after a
+    dropped connection or serialization failure (:func:`aifi.hub.db.retrying`): an
+    instance the failed attempt committed is found again as already stored."""
     try:
         boundary = stow_boundary(request.headers.get("content-type"))
     except DicomInputError as exc:
@@ -77,9 +80,15 @@ async def _store(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
     if not parts:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="the STOW-RS body has no parts")
-    outcome = await run_in_threadpool(
-        store_parts, session, context.store, hospital_id, parts, study_instance_uid=study
-    )
+    try:
+        outcome = await run_in_threadpool(
+            retrying,
+            context.sessions,
+            lambda s: store_parts(s, context.store, hospital_id, parts, study_instance_uid=study),
+        )
+    finally:  # what a failed attempt left staged
+        for part in parts:
+            part.path.unlink(missing_ok=True)
     base_url = str(request.base_url).rstrip("/") + router.prefix
     return JSONResponse(
         outcome.to_dicom_json(base_url), status_code=outcome.http_status, media_type=DICOM_JSON

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from sqlalchemy.orm import Session
 
 from aifi.hub import retention, tasks
 from aifi.hub.auth import CurrentHospital
+from aifi.hub.db import retrying
 from aifi.hub.deps import ContextDep, SessionDep
 from aifi.protocol.schemas import Acknowledge, TaskCreate, TaskOut, TaskState
 
@@ -45,19 +47,32 @@ def known_filters(request: Request) -> None:
 def create_task(
     body: TaskCreate,
     hospital: CurrentHospital,
-    session: SessionDep,
     context: ContextDep,
     response: Response,
 ) -> TaskOut:
-    outcome = tasks.create_task(session, hospital.id, body, context.algorithms)
+    """Create the task, or answer the one with this ``client_task_id`` (200).
+
+    Run again from the start after a dropped connection or a serialization
+    failure (:func:`aifi.hub.db.retrying`): ``client_task_id`` makes that
+    harmless, a task committed by the failed attempt is found and answered.
+    """
+
+    def create(session: Session) -> tasks.TaskRefused | tuple[TaskOut, bool, str]:
+        outcome = tasks.create_task(session, hospital.id, body, context.algorithms)
+        if isinstance(outcome, tasks.TaskRefused):
+            return outcome
+        task, created = outcome
+        return tasks.task_out(task), created, task.id
+
+    outcome = retrying(context.sessions, create)
     if isinstance(outcome, tasks.TaskRefused):
         raise HTTPException(outcome.status_code, detail=outcome.detail)
-    task, created = outcome
+    task_out, created, task_id = outcome
     if created:
-        context.dispatcher.submit(task.id)
+        context.dispatcher.submit(task_id)
     else:
         response.status_code = status.HTTP_200_OK
-    return tasks.task_out(task)
+    return task_out
 
 
 @router.get("", response_model=list[TaskOut], dependencies=[Depends(known_filters)])
