@@ -10,6 +10,7 @@ from Orthanc).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ from fastapi import FastAPI
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
+from typer.testing import CliRunner
 
+from aifi.cli import app as cli
 from aifi.edge.assembly import Assembler
 from aifi.edge.config import EdgeSettings, load_edge_settings
 from aifi.edge.orders import OrderDesk
@@ -329,6 +332,40 @@ def test_an_order_whose_images_never_come_ends_canceled_with_the_reason(tmp_path
     assert item["state"] == "CANCELED"
     assert item["cancel_reason"].startswith("the images did not arrive within 0.3 s of the order")
     state.close()
+
+
+def test_aifi_edge_orders_lists_each_order_and_where_it_stands(tmp_path: Path) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        'data_dir = "edge-data"\n[orders]\nwait_for_images_s = 0.01\n'
+        '[orders.codes]\nXRHANDBA = "bone-age"\n',
+        encoding="utf-8",
+    )
+    settings = load_edge_settings(config)
+    state = EdgeState(settings.data_dir / "edge.db")
+    desk = OrderDesk(settings, state)
+    listener = MllpListener(desk, "127.0.0.1", 0, max_bytes=1 << 20)
+    listener.start()
+    try:
+        send(listener.port, orm(order="PLC-OLD", accession="ACC-OLD"))
+        time.sleep(0.05)
+        desk.tick()  # past its wait: expired
+        send(listener.port, orm(order="PLC-NEW", accession="ACC-NEW", priority="S"))
+    finally:
+        listener.stop()
+    state.close()
+    result = CliRunner().invoke(cli, ["edge", "orders", "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    new, old = json.loads(result.output)
+    assert (new["order_number"], new["status"], new["priority"]) == ("PLC-NEW", "waiting", "HIGH")
+    assert (old["order_number"], old["accession"], old["status"]) == (
+        "PLC-OLD",
+        "ACC-OLD",
+        "expired",
+    )
+    assert old["detail"].startswith("the images did not arrive within 0.01 s")
+    table = CliRunner().invoke(cli, ["edge", "orders", "--config", str(config)])
+    assert table.exit_code == 0 and "PLC-NEW" in table.output
 
 
 # -- FHIR ServiceRequest ---------------------------------------------------------

@@ -408,6 +408,43 @@ def request(
     typer.echo(f"requested {algorithm} on study {outcome.study_instance_uid}: {outcome.detail}")
 
 
+@app.command()
+def orders(
+    config: ConfigOption = Path("edge.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON array, for scripts")] = False,
+) -> None:
+    """List the orders the RIS sent (HL7 ORM/OMI, FHIR ServiceRequest), newest first:
+    order number, accession, algorithm, priority and where each stands (waiting for
+    its images, requested, completed, canceled or expired, with the reason)."""
+    import json
+
+    from aifi.edge.orders import order_views
+
+    _settings, state, _map = _open_local(config)
+    try:
+        views = order_views(state)
+    finally:
+        state.close()
+    if as_json:
+        typer.echo(json.dumps([v.as_dict() for v in views], indent=2, ensure_ascii=False))
+        return
+    table = Table(
+        "received", "from", "order", "accession", "algorithm", "priority", "status", "detail"
+    )
+    for view in views:
+        table.add_row(
+            _local(view.received_at),
+            escape(view.source),
+            escape(view.order_number),
+            escape(view.accession),
+            view.algorithm_id,
+            view.priority,
+            view.status,
+            escape(view.detail),
+        )
+    Console().print(table)
+
+
 def _priors_for(algorithm: str, years: float | None) -> Priors | None:
     """Priors from --priors-years, else as the algorithm's manifest asks (when known here)."""
     from aifi.core.manifest import Priors

@@ -44,7 +44,7 @@ from aifi.edge.state import EdgeState
 from aifi.edge.ups import UPS_PUSH
 from aifi.protocol.schemas import PRIORITY_RANK
 
-__all__ = ["Order", "OrderAnswer", "OrderDesk", "order_priority"]
+__all__ = ["Order", "OrderAnswer", "OrderDesk", "OrderView", "order_priority", "order_views"]
 
 logger = logging.getLogger(__name__)
 
@@ -442,6 +442,59 @@ class OrderDesk:
             woken = self._wake.wait(min(1.0, self.orders.retry_interval_s))
             if woken:
                 self._wake.clear()
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """One order as an operator sees it (``aifi edge orders``): never the patient."""
+
+    workitem_uid: str
+    received_at: float
+    source: str
+    order_number: str
+    accession: str
+    algorithm_id: str
+    priority: str
+    status: str  # waiting, requested, in progress, completed, canceled, expired
+    detail: str
+    study_instance_uid: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def order_views(state: EdgeState) -> list[OrderView]:
+    """Every order the edge took, newest first, with where it stands now."""
+    from aifi.edge.ups import ups_state
+
+    views = []
+    for item in state.workitems():
+        mine = item["dataset"].get(ORDER_KEY)
+        if mine is None:
+            continue
+        now = ups_state(state, item)
+        status = str(mine["status"])
+        if now == "COMPLETED":
+            status = "completed"
+        elif now == "CANCELED":
+            status = "expired" if status == "expired" else "canceled"
+        elif now == "IN PROGRESS":
+            status = "in progress"
+        views.append(
+            OrderView(
+                workitem_uid=str(item["uid"]),
+                received_at=float(mine["received_at"]),
+                source=str(mine["source"]),
+                order_number=str(mine["order_number"]),
+                accession=str(mine["accession"]),
+                algorithm_id=str(item["algorithm_id"]),
+                priority=str(item["priority"]),
+                status=status,
+                detail=str(item.get("cancel_reason") or mine.get("detail") or ""),
+                study_instance_uid=str(item["study_instance_uid"] or ""),
+            )
+        )
+    return sorted(views, key=lambda v: v.received_at, reverse=True)
 
 
 def _waiting(item: dict[str, Any]) -> bool:
