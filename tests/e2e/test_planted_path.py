@@ -33,6 +33,7 @@ from aifi.hub.db import make_engine, make_sessions, migrate
 from aifi.hub.hospitals import add_hospital
 from aifi.hub.server import HubServer
 from aifi.netutil import free_port
+from peers.postgres import pg_dump
 from peers.recorder import Recorder
 
 pytestmark = [pytest.mark.slow]
@@ -42,11 +43,14 @@ ALGORITHMS = sorted(m.id for m in registry.manifests())
 FINAL = ("COMPLETED", "delivered", "CANCELED", "failed", "dead-letter", "held")
 
 
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[tuple[HubSettings, Recorder]]:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def hub(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[HubSettings, Recorder]]:
+    """The hub on its SQLite file, then on PostgreSQL (scanned through ``pg_dump``)."""
+    url = request.getfixturevalue("postgres_database") if request.param == "postgresql" else None
     settings = HubSettings(
-        data_dir=tmp_path / "hub", port=free_port(), workers=1, log_level="warning"
-    )
+        data_dir=tmp_path / "hub", port=free_port(), workers=1, log_level="warning",
+        database_url=url,
+    )  # fmt: skip
     engine = make_engine(settings.effective_database_url)
     migrate(engine)
     engine.dispose()
@@ -120,12 +124,12 @@ def test_no_planted_identifier_reaches_the_hub_on_the_real_path(
         (t.algorithm_id, t.state, t.reason) for t in edge.state.tasks()
     ]
     bodies = recorder.bodies
-    stored = [p for p in settings.data_dir.rglob("*") if p.is_file()]
+    stored = [p.read_bytes() for p in settings.data_dir.rglob("*") if p.is_file()]
+    if settings.database_url:  # what the database holds, not a file in data_dir
+        stored.append(pg_dump(settings.database_url))
     assert sum(len(b) for b in bodies) > 0 and stored
     leaked_http = sorted({name for name, m in markers.items() for b in bodies if m in b})
-    leaked_stored = sorted(
-        {name for name, m in markers.items() for p in stored if m in p.read_bytes()}
-    )
+    leaked_stored = sorted({name for name, m in markers.items() for b in stored if m in b})
     print(
         f"planted {len(markers)} identifiers in {len(files)} files; {len(bodies)} HTTP bodies"
         f" ({sum(len(b) for b in bodies)} bytes) and {len(stored)} stored files scanned;"
