@@ -28,6 +28,7 @@ __all__ = [
     "AlgorithmInput",
     "InputInstance",
     "Manifest",
+    "PriorStudyInput",
     "Priors",
     "Resources",
     "SelectionRule",
@@ -122,11 +123,25 @@ class InputInstance:
 
 
 @dataclass(frozen=True)
-class AlgorithmInput:
-    """The selected instances of one pseudonymized study."""
+class PriorStudyInput:
+    """The selected instances of one earlier study of the same patient (pseudonymized)."""
 
     study_instance_uid: str
     instances: tuple[InputInstance, ...]
+
+
+@dataclass(frozen=True)
+class AlgorithmInput:
+    """The selected instances of one pseudonymized study.
+
+    ``priors``: earlier studies of the same patient, newest first, only for an
+    algorithm whose manifest asks for them (:class:`Priors`); each holds the
+    instances that pass the manifest's ``accepts`` rules.
+    """
+
+    study_instance_uid: str
+    instances: tuple[InputInstance, ...]
+    priors: tuple[PriorStudyInput, ...] = ()
 
 
 @runtime_checkable

@@ -111,7 +111,9 @@ def perform(algorithm: Algorithm, job: Job) -> Outcome:
     """Run ``algorithm`` on the job's inputs and encode its findings (IHE AIR result objects).
 
     The execution provider of an ONNX model is recorded in the findings'
-    ``details`` (``execution_provider``): the provenance of the result.
+    ``details`` (``execution_provider``): the provenance of the result. The
+    prior studies the algorithm was given are listed in its SR as other
+    evidence (:func:`aifi.results.sr.build_sr`).
     """
     from aifi.results import encode_results
 
@@ -123,7 +125,12 @@ def perform(algorithm: Algorithm, job: Job) -> Outcome:
             findings, details={**findings.details, "execution_provider": provider}
         )
     sources = [i.read(stop_before_pixels=True) for i in job.inputs.instances]
-    objects = encode_results(findings, manifest, sources, earlier_series=job.earlier_series)
+    priors = [
+        i.read(stop_before_pixels=True) for prior in job.inputs.priors for i in prior.instances
+    ]
+    objects = encode_results(
+        findings, manifest, sources, earlier_series=job.earlier_series, prior_sources=priors
+    )
     encoded = []
     for kind, ds in objects:
         buffer = io.BytesIO()

@@ -35,6 +35,8 @@ from aifi.protocol.schemas import AlgorithmState, Role, TaskState
 
 __all__ = [
     "AUDIT_TABLES",
+    "INPUT_CURRENT",
+    "INPUT_PRIOR",
     "Base",
     "CatalogEntry",
     "Feedback",
@@ -266,8 +268,12 @@ class Task(Base):
     )
 
 
+#: A task input's role: the study the task is for, or an earlier study of the same patient.
+INPUT_CURRENT, INPUT_PRIOR = "current", "prior"
+
+
 class TaskInput(Base):
-    """Which uploaded instances a task was asked to run on."""
+    """Which uploaded instances a task was asked to run on, and as what (``role``)."""
 
     __tablename__ = "task_inputs"
     # which tasks use an instance: the purge asks it of every instance it may delete
@@ -277,6 +283,7 @@ class TaskInput(Base):
     instance_id: Mapped[int] = mapped_column(
         BIG_INTEGER, ForeignKey("instances.id"), primary_key=True
     )
+    role: Mapped[str] = mapped_column(String(16), default=INPUT_CURRENT, server_default="current")
 
     task: Mapped[Task] = relationship(back_populates="inputs")
     instance: Mapped[Instance] = relationship(lazy="joined")

@@ -6,7 +6,10 @@ holds a database session only in the first and the last:
 
 1. *load*: the task, its instances, the algorithm's manifest;
    :func:`aifi.algorithms.selection.select_inputs` chooses what the
-   algorithm sees; ``run.started`` is audited; the session is closed;
+   algorithm sees — of the current study, and of each prior study (inputs
+   with role ``prior``) when the manifest asks for priors: a prior none of
+   whose series the manifest accepts is left out, it never refuses the task;
+   ``run.started`` is audited; the session is closed;
 2. *run*: the :class:`aifi.hub.executor.Executor` runs the algorithm and
    encodes its findings (:func:`aifi.hub.executor.perform`), within the
    manifest's ``resources.time_limit_s``, while the runner renews the lease;
@@ -36,15 +39,21 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from aifi.algorithms.base import Algorithm, AlgorithmInput, InputInstance, Manifest
+from aifi.algorithms.base import (
+    Algorithm,
+    AlgorithmInput,
+    InputInstance,
+    Manifest,
+    PriorStudyInput,
+)
 from aifi.algorithms.findings_json import findings_to_json
 from aifi.algorithms.selection import select_inputs
-from aifi.errors import AlgorithmError
+from aifi.errors import AlgorithmError, InputNotAccepted
 from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
 from aifi.hub.db import SessionFactory, retrying
 from aifi.hub.executor import EncodedResult, Executor, Job, LeaseLost, Outcome, ThreadExecutor
 from aifi.hub.leases import claim, fence, release, renew, worker_identity
-from aifi.hub.models import Result, Task
+from aifi.hub.models import INPUT_PRIOR, Instance, Result, Task
 from aifi.hub.storage import ObjectStore, object_key
 from aifi.protocol.schemas import TaskState
 
@@ -67,6 +76,8 @@ class _Loaded:
     object_keys: tuple[str, ...]
     instances: tuple[InputInstance, ...]
     earlier_series: int
+    priors: tuple[tuple[str, tuple[str, ...], tuple[InputInstance, ...]], ...] = ()
+    """(pseudonymous Study Instance UID, object keys, instances) of each prior study."""
 
 
 class TaskRunner:
@@ -128,8 +139,9 @@ class TaskRunner:
             return
         written: list[str] = []
         try:
-            with self._materialized(loaded) as instances:
+            with self._materialized(loaded) as (instances, priors):
                 inputs = select_inputs(loaded.manifest, instances)
+                inputs = dataclasses.replace(inputs, priors=_selected_priors(loaded, priors))
                 outcome = self._execute(loaded, inputs)
             for encoded in outcome.results:
                 written.append(self._store_result(loaded.hospital_id, encoded))
@@ -168,7 +180,12 @@ class TaskRunner:
                 f"the task was accepted for {manifest.id} {task.algorithm_version}, "
                 f"but this hub now runs {manifest.version}; create the task again"
             )
-        links = [link.instance for link in task.inputs]
+        links = [link.instance for link in task.inputs if link.role != INPUT_PRIOR]
+        prior_links = [link.instance for link in task.inputs if link.role == INPUT_PRIOR]
+        by_study: dict[str, list[Instance]] = {}
+        if manifest.priors is not None:  # only an algorithm that asks for priors gets them
+            for instance in sorted(prior_links, key=lambda i: i.id):
+                by_study.setdefault(instance.study_instance_uid, []).append(instance)
         loaded = _Loaded(
             task_id=task.id,
             hospital_id=task.hospital_id,
@@ -178,31 +195,44 @@ class TaskRunner:
             correlation_id=task.correlation_id,
             manifest=manifest,
             object_keys=tuple(i.object_key for i in links),
-            instances=tuple(
-                InputInstance(
-                    path=Path(),
-                    sop_instance_uid=i.sop_instance_uid,
-                    sop_class_uid=i.sop_class_uid,
-                    series_instance_uid=i.series_instance_uid,
-                )
-                for i in links
-            ),
+            instances=tuple(_unread(i) for i in links),
             earlier_series=_earlier_result_series(session, task),
+            priors=tuple(
+                (study, tuple(i.object_key for i in group), tuple(_unread(i) for i in group))
+                for study, group in by_study.items()
+            ),
         )
         session.commit()
-        _audit(session, loaded, "run.started", {"inputs": len(links), "worker": self.worker})
+        detail: dict[str, Any] = {"inputs": len(links), "worker": self.worker}
+        if loaded.priors:
+            detail["prior_studies"] = len(loaded.priors)
+        _audit(session, loaded, "run.started", detail)
         return loaded
 
     @contextlib.contextmanager
-    def _materialized(self, loaded: _Loaded) -> Iterator[list[InputInstance]]:
-        """The inputs as local files for the run (a copy in staging where the store is remote)."""
+    def _materialized(
+        self, loaded: _Loaded
+    ) -> Iterator[tuple[list[InputInstance], list[tuple[str, list[InputInstance]]]]]:
+        """The inputs (current, then priors by study) as local files for the run.
+
+        A copy in staging where the store is remote.
+        """
         with contextlib.ExitStack() as stack:
-            yield [
-                dataclasses.replace(
-                    instance, path=stack.enter_context(self._store.materialize(key))
-                )
-                for instance, key in zip(loaded.instances, loaded.object_keys, strict=True)
-            ]
+
+            def local(
+                instances: tuple[InputInstance, ...], keys: tuple[str, ...]
+            ) -> list[InputInstance]:
+                return [
+                    dataclasses.replace(
+                        instance, path=stack.enter_context(self._store.materialize(key))
+                    )
+                    for instance, key in zip(instances, keys, strict=True)
+                ]
+
+            yield (
+                local(loaded.instances, loaded.object_keys),
+                [(study, local(instances, keys)) for study, keys, instances in loaded.priors],
+            )
 
     def _execute(self, loaded: _Loaded, inputs: AlgorithmInput) -> Outcome:
         def heartbeat() -> bool:
@@ -330,6 +360,31 @@ class TaskRunner:
             logger.warning("task %s canceled: %s", task_id, reason)
         else:
             logger.warning("task %s: lease lost before it could be canceled (%s)", task_id, reason)
+
+
+def _unread(instance: Instance) -> InputInstance:
+    """An input not yet materialized (its path is set by :meth:`TaskRunner._materialized`)."""
+    return InputInstance(
+        path=Path(),
+        sop_instance_uid=instance.sop_instance_uid,
+        sop_class_uid=instance.sop_class_uid,
+        series_instance_uid=instance.series_instance_uid,
+    )
+
+
+def _selected_priors(
+    loaded: _Loaded, priors: list[tuple[str, list[InputInstance]]]
+) -> tuple[PriorStudyInput, ...]:
+    """Each prior study's instances the manifest accepts; a prior with none is left out."""
+    selected: list[PriorStudyInput] = []
+    for study, instances in priors:
+        try:
+            chosen = select_inputs(loaded.manifest, instances)
+        except InputNotAccepted as exc:
+            logger.info("task %s: prior study %s left out: %s", loaded.task_id, study, exc)
+            continue
+        selected.append(PriorStudyInput(study_instance_uid=study, instances=chosen.instances))
+    return tuple(selected)
 
 
 def _earlier_result_series(session: Session, task: Task) -> int:

@@ -10,29 +10,40 @@ No subscription, no processing: a task is created only when a subscription
 of the hospital covers the algorithm now and the version it selects
 (pinned, or the newest active one) is active and installed. A refusal is
 answered with its reason and recorded in the audit trail.
+
+Priors (issue 14): a task may name earlier studies of the same patient
+(``prior_studies``) when the algorithm's manifest asks for priors, at most
+its ``max_studies``. Each must have been uploaded by the same hospital and
+carry the same pseudonymous Patient ID (0010,0020) as the current study —
+the edge pseudonymizes both with the same key, so one patient has one
+pseudonym — and none may be the current study. They become the task's
+inputs with role ``prior`` beside the ``current`` ones.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import pydicom
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
-from aifi.algorithms.base import Algorithm
+from aifi.algorithms.base import Algorithm, Manifest
 from aifi.core.tasks import can_move
 from aifi.errors import AlgorithmError
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.catalog import select_version
-from aifi.hub.models import Instance, Result, Task, TaskInput, utcnow
+from aifi.hub.models import INPUT_CURRENT, INPUT_PRIOR, Instance, Result, Task, TaskInput, utcnow
+from aifi.hub.storage import ObjectStore
 from aifi.hub.subscriptions import covering
 from aifi.protocol.schemas import (
     PRIORITY_RANK,
     Acknowledge,
     Priority,
+    PriorStudy,
     ResultRef,
     TaskCreate,
     TaskOut,
@@ -80,7 +91,28 @@ def task_out(task: Task) -> TaskOut:
         acknowledged=task.acknowledged,
         results=[_result_ref(r) for r in task.results],
         findings=task.findings,
+        prior_studies=prior_studies_of(task),
     )
+
+
+def prior_studies_of(task: Task) -> list[PriorStudy]:
+    """The task's prior inputs, by study (one indexed query; none for a task not in a session)."""
+    session = object_session(task)
+    if session is None:
+        return []
+    rows = session.execute(
+        select(Instance.study_instance_uid, Instance.sop_instance_uid)
+        .join(TaskInput, TaskInput.instance_id == Instance.id)
+        .where(TaskInput.task_id == task.id, TaskInput.role == INPUT_PRIOR)
+        .order_by(Instance.id)
+    )
+    studies: dict[str, list[str]] = {}
+    for study_uid, sop_uid in rows:
+        studies.setdefault(study_uid, []).append(sop_uid)
+    return [
+        PriorStudy(study_instance_uid=study, sop_instance_uids=sorted(uids))
+        for study, uids in studies.items()
+    ]
 
 
 def _result_ref(result: Result) -> ResultRef:
@@ -109,13 +141,16 @@ def create_task(
     hospital_id: str,
     request: TaskCreate,
     algorithms: Callable[[str], Algorithm],
+    store: ObjectStore | None = None,
 ) -> tuple[Task, bool] | TaskRefused:
     """Create a SCHEDULED task; ``(task, created)``, or the refusal.
 
     An existing ``client_task_id`` returns that task with ``created`` False.
     Refusals: 422 for an unknown algorithm or instances this hospital did
-    not upload for the study; 403 when no subscription covers the task now
-    or the version it selects is suspended, retired or not installed.
+    not upload for the study, and for priors the algorithm does not ask for
+    or that are not of the same pseudonymous patient (``store`` reads their
+    headers); 403 when no subscription covers the task now or the version it
+    selects is suspended, retired or not installed.
     """
     existing = _find_by_client_id(session, hospital_id, request.client_task_id)
     if existing is not None:
@@ -139,27 +174,14 @@ def create_task(
             f"hub runs {manifest.version}; ask the hub operator to update the subscription",
         )
         return _refuse(session, hospital_id, request, refusal, subscription.agreement_reference)
-    wanted = set(request.sop_instance_uids)
-    instances = list(
-        session.scalars(
-            select(Instance).where(
-                Instance.hospital_id == hospital_id,
-                Instance.study_instance_uid == request.study_instance_uid,
-                Instance.sop_instance_uid.in_(wanted),
-                Instance.purged_at.is_(None),
-            )
-        )
+    instances = _uploaded(
+        session, hospital_id, request.study_instance_uid, request.sop_instance_uids
     )
-    missing = wanted - {i.sop_instance_uid for i in instances}
-    if missing:
-        shown = ", ".join(sorted(missing)[:5])
-        refusal = TaskRefused(
-            422,
-            f"{len(missing)} of {len(wanted)} instances were not uploaded by this hospital "
-            f"for study {request.study_instance_uid} (e.g. {shown}); "
-            "send them by STOW-RS first",
-        )
-        return _refuse(session, hospital_id, request, refusal, subscription.agreement_reference)
+    if isinstance(instances, TaskRefused):
+        return _refuse(session, hospital_id, request, instances, subscription.agreement_reference)
+    priors = _priors(session, hospital_id, request, manifest, instances, store)
+    if isinstance(priors, TaskRefused):
+        return _refuse(session, hospital_id, request, priors, subscription.agreement_reference)
     task = Task(
         hospital_id=hospital_id,
         client_task_id=request.client_task_id,
@@ -171,7 +193,8 @@ def create_task(
         study_instance_uid=request.study_instance_uid,
         state=TaskState.SCHEDULED.value,
         priority=PRIORITY_RANK[request.priority],
-        inputs=[TaskInput(instance_id=i.id) for i in instances],
+        inputs=[TaskInput(instance_id=i.id, role=INPUT_CURRENT) for i in instances]
+        + [TaskInput(instance_id=i.id, role=INPUT_PRIOR) for i in priors],
     )
     session.add(task)
     try:
@@ -195,10 +218,102 @@ def create_task(
             "instances": len(instances),
             "bytes": sum(i.size for i in instances),
             "subscription": subscription.id,
+            "prior_studies": len(request.prior_studies),
+            "prior_instances": len(priors),
         },
     )
     logger.info("task %s scheduled: %s on %d instances", task.id, manifest.id, len(instances))
     return task, True
+
+
+def _uploaded(
+    session: Session, hospital_id: str, study_uid: str, sop_instance_uids: Sequence[str]
+) -> list[Instance] | TaskRefused:
+    """The hospital's unpurged instances of ``study_uid`` named; a refusal when any is missing."""
+    wanted = set(sop_instance_uids)
+    instances = list(
+        session.scalars(
+            select(Instance).where(
+                Instance.hospital_id == hospital_id,
+                Instance.study_instance_uid == study_uid,
+                Instance.sop_instance_uid.in_(wanted),
+                Instance.purged_at.is_(None),
+            )
+        )
+    )
+    missing = wanted - {i.sop_instance_uid for i in instances}
+    if missing:
+        shown = ", ".join(sorted(missing)[:5])
+        return TaskRefused(
+            422,
+            f"{len(missing)} of {len(wanted)} instances were not uploaded by this hospital "
+            f"for study {study_uid} (e.g. {shown}); send them by STOW-RS first",
+        )
+    return instances
+
+
+def _priors(
+    session: Session,
+    hospital_id: str,
+    request: TaskCreate,
+    manifest: Manifest,
+    current: Sequence[Instance],
+    store: ObjectStore | None,
+) -> list[Instance] | TaskRefused:
+    """The prior instances of the request, checked: asked for, uploaded, the same patient."""
+    if not request.prior_studies:
+        return []
+    if manifest.priors is None:
+        return TaskRefused(
+            422,
+            f"algorithm {manifest.id} does not take prior studies; send the task without"
+            " prior_studies",
+        )
+    if len(request.prior_studies) > manifest.priors.max_studies:
+        return TaskRefused(
+            422,
+            f"algorithm {manifest.id} takes at most {manifest.priors.max_studies} prior studies;"
+            f" {len(request.prior_studies)} were sent",
+        )
+    if store is None:
+        raise ValueError("create_task needs the object store to check prior studies")
+    patient = _patient_pseudonym(store, current[0])
+    if not patient:
+        return TaskRefused(
+            422,
+            f"study {request.study_instance_uid} has no pseudonymous Patient ID (0010,0020),"
+            " so no prior can be shown to be of the same patient",
+        )
+    found: list[Instance] = []
+    seen: set[str] = {request.study_instance_uid}
+    for prior in request.prior_studies:
+        if prior.study_instance_uid in seen:
+            return TaskRefused(
+                422,
+                f"prior study {prior.study_instance_uid} is the current study or named twice",
+            )
+        seen.add(prior.study_instance_uid)
+        instances = _uploaded(
+            session, hospital_id, prior.study_instance_uid, prior.sop_instance_uids
+        )
+        if isinstance(instances, TaskRefused):
+            return TaskRefused(422, "prior " + instances.detail)
+        if _patient_pseudonym(store, instances[0]) != patient:
+            return TaskRefused(
+                422,
+                f"prior study {prior.study_instance_uid} is not of the same pseudonymous patient"
+                f" as study {request.study_instance_uid}; priors must be pseudonymized with the"
+                " same key as the current study",
+            )
+        found.extend(instances)
+    return found
+
+
+def _patient_pseudonym(store: ObjectStore, instance: Instance) -> str:
+    """Patient ID (0010,0020) of a stored, pseudonymized instance: the patient's pseudonym."""
+    with store.open(instance.object_key) as handle:
+        ds = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=["PatientID"])
+    return str(ds.get("PatientID", "") or "")
 
 
 def _refuse(

@@ -62,6 +62,7 @@ __all__ = [
     "IssuedToken",
     "PrincipalCreate",
     "PrincipalOut",
+    "PriorStudy",
     "Priority",
     "ResultRef",
     "Role",
@@ -98,10 +99,26 @@ Priority = Literal["HIGH", "MEDIUM", "LOW"]
 PRIORITY_RANK: dict[str, int] = {"HIGH": 0, "MEDIUM": 1, "LOW": 2}
 
 
+class PriorStudy(BaseModel):
+    """An earlier study of the same patient, handed to the algorithm beside the current one.
+
+    Pseudonymized like the current study with the same patient pseudonym (the
+    same algorithm key), so the hub can check that both belong to one patient
+    of the hospital and learns nothing more. Its instances are uploaded by
+    STOW-RS first, like the current study's.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    study_instance_uid: str = Field(min_length=1, max_length=64)
+    sop_instance_uids: list[str] = Field(min_length=1, description="instances uploaded for it")
+
+
 class TaskCreate(BaseModel):
-    """Ask the hub to run one algorithm on one pseudonymized study.
+    """Ask the hub to run one algorithm on one pseudonymized study (and its priors).
 
     Unknown fields are refused (422): a misspelt ``priorty`` must not be dropped silently.
+    ``prior_studies`` only for an algorithm whose manifest asks for priors.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -113,6 +130,11 @@ class TaskCreate(BaseModel):
     correlation_id: str | None = Field(default=None, max_length=64)
     priority: Priority = Field(
         default="MEDIUM", description="Scheduled Procedure Step Priority (0074,1200)"
+    )
+    prior_studies: list[PriorStudy] = Field(
+        default_factory=list,
+        max_length=10,
+        description="earlier studies of the same patient, for an algorithm that asks for priors",
     )
 
 
@@ -141,6 +163,9 @@ class TaskOut(BaseModel):
     acknowledged: bool = False
     results: list[ResultRef] = []
     findings: dict[str, Any] | None = None
+    prior_studies: list[PriorStudy] = Field(
+        default_factory=list, description="the task's prior inputs (role prior), by study"
+    )
 
 
 class Acknowledge(BaseModel):

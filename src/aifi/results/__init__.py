@@ -40,9 +40,15 @@ Builder = Callable[[Findings, Manifest, Sequence[pydicom.Dataset], int], list[py
 
 
 def _sr(
-    findings: Findings, manifest: Manifest, sources: Sequence[pydicom.Dataset], series: int
+    findings: Findings,
+    manifest: Manifest,
+    sources: Sequence[pydicom.Dataset],
+    series: int,
+    prior_sources: Sequence[pydicom.Dataset] = (),
 ) -> list[pydicom.Dataset]:
-    return [build_sr(findings, manifest, sources, series_number=series)]
+    return [
+        build_sr(findings, manifest, sources, series_number=series, prior_sources=prior_sources)
+    ]
 
 
 def _gsps(
@@ -71,6 +77,7 @@ def encode_results(
     sources: Sequence[pydicom.Dataset],
     *,
     earlier_series: int = 0,
+    prior_sources: Sequence[pydicom.Dataset] = (),
 ) -> list[tuple[str, pydicom.Dataset]]:
     """The DICOM objects for ``findings``, as (kind, dataset), in ``manifest.produces`` order.
 
@@ -78,7 +85,9 @@ def encode_results(
     made on this study (a re-run), so that the new series are numbered
     after them. ``sources`` are the pseudonymized images the algorithm ran on. Headers
     suffice: the rendered image (``sc``) reads its key image's pixel data
-    from the file a header was read from (``ds.filename``). Raises
+    from the file a header was read from (``ds.filename``). ``prior_sources``
+    are the headers of the prior studies the algorithm was given; the SR lists
+    them as other evidence. Raises
     :class:`aifi.errors.AlgorithmError` when the manifest asks for a kind
     aifi cannot encode.
     """
@@ -89,8 +98,11 @@ def encode_results(
             f"encode; known result kinds: {', '.join(sorted(BUILDERS))}"
         )
     numbers = series_numbers(manifest.id, earlier=earlier_series, count=len(manifest.produces))
-    return [
-        (kind, ds)
-        for kind, number in zip(manifest.produces, numbers, strict=True)
-        for ds in BUILDERS[kind](findings, manifest, sources, number)
-    ]
+    objects: list[tuple[str, pydicom.Dataset]] = []
+    for kind, number in zip(manifest.produces, numbers, strict=True):
+        if kind == "sr":  # the one result type that records evidence from other studies
+            made = _sr(findings, manifest, sources, number, prior_sources)
+        else:
+            made = BUILDERS[kind](findings, manifest, sources, number)
+        objects.extend((kind, ds) for ds in made)
+    return objects

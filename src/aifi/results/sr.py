@@ -84,16 +84,25 @@ def build_sr(
     *,
     series_number: int = SR_SERIES_NUMBER,
     instance_number: int = 1,
+    prior_sources: Sequence[pydicom.Dataset] = (),
 ) -> pydicom.Dataset:
     """Encode ``findings`` of ``manifest``'s algorithm on ``sources`` as one SR.
 
     ``sources`` are the (pseudonymized) images the algorithm ran on, all of
     one study; headers without pixel data suffice. Raises ``ValueError`` when
     they are empty, span several studies, or do not contain an image a
-    finding refers to.
+    finding refers to. ``prior_sources`` are images of earlier studies of the
+    same patient the algorithm compared with: they are listed in the Pertinent
+    Other Evidence Sequence (0040,A385), PS3.3 C.17.2.3, beside the current
+    study's Current Requested Procedure Evidence Sequence.
     """
     sources = [source_header(ds) for ds in sources]
     by_uid = check_sources(sources)
+    others = [
+        source_header(ds)
+        for ds in prior_sources
+        if ds.StudyInstanceUID != sources[0].StudyInstanceUID
+    ]
     finding_type = _finding_type(findings)
     algorithm_id = hd.sr.AlgorithmIdentification(name=manifest.name, version=manifest.version)
 
@@ -121,7 +130,7 @@ def build_sr(
     report[0].ContentSequence.append(_qualitative_evaluations(findings))
 
     sr = hd.sr.Comprehensive3DSR(
-        evidence=sources,
+        evidence=[*sources, *others],  # highdicom files other studies' as other evidence
         content=_container_only(report[0]),  # the tree is attached below: _with_content
         series_instance_uid=hd.UID(),
         series_number=series_number,

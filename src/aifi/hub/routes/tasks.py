@@ -58,7 +58,7 @@ def create_task(
     """
 
     def create(session: Session) -> tasks.TaskRefused | tuple[TaskOut, bool, str]:
-        outcome = tasks.create_task(session, hospital.id, body, context.algorithms)
+        outcome = tasks.create_task(session, hospital.id, body, context.algorithms, context.store)
         if isinstance(outcome, tasks.TaskRefused):
             return outcome
         task, created = outcome
