@@ -177,6 +177,8 @@ def test_what_cannot_be_taken_is_answered_with_the_reason(
     assert error in "|".join(err)
     assert reason in ack
     assert not desk.order_items()
+    (refused,) = desk.state.events("order-refused")  # in the trail too, with the reason
+    assert reason.replace("\\S\\", "^") in refused["detail"]
 
 
 def test_a_v251_refusal_carries_err_3_err_4_and_the_user_message(

@@ -348,16 +348,21 @@ class OrderDesk:
         for peer in self.settings.query_retrieve if request_id is None else []:
             from aifi.edge.pull import pull_study
 
-            outcome = pull_study(
-                self.settings,
-                peer,
-                accession=None if study_uid else mine["accession"],
-                study_uid=study_uid or None,
-                algorithm_id=item["algorithm_id"],
-                requested_by=f"order {name}",
-                priority=item["priority"],
-                state=self.state,
-            )
+            try:
+                outcome = pull_study(
+                    self.settings,
+                    peer,
+                    accession=None if study_uid else mine["accession"],
+                    study_uid=study_uid or None,
+                    algorithm_id=item["algorithm_id"],
+                    requested_by=f"order {name}",
+                    priority=item["priority"],
+                    state=self.state,
+                )
+            except Exception as exc:  # a broken peer is one more reason to wait, not a crash
+                logger.warning("order %s: the pull from %s failed: %s", name, peer.name, exc)
+                problems.append(f"the pull from {peer.name or peer.ae_title} failed: {exc}")
+                continue
             if outcome.request_id is not None and outcome.study_instance_uid:
                 request_id, study_uid, detail = (
                     outcome.request_id,

@@ -91,40 +91,60 @@ class _Header:
 
 
 def answer_message(text: str, desk: OrderDesk) -> str:
-    """The acknowledgement of one HL7 message, each of its orders given to ``desk``."""
+    """The acknowledgement of one HL7 message, each of its orders given to ``desk``.
+
+    A message refused as a whole (AR, or AE before any order was read) is
+    recorded as an ``order-refused`` event too; refused orders are recorded
+    by the desk. Whatever breaks, the RIS gets an answer.
+    """
     header = _header(text)
+    try:
+        code, problems, detail, read = _judge(text, header, desk)
+    except Exception:  # the RIS gets an answer whatever broke here
+        logger.exception("an HL7 message could not be read")
+        code, read = "AE", False
+        problems, detail = [_Problem(207, "the edge could not read the message; send it again")], ""
+    if problems and not read:
+        kind = f"{header.message_type}^{header.event}" if header else "(no MSH)"
+        sender = f" from {header.sending_app}/{header.sending_facility}" if header else ""
+        desk.state.record_event(
+            "order-refused", f"HL7 {kind}{sender}: {code} {problems[0].code}: {problems[0].text}"
+        )
+    return _ack(header or _FALLBACK, code, problems, detail)
+
+
+def _judge(
+    text: str, header: _Header | None, desk: OrderDesk
+) -> tuple[str, list[_Problem], str, bool]:
+    """(MSA-1, problems, what was done, whether the orders reached the desk)."""
     if header is None:
-        return _ack(_FALLBACK, "AR", [_Problem(100, "the message does not start with an MSH")])
+        return "AR", [_Problem(100, "the message does not start with an MSH")], "", False
     kind = f"{header.message_type}^{header.event}"
     if header.message_type not in ("ORM", "OMI"):
-        return _ack(
-            header, "AR", [_Problem(200, f"{kind} is not an order: send ORM^O01 or OMI^O23")]
-        )
+        return "AR", [_Problem(200, f"{kind} is not an order: send ORM^O01 or OMI^O23")], "", False
     if (header.message_type, header.event) not in (("ORM", "O01"), ("OMI", "O23")):
-        return _ack(header, "AR", [_Problem(201, f"{kind} is not taken: send ORM^O01 or OMI^O23")])
+        return "AR", [_Problem(201, f"{kind} is not taken: send ORM^O01 or OMI^O23")], "", False
     versions = _ORM_VERSIONS if header.message_type == "ORM" else _OMI_VERSIONS
     if header.version not in versions:
-        return _ack(
-            header,
-            "AR",
-            [_Problem(203, f"{kind} v{header.version} is not taken: v{', v'.join(versions)} are")],
-        )
+        known = f"v{', v'.join(versions)} are"
+        return "AR", [_Problem(203, f"{kind} v{header.version} is not taken: {known}")], "", False
     try:
         message = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
     except UnsupportedVersion as exc:
-        return _ack(header, "AR", [_Problem(203, f"HL7 v{header.version}: {exc}")])
+        return "AR", [_Problem(203, f"HL7 v{header.version}: {exc}")], "", False
     except HL7apyException as exc:  # hl7apy's errors, translated once here
-        return _ack(header, "AE", [_Problem(102, f"the message is not valid HL7 v2: {exc}")])
+        return "AE", [_Problem(102, f"the message is not valid HL7 v2: {exc}")], "", False
     source = f"HL7 {kind} v{header.version} from {header.sending_app}/{header.sending_facility}"
     groups = _order_groups(message.children)
     if not groups:
-        return _ack(header, "AE", [_Problem(101, "the message has no ORC/OBR order", "ORC")])
+        return "AE", [_Problem(101, "the message has no ORC/OBR order", "ORC")], "", False
     problems: list[_Problem] = []
     taken: list[str] = []
     for number, group in enumerate(groups, start=1):
         order = _order(group, number, source)
         if isinstance(order, _Problem):
             problems.append(order)
+            desk.state.record_event("order-refused", f"{source}: {order.text}")
             continue
         try:
             answer = desk.take(order)
@@ -136,7 +156,7 @@ def answer_message(text: str, desk: OrderDesk) -> str:
             taken.append(answer.detail)
         else:
             problems.append(_Problem(_code_of(answer.detail), answer.detail, "OBR", number, 4))
-    return _ack(header, "AE" if problems else "AA", problems, "; ".join(taken))
+    return ("AE" if problems else "AA"), problems, "; ".join(taken), True
 
 
 def _code_of(detail: str) -> int:
