@@ -38,8 +38,7 @@ import logging
 import os
 import time
 import tomllib
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -56,6 +55,7 @@ from aifi.algorithms.base import (
     instances_of,
 )
 from aifi.algorithms.findings_json import findings_from_json
+from aifi.dicom import multipart
 from aifi.errors import AlgorithmError, ConfigError
 
 __all__ = ["RETRY_STATUS", "RemoteAlgorithm", "manifest_from_mapping", "remote_from_file"]
@@ -65,7 +65,6 @@ logger = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({409, 429, 502, 503, 504})
 """HTTP statuses meaning "busy, come back later": waited out, not failed."""
 
-_CHUNK = 1 << 20
 _MAX_REASON = 500
 _STATES = frozenset({"queued", "running", "completed", "failed"})
 
@@ -149,7 +148,7 @@ class RemoteAlgorithm:
         return findings
 
     def _submit(self, client: httpx.Client, inputs: AlgorithmInput, deadline: float) -> str:
-        boundary = uuid.uuid4().hex
+        boundary = multipart.new_boundary()
         instances = instances_of(inputs)
         key = hashlib.sha256(
             "\n".join(
@@ -161,9 +160,9 @@ class RemoteAlgorithm:
             "POST",
             "/v1/inferences",
             deadline,
-            body=lambda: _multipart(tuple(i.path for i in instances), boundary),
+            body=lambda: multipart.dicom_files(tuple(i.path for i in instances), boundary),
             headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Content-Type": multipart.content_type(boundary),
                 "Idempotency-Key": key,
                 "X-Algorithm-Version": self.manifest.version,
             },
@@ -255,17 +254,6 @@ class RemoteAlgorithm:
             f"remote algorithm {self.manifest.id!r} did not finish within {self.timeout_s:g} s "
             f"({what}: {last}); the task can be scheduled again later"
         )
-
-
-def _multipart(paths: tuple[Path, ...], boundary: str) -> Iterator[bytes]:
-    """The instances as a multipart/related body (PS3.18 §8.6.1.2), read in chunks."""
-    for path in paths:
-        yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                yield chunk
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode("ascii")
 
 
 def _retry_after(response: httpx.Response, default: float) -> float:

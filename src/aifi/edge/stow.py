@@ -20,7 +20,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, Protocol
+from typing import Protocol
 
 import pydicom
 from fastapi import APIRouter, Request
@@ -28,11 +28,9 @@ from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from python_multipart import MultipartParser
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from aifi.dicom.multipart import DICOM_MEDIA_TYPE, MultipartError, MultipartReader, boundary_of
 from aifi.dicom.status import CANNOT_UNDERSTAND, STUDY_MISMATCH, stow_http_status
 
 __all__ = ["Receiver", "create_stow_router"]
@@ -40,7 +38,6 @@ __all__ = ["Receiver", "create_stow_router"]
 logger = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
-DICOM_MEDIA_TYPE = "application/dicom"
 _BATCH = 1024 * 1024
 
 
@@ -113,35 +110,6 @@ def _store_part(
     outcome.stored.append(item)
 
 
-class _Parts:
-    """python-multipart callbacks keeping each finished part until it is stored."""
-
-    def __init__(self) -> None:
-        self.done: list[bytes] = []
-        self.finished = False
-        self._current = bytearray()
-
-    def callbacks(self) -> dict[str, Any]:
-        return {
-            "on_part_begin": self._current.clear,
-            "on_part_data": lambda data, start, end: self._current.extend(data[start:end]),
-            "on_part_end": lambda: self.done.append(bytes(self._current)),
-            "on_end": self._end,
-        }
-
-    def _end(self) -> None:
-        self.finished = True
-
-
-def _boundary(content_type: str) -> bytes | None:
-    media_type, params = parse_options_header(content_type)
-    if media_type.decode("latin-1").lower() != "multipart/related":
-        return None
-    if params.get(b"type", DICOM_MEDIA_TYPE.encode()).decode("latin-1").lower() != DICOM_MEDIA_TYPE:
-        return None
-    return params.get(b"boundary")
-
-
 def create_stow_router(receiver: Receiver, token: str | None) -> APIRouter:
     """The STOW-RS routes of the edge's local web server."""
     router = APIRouter(prefix="/dicomweb", tags=["stow-rs"])
@@ -152,32 +120,30 @@ def create_stow_router(receiver: Receiver, token: str | None) -> APIRouter:
         given = request.headers.get("authorization", "")
         if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return _refused(401, "send Authorization: Bearer <the edge's status admin password>")
-        boundary = _boundary(request.headers.get("content-type", ""))
-        if not boundary:
-            return _refused(
-                415, 'STOW-RS takes Content-Type: multipart/related; type="application/dicom"'
-            )
+        try:
+            boundary = boundary_of(request.headers.get("content-type"), DICOM_MEDIA_TYPE)
+        except MultipartError as exc:
+            return _refused(415, f"STOW-RS: {exc}")
         source = f"STOW-RS {request.client.host if request.client else 'unknown'}"
-        parts, outcome = _Parts(), _Outcome()
-        parser = MultipartParser(boundary, parts.callbacks())  # type: ignore[arg-type]
+        outcome = _Outcome()
+        # Each part is kept in memory only until it is stored (the receive path takes bytes).
+        reader: MultipartReader[BytesIO] = MultipartReader(boundary, BytesIO)
         pending = bytearray()
         try:
             async for chunk in request.stream():
                 pending += chunk
-                if len(pending) >= _BATCH or not chunk:
-                    parser.write(bytes(pending))
-                    pending.clear()
-                while parts.done:
-                    part = parts.done.pop(0)
-                    await run_in_threadpool(_store_part, receiver, part, source, study, outcome)
-            parser.write(bytes(pending))
-            parser.finalize()
-        except MultipartParseError as exc:
-            return _refused(400, f"the body is not valid multipart/related: {exc}")
-        for part in parts.done:
-            await run_in_threadpool(_store_part, receiver, part, source, study, outcome)
-        if not parts.finished:
-            return _refused(400, "the body ended before its closing boundary; send it again")
+                if len(pending) < _BATCH and chunk:
+                    continue
+                for part in reader.feed(bytes(pending)):
+                    raw = part.sink.getvalue()
+                    await run_in_threadpool(_store_part, receiver, raw, source, study, outcome)
+                pending.clear()
+            for part in reader.feed(bytes(pending)):
+                raw = part.sink.getvalue()
+                await run_in_threadpool(_store_part, receiver, raw, source, study, outcome)
+            reader.close()
+        except MultipartError as exc:
+            return _refused(400, str(exc))
         if not outcome.stored and not outcome.failed:
             return _refused(400, "the STOW-RS body has no parts")
         logger.info(

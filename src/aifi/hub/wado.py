@@ -37,6 +37,7 @@ from pydicom.uid import (
 )
 from python_multipart.multipart import parse_options_header
 
+from aifi.dicom.multipart import write_parts
 from aifi.errors import AifiError
 from aifi.hub.storage import ObjectStore, iter_file
 
@@ -179,15 +180,19 @@ def transcoded(store: ObjectStore, planned: Planned) -> Iterator[IO[bytes]]:
 
 def multipart_body(store: ObjectStore, planned: list[Planned], boundary: str) -> Iterator[bytes]:
     """A WADO-RS response body, one part per object, each part's syntax in its Content-Type."""
-    for item in planned:
-        yield (
-            f"--{boundary}\r\nContent-Type: {DICOM_MEDIA_TYPE}; "
-            f"transfer-syntax={item.target}\r\n\r\n"
-        ).encode("ascii")
-        with transcoded(store, item) as handle:
-            yield from iter_file(handle)
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode("ascii")
+    return write_parts(
+        (
+            (f"{DICOM_MEDIA_TYPE}; transfer-syntax={item.target}", _object(store, item))
+            for item in planned
+        ),
+        boundary,
+    )
+
+
+def _object(store: ObjectStore, item: Planned) -> Iterator[bytes]:
+    """One object's bytes in its planned transfer syntax, read when the body reaches it."""
+    with transcoded(store, item) as handle:
+        yield from iter_file(handle)
 
 
 def metadata(store: ObjectStore, key: str, instance_url: str) -> dict[str, Any]:

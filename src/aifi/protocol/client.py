@@ -10,7 +10,6 @@ in memory.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import aifi
 from aifi.core.errors import HubRefused, HubUnavailable
+from aifi.dicom import multipart
 from aifi.protocol.schemas import (
     Acknowledge,
     CatalogEntryOut,
@@ -32,7 +32,6 @@ __all__ = ["PLACEHOLDER_TOKEN", "HubClient", "HubPeer", "StoreOutcome", "split_m
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
 
 PLACEHOLDER_TOKEN = "change-me"
 
@@ -83,13 +82,16 @@ class HubClient:
     # -- STOW-RS -----------------------------------------------------------
     def store_instances(self, paths: Sequence[Path]) -> StoreOutcome:
         """Upload DICOM files in one STOW-RS request (PS3.18 §10.5)."""
-        boundary = uuid.uuid4().hex
+        boundary = multipart.new_boundary()
         headers = {
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Content-Type": multipart.content_type(boundary),
             "Accept": "application/dicom+json",
         }
         response = self._send(
-            "POST", "/dicomweb/studies", content=_multipart(paths, boundary), headers=headers
+            "POST",
+            "/dicomweb/studies",
+            content=multipart.dicom_files(paths, boundary),
+            headers=headers,
         )
         body = response.json() if response.content else {}
         stored = tuple(
@@ -205,34 +207,14 @@ class HubClient:
             self._on_contact(ok, detail)
 
 
-def _multipart(paths: Sequence[Path], boundary: str) -> Iterator[bytes]:
-    delimiter = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-    for path in paths:
-        yield delimiter
-        with path.open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                yield chunk
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
-
-
 def split_multipart(body: bytes, content_type: str) -> list[bytes]:
-    """The payloads of a multipart/related body (RFC 2046 §5.1)."""
-    boundary = ""
-    for param in content_type.split(";"):
-        key, _, value = param.strip().partition("=")
-        if key.lower() == "boundary":
-            boundary = value.strip('"')
-    if not boundary:
-        raise HubRefused("hub answered without a multipart boundary", status_code=502)
-    delimiter = b"--" + boundary.encode()
-    parts: list[bytes] = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        _headers, _, payload = chunk.partition(b"\r\n\r\n")
-        parts.append(payload.removesuffix(b"\r\n"))
-    return parts
+    """The payloads of a multipart/related body the hub answered (RFC 2046 §5.1)."""
+    try:
+        return multipart.split(body, multipart.boundary_of(content_type, part_type=None))
+    except multipart.MultipartError as exc:
+        raise HubRefused(
+            f"the hub's multipart answer cannot be read: {exc}", status_code=502
+        ) from exc
 
 
 def _seq(body: object, tag: str) -> list[dict[str, dict[str, list[str]]]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -20,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from aifi.dicom.multipart import content_type, new_boundary, write_parts
 from aifi.errors import DicomInputError
 from aifi.hub.auth import CurrentHospital
 from aifi.hub.db import retrying
@@ -36,6 +36,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 DICOM_JSON = "application/dicom+json"
+_OCTETS = "application/octet-stream"
 
 
 @router.post("/studies", status_code=status.HTTP_200_OK)
@@ -155,10 +156,9 @@ def _retrieve(
         planned = plan(store, keys, syntaxes)
     except NotAcceptable as exc:
         raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, detail=str(exc)) from exc
-    boundary = secrets.token_hex(16)
+    boundary = new_boundary()
     return StreamingResponse(
-        multipart_body(store, planned, boundary),
-        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        multipart_body(store, planned, boundary), media_type=content_type(boundary)
     )
 
 
@@ -309,9 +309,8 @@ def retrieve_bulkdata(
     value = bulkdata(context.store, rows[0][0], int(tag, 16))
     if value is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="the object has no such element")
-    boundary = secrets.token_hex(16)
-    head = f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode("ascii")
+    boundary = new_boundary()
     return Response(
-        head + value + f"\r\n--{boundary}--\r\n".encode("ascii"),
-        media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+        b"".join(write_parts([(_OCTETS, [value])], boundary)),
+        media_type=content_type(boundary, _OCTETS),
     )
