@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aifi.audit import SqliteAuditLog, verify_jsonl
+from aifi.audit import GENESIS, AuditEvent, SqliteAuditLog, chain_hash, verify_jsonl
 from aifi.cli import app
 
 
@@ -134,3 +134,42 @@ def test_aifi_audit_verify_names_the_changed_event(log: SqliteAuditLog, tmp_path
     broken = runner.invoke(app, ["audit", "verify", "--edge-db", str(log.path)])
     assert broken.exit_code == 1
     assert "event 2 was changed after it was recorded" in broken.stdout
+
+
+def test_an_edge_file_from_before_named_chains_is_upgraded_and_its_chain_goes_on(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.db"
+    with sqlite3.connect(path) as db:  # the layout every edge wrote before schema 0008
+        db.execute(
+            "CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, at VARCHAR(40) NOT NULL,"
+            " actor VARCHAR(200) NOT NULL, action VARCHAR(64) NOT NULL, hospital VARCHAR(64),"
+            " task VARCHAR(64), algorithm VARCHAR(64), algorithm_version VARCHAR(64),"
+            " agreement VARCHAR(200), correlation_id VARCHAR(64), detail TEXT NOT NULL,"
+            " prev_hash VARCHAR(64) NOT NULL, hash VARCHAR(64) NOT NULL)"
+        )
+        db.execute("CREATE INDEX ix_audit_events_hospital_at ON audit_events (hospital, at)")
+        db.execute("CREATE INDEX ix_audit_events_action_at ON audit_events (action, at)")
+        db.execute("CREATE TABLE audit_head (id INTEGER PRIMARY KEY, seq INTEGER, hash TEXT)")
+        prev = GENESIS
+        for seq in (1, 2):
+            at = f"2026-11-0{seq}T08:00:00+00:00"
+            event = AuditEvent(seq, at, "edge", "study-stable", "St. Example", prev_hash=prev)
+            digest = chain_hash(prev, event.body())
+            db.execute(
+                "INSERT INTO audit_events (seq, at, actor, action, hospital, detail, prev_hash,"
+                " hash) VALUES (?, ?, 'edge', 'study-stable', 'St. Example', '{}', ?, ?)",
+                (seq, event.at, prev, digest),
+            )
+            prev = digest
+        db.execute("INSERT INTO audit_head VALUES (1, 2, ?)", (prev,))
+
+    log = SqliteAuditLog(path)
+    assert log.verify() == []
+    assert log.append("task-submitted", actor="edge").seq == 3
+    assert [(e.chain, e.seq) for e in log.events()] == [("main", 1), ("main", 2), ("main", 3)]
+    assert log.verify() == []
+    log.close()
+    again = SqliteAuditLog(path)  # opening an upgraded file changes nothing
+    assert again.count() == 3 and again.verify() == []
+    again.close()

@@ -33,6 +33,7 @@ whole chain together with its head row is then still found by
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -40,9 +41,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, Row, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    Row,
+    Select,
+    Update,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from aifi.audit.chain import GENESIS, MAIN, AuditEvent, Head, chain_hash, now_iso, verify_chain
@@ -119,10 +132,6 @@ class SqlAuditLog:
         self._locks = locks or ChainLocks()
         self._transient = transient or _busy
 
-    def chain_of(self, hospital: str | None) -> str:
-        """The chain an event of ``hospital`` is appended to."""
-        return self._chain_of(hospital)
-
     def append(
         self,
         action: str,
@@ -165,12 +174,10 @@ class SqlAuditLog:
         raise StorageError(f"cannot append to the audit log: {_ATTEMPTS} attempts lost a race")
 
     def _append(self, connection: Connection, chain: str, fields: dict[str, Any]) -> AuditEvent:
-        events, head = self._tables.events, self._tables.head
-        current = connection.execute(
-            select(head.c.seq, head.c.hash).where(head.c.chain == chain).with_for_update()
-        ).first()
+        statements = _statements(self._tables)
+        current = connection.execute(statements.lock_head, {"chain": chain}).first()
         if current is None:  # a new chain; a writer opening it too makes one of us retry
-            connection.execute(insert(head).values(chain=chain, seq=0, hash=GENESIS))
+            connection.execute(statements.open_head, {"chain": chain, "seq": 0, "hash": GENESIS})
             if self._root is not None and chain != self._root:
                 opening = {**fields, "action": CHAIN_OPENED, "hospital": None, "task": None}
                 opening.update(algorithm=None, algorithm_version=None, agreement=None)
@@ -182,11 +189,10 @@ class SqlAuditLog:
             seq=last.seq + 1, at=now_iso(), chain=chain, prev_hash=last.hash, **fields
         )
         event = AuditEvent(**{**_fields_of(draft), "hash": chain_hash(last.hash, draft.body())})
-        connection.execute(insert(events).values(**_row_values(event)))
+        connection.execute(statements.insert_event, _row_values(event))
         moved = connection.execute(
-            update(head)
-            .where(head.c.chain == chain, head.c.seq == last.seq)
-            .values(seq=event.seq, hash=event.hash)
+            statements.move_head,
+            {"b_chain": chain, "b_seq": last.seq, "b_new_seq": event.seq, "b_hash": event.hash},
         )
         if moved.rowcount != 1:
             raise _LostRaceError
@@ -312,6 +318,31 @@ class SqlAuditLog:
                 fp.write(json.dumps(event.as_json(), sort_keys=True, ensure_ascii=False) + "\n")
                 count += 1
         return count
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """An append's four statements, built once per set of tables (values bound per call)."""
+
+    lock_head: Select[Any]
+    open_head: Insert
+    insert_event: Insert
+    move_head: Update
+
+
+@functools.cache
+def _statements(tables: AuditTables) -> _Statements:
+    head = tables.head
+    return _Statements(
+        lock_head=select(head.c.seq, head.c.hash)
+        .where(head.c.chain == bindparam("chain"))
+        .with_for_update(),
+        open_head=insert(head),
+        insert_event=insert(tables.events),
+        move_head=update(head)
+        .where(head.c.chain == bindparam("b_chain"), head.c.seq == bindparam("b_seq"))
+        .values(seq=bindparam("b_new_seq"), hash=bindparam("b_hash")),
+    )
 
 
 def seal_of(heads: Mapping[str, Head]) -> Head:

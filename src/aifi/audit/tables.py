@@ -63,6 +63,7 @@ def define_audit_tables(metadata: MetaData) -> AuditTables:
         Index("ix_audit_events_hospital_at", "hospital", "at"),
         Index("ix_audit_events_action_at", "action", "at"),
         Index("ix_audit_events_at", "at"),
+        sqlite_with_rowid=False,  # the key is the table: one B-tree written per append, not two
     )
     head = Table(
         "audit_head",

@@ -52,9 +52,7 @@ def verify(
         else:
             with _log(hub_config, edge_db) as log:
                 problems = log.verify()
-                heads = log.heads()
-                count = sum(h.seq for h in heads.values())
-                chains = len(heads)
+                count, chains = log.count(), len(log.heads())
     except AifiError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

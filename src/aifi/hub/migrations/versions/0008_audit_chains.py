@@ -67,6 +67,7 @@ def upgrade() -> None:
         "audit_events_0008",
         *_event_columns(chained=True),
         sa.PrimaryKeyConstraint("chain", "seq", name="audit_events_0008_pkey"),
+        sqlite_with_rowid=False,  # as aifi.audit.tables defines it: the key is the table
     )
     op.execute(
         f"INSERT INTO audit_events_0008 (chain, {_COLUMNS}) "
