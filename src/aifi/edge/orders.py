@@ -117,6 +117,8 @@ class OrderDesk:
         self.orders: OrdersSettings = settings.orders
         self.state = state
         self._lock = threading.RLock()
+        # order number / accession → workitem UIDs (see _candidates); read from the state once
+        self._index: dict[str, list[str]] | None = None
         # the waiting orders' workitem UIDs → when to look again; read from the state once
         self._waiting: dict[str, float] | None = None
         self._wake = threading.Event()
@@ -191,6 +193,7 @@ class OrderDesk:
         self.state.add_workitem(uid, order.study_instance_uid, algorithm, order.priority, dataset)
         if self._waiting is not None:
             self._waiting[uid] = 0.0
+        self._note(uid, dataset[ORDER_KEY])
         self.state.record_event(
             "order-received",
             f"{order.source}: order {order.key} (accession {order.accession or '-'}):"
@@ -243,9 +246,35 @@ class OrderDesk:
         """Every workitem an order made, oldest first."""
         return [i for i in self.state.workitems() if ORDER_KEY in i["dataset"]]
 
+    def _candidates(self, order: Order) -> list[dict[str, Any]]:
+        """The workitems made by orders with this order number or accession, oldest first.
+
+        An index (order number and accession → workitem UIDs), read from the
+        state once, so an order costs the same on the first day and after a year.
+        """
+        if self._index is None:
+            self._index = {}
+            for item in self.order_items():
+                self._note(item["uid"], item["dataset"][ORDER_KEY])
+        uids = dict.fromkeys(
+            [
+                *self._index.get(f"o:{order.order_number}", []),
+                *self._index.get(f"a:{order.accession}", []),
+            ]
+        )
+        items = [i for u in uids if (i := self.state.workitem(u)) is not None]
+        return sorted(items, key=lambda i: float(i["created_at"]))
+
+    def _note(self, uid: str, mine: dict[str, Any]) -> None:
+        if self._index is None:
+            return
+        for key in (f"o:{mine['order_number']}", f"a:{mine['accession']}"):
+            if key not in ("o:", "a:"):
+                self._index.setdefault(key, []).append(uid)
+
     def _matching(self, order: Order) -> list[dict[str, Any]]:
         found = []
-        for item in self.order_items():
+        for item in self._candidates(order):
             mine = item["dataset"][ORDER_KEY]
             if order.order_number and mine["order_number"]:
                 same = mine["order_number"] == order.order_number
