@@ -100,7 +100,7 @@ def create_app(
         parts.sync_catalog()
         pool: Dispatcher
         if not embedded:
-            pool = ElsewhereWorkers()
+            pool = ElsewhereWorkers(parts.queue)  # notifies workers on PostgreSQL
         elif dispatcher is not None:
             pool = dispatcher(
                 TaskRunner(parts.sessions, parts.store, parts.runnable, lease_s=settings.lease_s)

@@ -9,8 +9,9 @@ is lost when a process dies. Two dispatchers:
   child process by default). ``submit`` wakes them. The embedded
   ``aifi hub serve`` and ``aifi hub worker`` run one.
 * :class:`ElsewhereWorkers` — the ``aifi hub api`` process runs no
-  algorithm: ``submit`` only logs; workers on other machines find the task
-  at their next poll.
+  algorithm: ``submit`` puts the task on the queue, which on PostgreSQL
+  notifies the workers of the other processes (:mod:`aifi.hub.queue`);
+  otherwise they find it at their next poll.
 """
 
 from __future__ import annotations
@@ -49,10 +50,15 @@ class Dispatcher(Protocol):
 
 
 class ElsewhereWorkers:
-    """The API process's dispatcher: workers are other processes, polling the database."""
+    """The API process's dispatcher: workers are other processes, notified or polling."""
+
+    def __init__(self, queue: TaskQueue | None = None) -> None:
+        self._queue = queue
 
     def submit(self, task_id: str) -> None:
         logger.debug("task %s scheduled for the hub's workers", task_id)
+        if self._queue is not None:
+            self._queue.put(task_id)
 
     def start(self) -> None:
         pass
@@ -94,6 +100,7 @@ class WorkerPool:
     def start(self) -> None:
         if self._threads:
             return
+        self._queue.listen()
         for number in range(self._slots):
             runner = self._make_runner(self._abort)
             thread = threading.Thread(
@@ -134,3 +141,4 @@ class WorkerPool:
             for thread in self._threads:
                 thread.join(30)
         self._threads = []
+        self._queue.stop_listening()
