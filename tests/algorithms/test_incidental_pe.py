@@ -182,3 +182,17 @@ def test_memory_grows_by_canvases_not_by_slices_read(
     large = _peak_traced_mb(algorithm, tmp_path / "large", 240)
     print(f"peak traced: {small:.1f} MB at 48 slices, {large:.1f} MB at 240")
     assert large - small < 30.0
+
+
+def test_batches_do_not_change_the_answer(
+    algorithm: IncidentalPE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model sees a few slices a call; one slice a call gives the same numbers."""
+    import aifi.algorithms.incidental_pe.algorithm as module
+
+    inputs = as_algorithm_input(write_study(chest_ct_series(embolus=True, seed=41), tmp_path))
+    batched = algorithm.run(inputs)
+    monkeypatch.setattr(module, "BATCH", 1)
+    single = algorithm.run(inputs)
+    assert single.details["probability"] == batched.details["probability"]
+    assert single.details["locations"] == batched.details["locations"]
