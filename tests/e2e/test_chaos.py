@@ -26,7 +26,7 @@ from aifi.netutil import free_port
 from peers.dcmtk import storescu
 from peers.orthanc import Orthanc
 
-from .conftest import EdgeProcess, HubProcess
+from .conftest import HUB_ON_BOTH_DATABASES, EdgeProcess, HubProcess
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.slow]
 
@@ -88,6 +88,7 @@ def route(orthanc: Orthanc, ids: list[str], stop_at: float) -> None:
     raise AssertionError("the edge never took the study")
 
 
+@HUB_ON_BOTH_DATABASES
 def test_every_result_lands_exactly_once_through_kills(
     tmp_path: Path, orthanc: Orthanc, hub: HubProcess, edge: EdgeProcess
 ) -> None:

@@ -183,6 +183,7 @@ def test_killing_the_hub_after_upload_loses_nothing(
     assert len(edge.state.deliveries(task.id)) == 1
 
 
+@HUB_ON_BOTH_DATABASES
 def test_a_hub_that_is_down_delays_but_does_not_lose(
     tmp_path: Path, orthanc: Orthanc, hub: HubProcess, edge: EdgeService
 ) -> None:
