@@ -195,8 +195,8 @@ def test_priors_of_the_same_patient_and_body_part_are_pulled_and_noted_on_the_ta
     tmp_path: Path, orthanc: Orthanc
 ) -> None:
     """An algorithm asking for 2 years of priors: the 2025 hand comes, the 2020 hand does not."""
-    # Priors are pulled to the edge and noted on the task; the hub's task contract
-    # (one study per task) does not carry them yet.
+    # Priors are pulled to the edge and noted on the task; they are not the task's own
+    # instances (tests/e2e/test_priors.py follows them to the hub and back).
     patient = "PH-PRIOR-1"
     current = put_into_orthanc(
         orthanc,
@@ -239,7 +239,7 @@ def test_priors_of_the_same_patient_and_body_part_are_pulled_and_noted_on_the_ta
     assert task_id is not None
     assert state.task(task_id).rule == "request by aifi edge request"
     held = {row.study_instance_uid for row, _p, _d in state.task_instances(task_id)}
-    assert held == {current}  # the hub's task takes one study: priors stay at the edge
+    assert held == {current}  # the task's own instances; priors travel beside them
     assert [r.study_instance_uid for r in state.instances(prior)] == [prior]
     (event,) = [e for e in state.task_events(task_id) if e["kind"] == "priors-pulled"]
     assert "1 instances of 1 prior studies" in event["detail"]
@@ -302,7 +302,7 @@ def test_a_manifest_can_ask_for_priors() -> None:
     from aifi.algorithms.registry import get
 
     manifest = get("bone-age").manifest
-    assert manifest.priors is None  # shipped algorithms need none
+    assert manifest.priors == Priors(years=2, same_body_part=True, max_studies=1)  # compared
     asking = dataclasses.replace(manifest, priors=Priors(years=3, same_body_part=True))
     assert asking.priors == Priors(years=3.0, same_body_part=True, max_studies=3)
     with pytest.raises(ValueError, match="years"):

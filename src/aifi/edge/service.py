@@ -25,8 +25,9 @@ from aifi.edge.deliver import INTEGRITY_CHECK, Deliverer
 from aifi.edge.metrics import edge_registry
 from aifi.edge.orders import OrderDesk
 from aifi.edge.orders_hl7 import MllpListener
-from aifi.edge.outbox import DigestFn, Outbox
+from aifi.edge.outbox import Outbox
 from aifi.edge.policy import PolicyFile, ReleaseGate
+from aifi.edge.pseudonymize import DigestFn
 from aifi.edge.retention import Purger
 from aifi.edge.scp import EdgeReceiver
 from aifi.edge.state import EdgeState

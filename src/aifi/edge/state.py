@@ -954,6 +954,20 @@ class EdgeState:
         )
         return None if row is None else row[0]
 
+    def prior_studies(self, task_id: str) -> list[str]:
+        """The prior Study Instance UIDs the requests answered by ``task_id`` pulled, in order."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT prior_study_uids FROM requests WHERE task_id=? ORDER BY id", (task_id,)
+            )
+            .fetchall()
+        )
+        found: list[str] = []
+        for row in rows:
+            found.extend(uid for uid in json.loads(row[0]) if uid not in found)
+        return found
+
     def latest_task(self, study_instance_uid: str, algorithm_id: str) -> str | None:
         row = (
             self._conn()

@@ -56,6 +56,7 @@ __all__ = [
     "create_task",
     "find_task",
     "list_tasks",
+    "prior_studies_of",
     "rerun_task",
     "task_out",
 ]

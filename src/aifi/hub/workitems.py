@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.leases import claim, fence, renew
 from aifi.hub.models import Task, utcnow
-from aifi.hub.tasks import TaskRefused
+from aifi.hub.tasks import TaskRefused, prior_studies_of
 from aifi.protocol.schemas import PRIORITY_RANK, Role, TaskCreate, TaskState
 
 __all__ = [
@@ -134,9 +134,22 @@ def workitem_of(task: Task) -> dict[str, Any]:
                 }
             ],
         },
-        "00404021": {
+        "00404021": {  # the task's study first, then its priors (issue 14), each with its SOPs
             "vr": "SQ",
-            "Value": [{"0020000D": {"vr": "UI", "Value": [task.study_instance_uid]}}],
+            "Value": [{"0020000D": {"vr": "UI", "Value": [task.study_instance_uid]}}]
+            + [
+                {
+                    "0020000D": {"vr": "UI", "Value": [prior.study_instance_uid]},
+                    "00081199": {
+                        "vr": "SQ",
+                        "Value": [
+                            {"00081155": {"vr": "UI", "Value": [uid]}}
+                            for uid in prior.sop_instance_uids
+                        ],
+                    },
+                }
+                for prior in prior_studies_of(task)
+            ],
         },
     }
     if task.reason:

@@ -14,13 +14,25 @@ chronological age as Age (30525-0, LN), the method as Bone age method
 and the advanced/normal/delayed assessment use aifi's private codes, since
 no standard concept names them; the procedure is Bones X-ray bone age
 (37362-1, LN).
+
+Priors: the manifest asks for the child's most recent earlier hand
+radiograph of the last two years (:class:`aifi.core.manifest.Priors`), the
+usual follow-up of growth disorders and their treatment. When one is given,
+its bone age is read the same way and the result compares the two: how many
+months the bone age advanced over how many months of chronological age
+(from the Study Dates, both shifted by the same number of days when
+pseudonymized, else from Patient's Age), in the summary and in ``details``
+under ``prior``. The SR lists the prior study as other evidence.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -31,6 +43,8 @@ from aifi.algorithms.base import (
     ImageFinding,
     Manifest,
     Measurement,
+    Priors,
+    PriorStudyInput,
     Resources,
     SelectionRule,
     instances_of,
@@ -85,6 +99,42 @@ def age_in_months(value: str) -> float:
 def _years_months(months: float) -> str:
     whole = round(months)
     return f"{whole // 12} y {whole % 12} mo"
+
+
+def _prior_hands(
+    priors: tuple[PriorStudyInput, ...],
+) -> list[tuple[pydicom.Dataset, str]]:
+    """The first PA hand radiograph of each prior study, newest study first."""
+    found: list[tuple[pydicom.Dataset, str]] = []
+    for prior in priors:
+        for instance in sorted(prior.instances, key=lambda i: i.sop_instance_uid):
+            ds = instance.read()
+            if refusal_reason(ds) is None:
+                found.append((ds, prior.study_instance_uid))
+                break
+    found.sort(key=lambda item: str(item[0].get("StudyDate", "") or ""), reverse=True)
+    return found
+
+
+def _interval_months(
+    earlier: pydicom.Dataset,
+    later: pydicom.Dataset,
+    then: dict[str, Any],
+    now: dict[str, Any],
+) -> tuple[float, str]:
+    """Months between two studies and what they were taken from.
+
+    From the Study Dates where the pseudonymizer kept them (shifted, by the same
+    days for one patient), else from the Patient's Ages, which in years
+    (``nnnY``) are only as precise as a year.
+    """
+    try:
+        start = dt.datetime.strptime(str(earlier.StudyDate)[:8], "%Y%m%d").date()
+        end = dt.datetime.strptime(str(later.StudyDate)[:8], "%Y%m%d").date()
+    except (AttributeError, ValueError):
+        months = now["chronological_age_months"] - then["chronological_age_months"]
+        return round(months, 1), "PatientAge"
+    return round((end - start).days * 12 / 365.25, 1), "StudyDate"
 
 
 def refusal_reason(ds: pydicom.Dataset) -> str | None:
@@ -168,21 +218,61 @@ class BoneAge:
             produces=("sr", "sc"),
             resources=Resources(device="cpu", memory_mb=512, time_limit_s=60.0),
             model_sha256=self.spec.sha256,
+            priors=Priors(years=2.0, same_body_part=True, max_studies=1),
         )
 
     def run(self, inputs: AlgorithmInput) -> Findings:
-        """Read the first PA hand radiograph; refuse with the reason when there is none."""
+        """Read the first PA hand radiograph; refuse with the reason when there is none.
+
+        With a prior study, its bone age is read too and compared (see the module).
+        """
         reasons = []
         for instance in instances_of(inputs):
             ds = instance.read()
             reason = refusal_reason(ds)
             if reason is None:
-                return self._read(ds, instance.sop_instance_uid)
+                findings = self._read(ds, instance.sop_instance_uid)
+                return self._compared(findings, ds, inputs.priors)
             reasons.append(reason)
         raise InputNotAccepted(
             "no PA radiograph of a hand in the study: "
             + "; ".join(sorted(set(reasons)) or ["no instances"])
         )
+
+    def _compared(
+        self, findings: Findings, ds: pydicom.Dataset, priors: tuple[PriorStudyInput, ...]
+    ) -> Findings:
+        """``findings`` with the comparison to the newest readable prior, when there is one."""
+        for prior_ds, prior in _prior_hands(priors):
+            try:
+                earlier = self._read(prior_ds, str(prior_ds.SOPInstanceUID))
+            except InputNotAccepted as exc:
+                logger.info("bone-age: prior study %s not compared: %s", prior, exc)
+                continue
+            now = findings.details
+            then = earlier.details
+            interval, source = _interval_months(prior_ds, ds, then, now)
+            change = round(now["bone_age_months"] - then["bone_age_months"], 1)
+            comparison: dict[str, Any] = {
+                "study_instance_uid": prior,
+                "sop_instance_uid": str(prior_ds.SOPInstanceUID),
+                "bone_age_months": then["bone_age_months"],
+                "chronological_age_months": then["chronological_age_months"],
+                "sds": then["sds"],
+                "interval_months": interval,
+                "interval_from": source,
+                "bone_age_change_months": change,
+            }
+            about = "" if source == "StudyDate" else "about "
+            summary = findings.summary + (
+                f" Compared with the prior of {about}{interval:.0f} months earlier (bone age"
+                f" {_years_months(then['bone_age_months'])}, SDS {then['sds']:+.1f}): bone age"
+                f" {change:+.0f} months over {interval:.0f} months of chronological age."
+            )
+            return dataclasses.replace(
+                findings, summary=summary, details={**findings.details, "prior": comparison}
+            )
+        return findings
 
     def _read(self, ds: pydicom.Dataset, sop_instance_uid: str) -> Findings:
         sex, age_months = patient_context(ds)

@@ -1,0 +1,193 @@
+"""Priors on the user's path: a bone age compared with the child's earlier hand radiograph.
+
+Orthanc (Debian package, DICOM Q/R built in) is the hospital's PACS and holds
+four hand studies put there by dcmtk's storescu: the current one, a prior of
+the same child ten months earlier, one five years older (outside the two years
+bone-age asks for) and another child's. An operator runs ``aifi edge request
+--accession ... --algorithm bone-age`` beside the running edge; the edge pulls
+the study and its prior by C-MOVE, pseudonymizes both with the same patient
+pseudonym, and sends both with the task to the hub (``aifi hub serve`` in a
+process of its own), which runs bone-age on the current study with the prior
+beside it. The SR that lands back in Orthanc names the prior in its Pertinent
+Other Evidence Sequence (PS3.3 C.17.2.3) by the prior's real Study and SOP
+Instance UIDs, re-identified at the edge; the hub only ever saw pseudonyms.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+
+from aifi.edge.config import load_edge_settings
+from aifi.edge.service import EdgeService
+from aifi.netutil import free_port
+from aifi.phantoms.dicom import StudyContext
+from aifi.phantoms.hand import bone_age_study
+from aifi.phantoms.write import write_study
+from peers.dcmtk import storescu
+from peers.orthanc import Orthanc
+
+from .conftest import HubProcess
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.slow]
+
+CHILD = "PH-PRIORS-1"
+
+
+def hand_study(
+    accession: str, *, patient_id: str, date: dt.date, age_months: int, seed: int
+) -> list[pydicom.FileDataset]:
+    context = StudyContext(
+        patient_name="PHANTOM^HAND",
+        patient_id=patient_id,
+        patient_sex="F",
+        age_months=age_months,
+        study_date=date,
+        accession_number=accession,
+        study_description="XR HAND BONE AGE",
+    )
+    return list(bone_age_study(age_months=age_months, sex="F", seed=seed, study=context))
+
+
+def into_orthanc(orthanc: Orthanc, datasets: list[pydicom.FileDataset], folder: Path) -> str:
+    files = write_study(datasets, folder)
+    result = storescu(
+        files, "127.0.0.1", orthanc.dicom_port, calling_aet="MODALITY", called_aet=orthanc.aet
+    )
+    assert result.returncode == 0, result.stderr
+    return str(datasets[0].StudyInstanceUID)
+
+
+def edge_toml(folder: Path, orthanc: Orthanc, hub: HubProcess, token: str) -> Path:
+    config = folder / "edge.toml"
+    config.write_text(
+        f"""
+data_dir = "edge-data"
+quiet_period_s = 0.5
+
+[listener]
+port = {free_port()}
+allowed_calling_aets = ["{orthanc.aet}"]
+min_free_bytes = 0
+
+[hub]
+url = "{hub.url}"
+token = "{token}"
+poll_interval_s = 0.1
+max_backoff_s = 1.0
+
+[pacs]
+ae_title = "{orthanc.aet}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+
+[status]
+enabled = false
+
+[[query_retrieve]]
+name = "pacs"
+ae_title = "{orthanc.aet}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+method = "move"
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def wait_for_sr(orthanc: Orthanc, study_uid: str, timeout: float = 120) -> pydicom.Dataset:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ids = orthanc.find_instances(StudyInstanceUID=study_uid, Modality="SR")
+        if ids:
+            return orthanc.dataset(ids[0])
+        time.sleep(0.2)
+    raise AssertionError(f"no SR arrived in Orthanc within {timeout} s")
+
+
+def test_bone_age_gets_the_prior_and_its_sr_names_the_real_prior_study(
+    tmp_path: Path, orthanc: Orthanc, hub: HubProcess
+) -> None:
+    current = into_orthanc(
+        orthanc,
+        hand_study("ACC-NOW", patient_id=CHILD, date=dt.date(2026, 1, 15), age_months=121, seed=3),
+        tmp_path / "now",
+    )
+    then = hand_study(
+        "ACC-THEN", patient_id=CHILD, date=dt.date(2025, 3, 15), age_months=111, seed=4
+    )
+    prior = into_orthanc(orthanc, then, tmp_path / "then")
+    into_orthanc(  # five years earlier: outside the two years bone-age asks for
+        orthanc,
+        hand_study("ACC-OLD", patient_id=CHILD, date=dt.date(2021, 1, 15), age_months=61, seed=5),
+        tmp_path / "old",
+    )
+    into_orthanc(  # another child
+        orthanc,
+        hand_study(
+            "ACC-OTHER", patient_id="PH-OTHER", date=dt.date(2025, 6, 1), age_months=100, seed=6
+        ),
+        tmp_path / "other",
+    )
+    token = hub.add_hospital("St. Example", subscribe="bone-age")
+    config = edge_toml(tmp_path, orthanc, hub, token)
+    settings = load_edge_settings(config)
+    service = EdgeService(settings)
+    service.start()
+    orthanc.add_modality("aifi", settings.listener.ae_title, "127.0.0.1", service.dicom_port)
+    try:
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "aifi", "edge", "request", "--accession", "ACC-NOW",
+                "--algorithm", "bone-age", "--config", str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "(1 prior studies)" in result.stdout, result.stdout
+
+        sr = wait_for_sr(orthanc, current)
+        assert sr.PatientID == CHILD  # re-identified, filed in the current study
+        (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+        assert evidence.StudyInstanceUID == current
+        (other,) = sr.PertinentOtherEvidenceSequence
+        assert other.StudyInstanceUID == prior  # the real prior Study UID, mapped back
+        (series,) = other.ReferencedSeriesSequence
+        assert series.SeriesInstanceUID == then[0].SeriesInstanceUID
+        assert [i.ReferencedSOPInstanceUID for i in series.ReferencedSOPSequence] == [
+            then[0].SOPInstanceUID
+        ]
+        texts = [str(e.value) for e in sr.iterall() if e.keyword == "TextValue"]
+        # The pseudonymizer keeps no dates for bone-age: the interval comes from Patient's Age
+        # (010Y now, 009Y then), as precise as a year.
+        assert any("Compared with the prior of about 12 months earlier" in t for t in texts), (
+            "|".join(texts)
+        )
+
+        (task,) = service.state.tasks()
+        events = {e["kind"]: e["detail"] for e in service.state.task_events(task.id)}
+        assert "with 1 prior studies" in events["task-submitted"]
+        seen = httpx.get(
+            f"{hub.url}/tasks/{task.hub_task_id}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        ).json()
+        (listed,) = seen["prior_studies"]
+        assert listed["study_instance_uid"] not in (prior, current)  # a pseudonym at the hub
+        assert len(listed["sop_instance_uids"]) == 1
+        comparison = seen["findings"]["details"]["prior"]
+        assert comparison["study_instance_uid"] == listed["study_instance_uid"]
+        assert (comparison["interval_months"], comparison["interval_from"]) == (12, "PatientAge")
+        assert comparison["sop_instance_uid"] == listed["sop_instance_uids"][0]
+    finally:
+        service.stop()
