@@ -276,17 +276,18 @@ def test_audit_verify_finds_tampering_in_the_hub_database(
     verify = ["audit", "verify", "--hub-config", str(config)]
     intact = _invoke(*verify)
     assert "intact" in intact.stdout
-    _sql(tmp_path, database_url, "UPDATE audit_events SET hospital = 'someone' WHERE seq = 2")
+    in_hub = "WHERE chain = 'hub'"  # the hub's own chain, one of several (schema 0008)
+    _sql(tmp_path, database_url, f"UPDATE audit_events SET actor = 'x' {in_hub} AND seq = 2")
     edited = CliRunner().invoke(app, verify)
     assert edited.exit_code == 1
     assert "event 2 was changed after it was recorded" in edited.stdout
 
-    total = _sql(tmp_path, database_url, "SELECT max(seq) FROM audit_events")
-    _sql(tmp_path, database_url, f"DELETE FROM audit_events WHERE seq = {total}")
+    total = _sql(tmp_path, database_url, f"SELECT max(seq) FROM audit_events {in_hub}")
+    _sql(tmp_path, database_url, f"DELETE FROM audit_events {in_hub} AND seq = {total}")
     truncated = CliRunner().invoke(app, verify)
     assert f"events {total}..{total} are missing at the end (truncated)" in truncated.stdout
 
     exported = tmp_path / "audit.jsonl"
-    _invoke("audit", "export", "--hub-config", str(config), "-o", str(exported))
+    _invoke("audit", "export", "--hub-config", str(config), "--chain", "hub", "-o", str(exported))
     assert isinstance(total, int)
     assert len(exported.read_text(encoding="utf-8").splitlines()) == total - 1
