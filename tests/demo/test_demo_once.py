@@ -28,13 +28,11 @@ def test_the_demo_delivers_every_result_and_the_urgent_one_to_the_ris(tmp_path: 
     assert "ORU^R01 received by the demo RIS" in done.stdout
     assert "Pulmonary embolism" in done.stdout
     warnings = [line for line in (done.stdout + done.stderr).splitlines() if "WARNING" in line]
-    # Issue 13: no library noise. One thing is not noise but a real, rare event
-    # (seen once in about ten runs, cause not found yet): a C-STORE into the demo
-    # PACS stalls until the DIMSE timeout and is delivered on the retry. Its two
-    # lines are allowed; the demo must still deliver everything (asserted above).
-    known = ("Received unexpected C-STORE service message", "PACS store failed")
-    noise = [line for line in warnings if not any(k in line for k in known)]
-    assert noise == [], f"{len(noise)} warnings, first: {noise[:3]}"
+    # Issue 13: no library noise. Nor the C-STORE that once in about ten runs
+    # waited 60 s for a response pynetdicom's reactor thread had taken ("Received
+    # unexpected C-STORE service message", then "PACS store failed"): see
+    # aifi.edge.pacs.answers_to_caller and tests/edge/test_pacs_store_concurrency.py.
+    assert warnings == [], f"{len(warnings)} warnings, first: {warnings[:3]}"
 
 
 def task(task_id: str, *, state: str = "delivered", urgent: bool = False) -> TaskRow:
