@@ -95,7 +95,7 @@ def test_a_task_created_while_the_connection_drops_is_created_once(
     assert _count(engine, select(func.count()).where(Task.client_task_id == client_task_id)) == 1
     task_id = created.json()["id"]
     assert [e.task for e in audit_log(engine).events(action="task.created")] == [task_id]
-    assert hub.wait_for_end(token_a, task_id)["state"] == "COMPLETED"
+    assert hub.wait_for_end(token_a, task_id, timeout=90)["state"] == "COMPLETED"
     assert audit_log(engine).verify() == []
 
 
@@ -120,3 +120,32 @@ def test_a_stow_while_the_connection_drops_stores_every_instance_once(
     assert retrieved.content.count(b"DICM") == len(files)
     (received,) = audit_log(engine).events(action="stow.received")
     assert received.detail["stored"] == len(files)
+
+
+def test_an_acknowledgement_while_the_connection_drops_is_recorded_once(
+    live: tuple[Hub, Engine], token_a: str, study: tuple[str, list[Any]]
+) -> None:
+    hub, engine = live
+    study_uid, files = study
+    stowed = hub.stow(token_a, files)
+    sops = [s["00081155"]["Value"][0] for s in stowed.json()["00081199"]["Value"]]
+    task_id = hub.create_task(token_a, study_uid, sops).json()["id"]
+    done = hub.wait_for_end(token_a, task_id, timeout=90)
+    delivered = [r["sop_instance_uid"] for r in done["results"]]
+    drop = DropConnection(hub.settings.database_url or "", "UPDATE tasks")
+    event.listen(engine, "before_cursor_execute", drop)
+    acked = hub.client.post(
+        f"/tasks/{task_id}/acknowledge",
+        json={"delivered_sop_instance_uids": delivered},
+        headers=hub.auth(token_a),
+    )
+    event.remove(engine, "before_cursor_execute", drop)
+
+    assert drop.dropped == 1
+    assert acked.status_code == 200, acked.text
+    assert acked.json()["acknowledged"] is True
+    assert [e.task for e in audit_log(engine).events(action="task.acknowledged")] == [task_id]
+    purged = select(func.count()).where(
+        Instance.study_instance_uid == study_uid, Instance.purged_at.is_not(None)
+    )
+    assert _count(engine, purged) == len(files)  # the inputs deleted once delivered

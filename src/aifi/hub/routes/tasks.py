@@ -106,12 +106,23 @@ def acknowledge_task(
     task_id: str,
     body: Acknowledge,
     hospital: CurrentHospital,
-    session: SessionDep,
     context: ContextDep,
 ) -> TaskOut:
-    """Record delivery; the task's input images are deleted from the hub right away."""
-    outcome = tasks.acknowledge_task(session, hospital.id, task_id, body)
+    """Record delivery; the task's input images are deleted from the hub right away.
+
+    Run again from the start after a dropped connection or a serialization
+    failure (:func:`aifi.hub.db.retrying`): acknowledging twice is harmless,
+    and so is deleting the same images twice.
+    """
+
+    def acknowledge(session: Session) -> tasks.TaskRefused | TaskOut:
+        outcome = tasks.acknowledge_task(session, hospital.id, task_id, body)
+        if isinstance(outcome, tasks.TaskRefused):
+            return outcome
+        retention.purge_acknowledged(session, context.store, outcome)
+        return tasks.task_out(outcome)
+
+    outcome = retrying(context.sessions, acknowledge)
     if isinstance(outcome, tasks.TaskRefused):
         raise HTTPException(outcome.status_code, detail=outcome.detail)
-    retention.purge_acknowledged(session, context.store, outcome)
-    return tasks.task_out(outcome)
+    return outcome
