@@ -396,7 +396,7 @@ def request(
             study_uid=study_uid,
             algorithm_id=algorithm,
             priority=priority,
-            priors=_priors_for(algorithm, priors_years),
+            priors=_priors_for(settings, algorithm, priors_years),
             state=state,
         )
     except AifiError as exc:
@@ -445,12 +445,28 @@ def orders(
     Console().print(table)
 
 
-def _priors_for(algorithm: str, years: float | None) -> Priors | None:
-    """Priors from --priors-years, else as the algorithm's manifest asks (when known here)."""
+def _priors_for(settings: EdgeSettings, algorithm: str, years: float | None) -> Priors | None:
+    """Priors from --priors-years, else as the hub's catalog says the algorithm asks.
+
+    Only where no hub answers (an edge tried before its hub is up) does the
+    algorithm installed here say, when it is installed here.
+    """
     from aifi.core.manifest import Priors
+    from aifi.edge.catalog import HubCatalog
+    from aifi.errors import HubRefused, HubUnavailable
+    from aifi.protocol.client import HubClient
 
     if years is not None:
         return Priors(years=years)
+    hub = HubClient(settings.hub)
+    try:
+        return HubCatalog(hub).priors(algorithm)
+    except HubRefused:
+        return None  # the hub offers no such algorithm: the pull goes ahead without priors
+    except HubUnavailable:
+        pass
+    finally:
+        hub.close()
     try:
         from aifi.algorithms.registry import get
 

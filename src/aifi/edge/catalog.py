@@ -8,7 +8,8 @@ heard of (a vendor's, added at the hub) gets exactly what it needs.
 
 A task is created for an algorithm id; the hub runs the version the
 hospital's subscription pins, or the newest active one, so the edge judges
-every active version's list (:meth:`HubCatalog.requests`). The hub's lists
+every active version's list (:meth:`HubCatalog.requests`), and pulls priors
+only as every active version asks for them (:meth:`HubCatalog.priors`). The hub's lists
 are requests only: what leaves is decided by the hospital's release policy
 (:mod:`aifi.edge.policy`), which sends the intersection with what its privacy
 officer approved and holds new versions that ask for more.
@@ -16,15 +17,19 @@ officer approved and holds new versions that ask for more.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 
-from aifi.errors import HubRefused
+from aifi.core.manifest import Priors
+from aifi.errors import HubError, HubRefused
 from aifi.protocol.client import HubClient
 from aifi.protocol.schemas import AlgorithmState, CatalogEntryOut
 
-__all__ = ["HubCatalog"]
+__all__ = ["HubCatalog", "requested_priors"]
+
+logger = logging.getLogger(__name__)
 
 
 class HubCatalog:
@@ -66,6 +71,25 @@ class HubCatalog:
             )
         return {e.version: tuple(e.keep_attributes) for e in active}
 
+    def priors(self, algorithm_id: str) -> Priors | None:
+        """The priors to pull for ``algorithm_id``, or None when its versions take none.
+
+        The edge cannot tell which active version will run (the subscription
+        may pin one), and the hub refuses priors a version does not ask for
+        and more than it takes (422). So priors are pulled only when every
+        active version asks for them: the shortest span of years, the fewest
+        studies, the same body part if any version wants it.
+        """
+        asked = [e.priors for e in self._current(algorithm_id) if e.algorithm_id == algorithm_id]
+        if not asked or any(p is None for p in asked):
+            return None
+        wanted = [p for p in asked if p is not None]
+        return Priors(
+            years=min(p.years for p in wanted),
+            same_body_part=any(p.same_body_part for p in wanted),
+            max_studies=min(p.max_studies for p in wanted),
+        )
+
     def entries(self) -> list[CatalogEntryOut]:
         """Every active catalog entry (fetched again when stale)."""
         return self._current("")
@@ -80,3 +104,17 @@ class HubCatalog:
                 self._entries = [e for e in self._hub.catalog() if e.state == AlgorithmState.ACTIVE]
                 self._fetched_at = now
             return list(self._entries)
+
+
+def requested_priors(hub: HubClient, algorithm_id: str) -> Priors | None:
+    """The priors the hub's catalog says ``algorithm_id`` asks for; None also when no hub answers.
+
+    For a pull made on a workitem or an order: a hub that is down or does
+    not offer the algorithm costs the priors, never the pull (the outbox
+    then waits for the hub, or the task fails with the hub's reason).
+    """
+    try:
+        return HubCatalog(hub).priors(algorithm_id)
+    except HubError as exc:
+        logger.warning("priors for %s not looked up in the hub's catalog: %s", algorithm_id, exc)
+        return None

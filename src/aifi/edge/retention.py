@@ -12,10 +12,14 @@ deleted
   their study was stable.
 
 An instance that an open task still needs is never deleted, and nothing of a
-study that is still receiving is. The state rows stay (the audit says which
-task held what); the instance is marked purged, and one ``purged`` event per
-task, in the edge's audit chain, says how many files and bytes went. An
-instance the PACS sends again after its purge is received again.
+study that is still receiving is. Nor is a prior pulled for a task
+(:mod:`aifi.edge.pull`) before that task is uploaded: the request's study not
+yet a task, or its task pending or ready (it has no row of its own in
+the task's instances, so it would otherwise count as unrouted). The state
+rows stay (the audit says which task held what); the instance is marked
+purged, and one ``purged`` event per task, in the edge's audit chain, says
+how many files and bytes went. An instance the PACS sends again after its
+purge is received again.
 """
 
 from __future__ import annotations
@@ -72,10 +76,12 @@ class Purger:
         ended_before = now - self.settings.max_failed_age_days * _DAY
         unrouted_before = now - self.settings.keep_unrouted_days * _DAY
         by_task: dict[str | None, list[InstanceRow]] = defaultdict(list)
+        awaited = self.state.awaited_priors()
         for instance, task_id in self.state.purgeable_instances(
             delivered_before, ended_before, unrouted_before
         ):
-            by_task[task_id].append(instance)
+            if instance.study_instance_uid not in awaited:
+                by_task[task_id].append(instance)
         tasks = {t.id: t for t in self.state.expired_tasks(delivered_before, ended_before)}
         removed = size = folders = 0
         for task_id in sorted(set(tasks) | {t for t in by_task if t is not None}):

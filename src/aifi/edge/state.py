@@ -954,6 +954,23 @@ class EdgeState:
         )
         return None if row is None else row[0]
 
+    def awaited_priors(self) -> set[str]:
+        """Prior Study Instance UIDs a request pulled for a task not yet uploaded.
+
+        The request's study not yet a task, or its task still pending or ready:
+        the pseudonymize and upload stages will read them from disk.
+        """
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT r.prior_study_uids FROM requests r LEFT JOIN tasks t ON t.id=r.task_id"
+                " WHERE r.prior_study_uids != '[]'"
+                " AND (r.task_id IS NULL OR t.state IN ('pending', 'ready'))"
+            )
+            .fetchall()
+        )
+        return {uid for row in rows for uid in json.loads(row[0])}
+
     def prior_studies(self, task_id: str) -> list[str]:
         """The prior Study Instance UIDs the requests answered by ``task_id`` pulled, in order."""
         rows = (

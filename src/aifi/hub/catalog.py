@@ -2,7 +2,9 @@
 
 At start-up the hub upserts one row per installed manifest, keyed by
 (id, version); a new version becomes a new row beside the old one, which
-keeps its own state. Operators suspend (no new tasks, temporarily), retire
+keeps its own state. Each row carries what the edge needs to prepare a
+task: the attributes to keep and the priors to send (:func:`priors_of`).
+Operators suspend (no new tasks, temporarily), retire
 (no new tasks, for good) or re-activate a version. A task runs on the
 version its subscription pins, or on the newest active version.
 """
@@ -10,6 +12,7 @@ version its subscription pins, or on the newest active version.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,7 +23,7 @@ from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
 from aifi.hub.models import CatalogEntry, Subscription
 from aifi.protocol.schemas import AlgorithmState
 
-__all__ = ["list_catalog", "select_version", "set_state", "sync_catalog"]
+__all__ = ["list_catalog", "priors_of", "select_version", "set_state", "sync_catalog"]
 
 
 def sync_catalog(session: Session, manifests: Iterable[Manifest]) -> list[CatalogEntry]:
@@ -41,6 +44,7 @@ def sync_catalog(session: Session, manifests: Iterable[Manifest]) -> list[Catalo
         entry.intended_use = manifest.intended_use
         entry.regulatory_status = manifest.regulatory_status
         entry.keep_attributes = list(manifest.keep_attributes)
+        entry.priors = priors_of(manifest)
     session.commit()
     for entry in added:
         audit_log_of(session).append(
@@ -51,6 +55,17 @@ def sync_catalog(session: Session, manifests: Iterable[Manifest]) -> list[Catalo
             detail={"vendor": entry.vendor, "regulatory_status": entry.regulatory_status},
         )
     return added
+
+
+def priors_of(manifest: Manifest) -> dict[str, Any] | None:
+    """The manifest's priors request as the catalog stores and serves it; None: no priors."""
+    if manifest.priors is None:
+        return None
+    return {
+        "years": manifest.priors.years,
+        "same_body_part": manifest.priors.same_body_part,
+        "max_studies": manifest.priors.max_studies,
+    }
 
 
 def list_catalog(session: Session) -> list[CatalogEntry]:

@@ -162,6 +162,8 @@ class CatalogEntry(Base):
     regulatory_status: Mapped[str] = mapped_column(String(200))
     # attributes the edge keeps when pseudonymizing for this version (PS3.15 E.3 options)
     keep_attributes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # the manifest's priors request {years, same_body_part, max_studies}; None: no priors
+    priors: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
     state: Mapped[str] = mapped_column(String(16), default=AlgorithmState.ACTIVE.value)
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -118,7 +118,10 @@ class HubClient:
 
     # -- tasks -------------------------------------------------------------
     def create_task(self, body: TaskCreate) -> TaskOut:
-        response = self._send("POST", "/tasks", json=body.model_dump(mode="json"))
+        sent = body.model_dump(mode="json")
+        if not body.prior_studies:  # a hub before migration 0009 refuses the field (422)
+            sent.pop("prior_studies", None)
+        response = self._send("POST", "/tasks", json=sent)
         return TaskOut.model_validate(response.json())
 
     def task(self, task_id: str) -> TaskOut:

@@ -64,6 +64,7 @@ __all__ = [
     "PrincipalOut",
     "PriorStudy",
     "Priority",
+    "PriorsRequest",
     "ResultRef",
     "Role",
     "SubscriptionCreate",
@@ -174,6 +175,19 @@ class Acknowledge(BaseModel):
     delivered_sop_instance_uids: list[str]
 
 
+class PriorsRequest(BaseModel):
+    """What earlier studies an algorithm version asks for (its manifest's ``priors``).
+
+    The edge finds them by C-FIND for the same patient (PS3.4 C.6.2): the same
+    modality, the same BodyPartExamined when ``same_body_part``, a StudyDate
+    within ``years`` before the current study, at most ``max_studies``.
+    """
+
+    years: float = Field(gt=0)
+    same_body_part: bool = True
+    max_studies: int = Field(ge=1, le=10)
+
+
 class CatalogEntryOut(BaseModel):
     """One algorithm version in the hub's catalog."""
 
@@ -187,6 +201,9 @@ class CatalogEntryOut(BaseModel):
         default_factory=list,
         description="attributes the edge keeps for this algorithm when pseudonymizing, "
         "beyond what the de-identification profile retains",
+    )
+    priors: PriorsRequest | None = Field(
+        default=None, description="the earlier studies it asks for; None: it takes none"
     )
     state: AlgorithmState
     registered_at: datetime

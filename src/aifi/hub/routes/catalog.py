@@ -11,7 +11,13 @@ from aifi.hub import catalog
 from aifi.hub.auth import Operator, RoleGate, actor_of
 from aifi.hub.deps import SessionDep
 from aifi.hub.models import CatalogEntry, Principal
-from aifi.protocol.schemas import AlgorithmState, CatalogEntryOut, CatalogStateChange, Role
+from aifi.protocol.schemas import (
+    AlgorithmState,
+    CatalogEntryOut,
+    CatalogStateChange,
+    PriorsRequest,
+    Role,
+)
 
 __all__ = ["entry_out", "router"]
 
@@ -29,6 +35,7 @@ def entry_out(entry: CatalogEntry) -> CatalogEntryOut:
         intended_use=entry.intended_use,
         regulatory_status=entry.regulatory_status,
         keep_attributes=list(entry.keep_attributes or ()),
+        priors=PriorsRequest.model_validate(entry.priors) if entry.priors else None,
         state=AlgorithmState(entry.state),
         registered_at=entry.registered_at,
     )
