@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import tempfile
 import time
@@ -228,12 +229,20 @@ def main() -> None:
 
     results = []
     for n in (int(s) for s in args.slices.split(",")):
+        load_before = os.getloadavg()[0]
         with tempfile.TemporaryDirectory(prefix="aifi-mem-") as tmp:
             results.append(measure(n, args, Path(tmp)))
+        results[-1]["load"] = (load_before, os.getloadavg()[0])
         print(f"[{n} slices] {results[-1]}", file=sys.stderr)
     kinds = sorted({k for r in results for k in r["peak_mb"]})  # type: ignore[attr-defined]
     head = f"{'process':<18}" + "".join(f"{str(r['slices']) + ' slices':>14}" for r in results)
     lines = [
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        + f" on {os.cpu_count()} cores, "
+        + ", ".join(
+            f"load {r['load'][0]:.1f} → {r['load'][1]:.1f} during {r['slices']} slices"  # type: ignore[index]
+            for r in results
+        ),
         f"CT {args.size}x{args.size}: "
         + ", ".join(f"{r['slices']} slices {r['mb']:.0f} MB" for r in results),
         head + f"{'goal':>10}",
