@@ -250,8 +250,8 @@ def main() -> None:
     ]
     for kind in kinds:
         cells = "".join(
-            f"{r['peak_mb'].get(kind, 0):11.0f} MB"
-            for r in results  # type: ignore[attr-defined]
+            f"{r['peak_mb'].get(kind, 0):11.0f} MB"  # type: ignore[attr-defined]
+            for r in results
         )
         worst = max(r["peak_mb"].get(kind, 0) for r in results)  # type: ignore[attr-defined]
         verdict = "met" if worst < GOAL_MB else f"missed by {worst - GOAL_MB:.0f} MB"
