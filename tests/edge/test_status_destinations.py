@@ -104,7 +104,7 @@ max_attempts = 2
 
 [delivery]
 max_attempts = 3
-reconcile_interval_s = 1.0
+reconcile_interval_s = 600  # a retried destination is taken up at the next poll, not then
 
 [[rules]]
 name = "connection test"
@@ -140,6 +140,14 @@ def test_one_destination_given_up_on_is_shown_and_retried_alone(tmp_path: Path) 
             (task,) = edge.state.tasks()
             assert pacs.held(COMPREHENSIVE_3D_SR) == 1 and archive.held(COMPREHENSIVE_3D_SR) == 0
 
+            wrong = CliRunner().invoke(
+                cli, ["edge", "retry", "--destination", "vna", "--config", str(config)]
+            )
+            assert wrong.exit_code == 2
+            assert "no destination 'vna' in edge.toml; known: pacs, research" in " ".join(
+                wrong.output.split()
+            )
+
             # The operator's command: the archive's part is tried again, and refused again.
             result = CliRunner().invoke(
                 cli,
@@ -157,8 +165,8 @@ def test_one_destination_given_up_on_is_shown_and_retried_alone(tmp_path: Path) 
                     others.dead_letters(task.id)
                 )
 
-            wait_for(lambda: given_up(2), what="the retried archive given up on again")
-            assert edge.state.task(task.id).state == "delivered"
+            wait_for(lambda: given_up(2), 20, "the retried archive given up on again")
+            wait_for(lambda: edge.state.task(task.id).state == "delivered", 20, "delivered")
             assert pacs.held(COMPREHENSIVE_3D_SR) == 1  # the PACS was not sent it twice
 
             with chromium() as page:
@@ -190,7 +198,8 @@ def test_one_destination_given_up_on_is_shown_and_retried_alone(tmp_path: Path) 
                 assert "destination research queued again" in page.inner_text(".message")
                 wait_for(
                     lambda: others.rows(task.id)["research"].state == "stored",
-                    what="the SR stored into the archive",
+                    20,
+                    "the SR stored into the archive",
                 )
                 wait_for(lambda: edge.state.task(task.id).state == "delivered", what="delivered")
                 assert archive.held(COMPREHENSIVE_3D_SR) == 1

@@ -113,6 +113,23 @@ class Deliverer:
             changed += self._isolated(local, functools.partial(self._advance, local, hub_task))
         if time.time() - self._reconciled_at >= self.settings.reconcile_interval_s:
             changed += self.reconcile(skip=listed)
+        else:
+            changed += self._retried_destinations(skip=listed)
+        return changed
+
+    def _retried_destinations(self, skip: set[str]) -> int:
+        """Delivered tasks an operator sent back for one destination: asked about at once.
+
+        The hub no longer lists them (they were acknowledged), so without this
+        they would wait for the next reconciliation.
+        """
+        changed = 0
+        for local in self.state.tasks(["COMPLETED"]):
+            if local.delivered_at is None or local.id in skip or local.hub_task_id is None:
+                continue
+            if time.time() < local.next_attempt_at:
+                continue
+            changed += self._isolated(local, functools.partial(self._reconcile_one, local))
         return changed
 
     def reconcile(self, skip: set[str] | frozenset[str] = frozenset()) -> int:
