@@ -67,6 +67,7 @@ __all__ = ["CHAIN_OPENED", "ChainLocks", "ChainOf", "SqlAuditLog", "one_chain", 
 logger = logging.getLogger(__name__)
 
 _ATTEMPTS = 200
+_TRANSIENT_ATTEMPTS = 4  # a lost connection or serialization failure: again after 0.05..0.4 s
 
 CHAIN_OPENED = "audit.chain_opened"
 """The action recorded in the root chain when a store opens another chain."""
@@ -158,19 +159,23 @@ class SqlAuditLog:
             "detail": dict(detail or {}),
         }
         chain = self._chain_of(hospital)
+        failures = 0
         with self._locks(chain):
             for attempt in range(_ATTEMPTS):
+                delay = min(0.001 * (attempt + 1), 0.05)
                 try:
                     with self._engine.begin() as connection:
                         return self._append(connection, chain, fields)
                 except (_LostRaceError, IntegrityError):
                     pass
                 except DBAPIError as exc:
-                    if not (_busy(exc) or self._transient(exc)):
-                        raise StorageError(f"cannot append to the audit log: {exc}") from exc
                     if not _busy(exc):
+                        failures += 1
+                        if not self._transient(exc) or failures > _TRANSIENT_ATTEMPTS:
+                            raise StorageError(f"cannot append to the audit log: {exc}") from exc
+                        delay = 0.05 * 2 ** (failures - 1)
                         logger.warning("audit append to chain %s retried: %s", chain, exc.orig)
-                time.sleep(min(0.001 * (attempt + 1), 0.05))
+                time.sleep(delay)
         raise StorageError(f"cannot append to the audit log: {_ATTEMPTS} attempts lost a race")
 
     def _append(self, connection: Connection, chain: str, fields: dict[str, Any]) -> AuditEvent:
