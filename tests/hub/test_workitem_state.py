@@ -2,20 +2,24 @@
 
 A vendor's remote runner (a principal of role ``performer``) claims a
 SCHEDULED workitem of an ``outside_algorithms`` algorithm with a
-Transaction UID of its own, reports progress, and completes or cancels it
-with the same Transaction UID; the hub's own workers never take it. Runs on
-SQLite and PostgreSQL (the ``settings`` fixture), against a running hub.
+Transaction UID of its own, reads its inputs at their Retrieve URL, reports
+progress, hands in its findings and completes it (the hub makes the SR and
+GSPS of those findings, which the edge fetches), or cancels it, with the
+same Transaction UID; the hub's own workers never take it. Runs on SQLite
+and PostgreSQL (the ``settings`` fixture), against a running hub.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
@@ -29,7 +33,7 @@ from aifi.hub.models import utcnow
 from aifi.protocol.client import HubClient, HubPeer
 from aifi.protocol.schemas import Role, TaskState
 
-from .conftest import Hub, add_operator
+from .conftest import Hub, add_operator, new_uid, pseudonymized, split_multipart
 from .test_workitems import first, workitem
 
 OUTSIDE = "outside-check"
@@ -38,7 +42,9 @@ OUTSIDE = "outside-check"
 class Outside:
     """The integrity check under another id: an algorithm a vendor performs outside the hub."""
 
-    manifest = dataclasses.replace(INTEGRITY_MANIFEST, id=OUTSIDE, name="Outside (test)")
+    manifest = dataclasses.replace(
+        INTEGRITY_MANIFEST, id=OUTSIDE, name="Outside (test)", produces=("sr", "gsps")
+    )
 
     def run(self, inputs: Any) -> Any:  # never called: no hub worker takes its tasks
         return INTEGRITY_CHECK.run(inputs)
@@ -84,6 +90,36 @@ def _created(hub: Hub, token: str, study: tuple[str, list[Path]], algorithm: str
 
 def _put_state(hub: Hub, token: str, uid: str, ds: dict[str, Any]) -> httpx.Response:
     return hub.client.put(f"/workitems/{uid}/state", json=ds, headers=hub.auth(token))
+
+
+def _findings(sop: str, summary: str = "nodule 7 mm, upper left") -> dict[str, Any]:
+    """The findings document a performer hands in (aifi.algorithms.findings_json)."""
+    return {
+        "summary": summary,
+        "urgent": True,
+        "images": [
+            {
+                "sop_instance_uid": sop,
+                "boxes": [{"x0": 10, "y0": 12, "x1": 40, "y1": 44, "label": "nodule",
+                           "score": 0.93}],
+            }
+        ],
+    }  # fmt: skip
+
+
+def _hand_in(
+    hub: Hub, token: str, uid: str, document: Any, transaction: str | None
+) -> httpx.Response:
+    headers = hub.auth(token) | ({"Transaction-UID": transaction} if transaction else {})
+    return hub.client.put(f"/workitems/{uid}/findings", json=document, headers=headers)
+
+
+def _texts(ds: pydicom.Dataset) -> list[str]:
+    """Every TEXT value of an SR content tree."""
+    found = [str(ds.TextValue)] if "TextValue" in ds else []
+    for item in ds.get("ContentSequence", []):
+        found += _texts(item)
+    return found
 
 
 def _retrieve(hub: Hub, token: str, uid: str) -> dict[str, Any]:
@@ -141,16 +177,54 @@ def test_an_outside_performer_claims_reports_and_completes_and_the_edge_sees_it(
     time.sleep(0.3)  # the hub's workers still leave it alone while it is claimed
     assert first(_retrieve(hub, token_a, outside), "00741000") == "IN PROGRESS"
 
+    # it reads its inputs where the workitem says (Retrieve URL), with its Transaction UID
+    (given,) = _retrieve(hub, performer_token, outside)["00404021"]["Value"]
+    assert {first(r, "00081155") for r in given["00081199"]["Value"]} == {f.stem for f in study[1]}
+    url = first(given, "00081190")
+    read = hub.client.get(url, headers=hub.auth(performer_token) | {"Transaction-UID": transaction})
+    assert read.status_code == 200, read.text
+    parts = split_multipart(read.content, read.headers["content-type"])
+    assert sorted(pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID for p in parts) == sorted(
+        f.stem for f in study[1]
+    )
+    assert "00081190" not in str(_retrieve(hub, token_a, outside))  # the hospital uses WADO-RS
+
+    early = _put_state(hub, performer_token, outside, _state("COMPLETED", transaction))
+    assert early.status_code == 409 and "0xC304" in early.headers["warning"]  # no findings yet
+    assert "findings" in early.json()["detail"]
+    sop = study[1][0].stem
+    handed = _hand_in(hub, performer_token, outside, _findings(sop), transaction)
+    assert handed.status_code == 204, handed.text
+
     completed = _put_state(hub, performer_token, outside, _state("COMPLETED", transaction))
     assert completed.status_code == 200, completed.text
     edge = HubClient(HubPeer(url=str(hub.client.base_url), token=token_a))
     try:
         seen = edge.task(tasks[outside]["id"])
         assert seen.state == TaskState.COMPLETED
-        assert seen.reason is None
+        assert seen.reason is None and seen.urgent
         assert seen.id in {t.id for t in edge.unacknowledged_tasks()}
+        assert sorted(r.kind for r in seen.results) == ["gsps", "sr"]
+        assert seen.findings is not None
+        assert seen.findings["details"]["performer"]["name"] == "Vendor runner"
+        (sr_ref,) = [r for r in seen.results if r.kind == "sr"]
+        sr = pydicom.dcmread(io.BytesIO(edge.retrieve_instance(
+            sr_ref.study_instance_uid, sr_ref.series_instance_uid, sr_ref.sop_instance_uid
+        )))  # fmt: skip
+        (gsps_ref,) = [r for r in seen.results if r.kind == "gsps"]
+        gsps = pydicom.dcmread(io.BytesIO(edge.retrieve_instance(
+            gsps_ref.study_instance_uid, gsps_ref.series_instance_uid, gsps_ref.sop_instance_uid
+        )))  # fmt: skip
     finally:
         edge.close()
+    assert sr.StudyInstanceUID == study[0]
+    assert "nodule 7 mm, upper left" in _texts(sr)  # the performer's finding
+    assert OUTSIDE in {e.ManufacturerModelName for e in sr.ContributingEquipmentSequence}
+    (marked,) = gsps.ReferencedSeriesSequence[0].ReferencedImageSequence
+    assert marked.ReferencedSOPInstanceUID == sop  # the box, on the image the performer named
+    outputs = first(_retrieve(hub, token_a, outside), "00741216")["00404033"]["Value"]
+    listed = {first(r, "00081155") for series in outputs for r in series["00081199"]["Value"]}
+    assert listed == {sr.SOPInstanceUID, gsps.SOPInstanceUID}  # Output Information Sequence
     again = _put_state(hub, performer_token, outside, _state("COMPLETED", transaction))
     assert again.status_code == 200
     assert "0xB306" in again.headers["warning"]  # already in the requested state
@@ -254,3 +328,82 @@ def test_a_silent_performer_loses_its_claim_to_the_janitor(
     assert first(_retrieve(hub, token_a, uid), "00741000") == "SCHEDULED"
     again = _put_state(hub, performer_token, uid, _state("IN PROGRESS", generate_uid()))
     assert again.status_code == 200
+
+
+def test_findings_and_inputs_need_the_claim_and_must_read(
+    hub: Hub, token_a: str, performer_token: str, study: tuple[str, list[Path]], dicom_dir: Path
+) -> None:
+    assert hub.stow(token_a, study[1]).status_code == 200
+    other_uid = new_uid()
+    other = (other_uid, [pseudonymized("CT_small.dcm", dicom_dir, study=other_uid)])
+    assert hub.stow(token_a, other[1]).status_code == 200  # the hospital's, not the workitem's
+    uid = _created(hub, token_a, study, OUTSIDE)
+    sop = study[1][0].stem
+    transaction = generate_uid()
+
+    def read(study_uid: str, given: str | None) -> httpx.Response:
+        headers = hub.auth(performer_token) | ({"Transaction-UID": given} if given else {})
+        return hub.client.get(f"/workitems/{uid}/studies/{study_uid}", headers=headers)
+
+    unclaimed = _hand_in(hub, performer_token, uid, _findings(sop), transaction)
+    assert unclaimed.status_code == 409 and "0xC310" in unclaimed.headers["warning"]
+    assert read(study[0], transaction).status_code == 409  # nobody holds it: nothing to read
+    assert (
+        _put_state(hub, performer_token, uid, _state("IN PROGRESS", transaction)).status_code == 200
+    )
+
+    wrong = _hand_in(hub, performer_token, uid, _findings(sop), generate_uid())
+    assert wrong.status_code == 400 and "0xC301" in wrong.headers["warning"]
+    missing = _hand_in(hub, performer_token, uid, _findings(sop), None)
+    assert missing.status_code == 400 and "0xC301" in missing.headers["warning"]
+    assert read(study[0], generate_uid()).status_code == 400
+    assert read(study[0], None).status_code == 400
+    assert read(other[0], transaction).status_code == 404  # only the workitem's inputs
+    series = pydicom.dcmread(study[1][0]).SeriesInstanceUID
+    instance = hub.client.get(
+        f"/workitems/{uid}/studies/{study[0]}/series/{series}/instances/{sop}",
+        headers=hub.auth(performer_token) | {"Transaction-UID": transaction},
+    )
+    assert instance.status_code == 200
+    assert len(split_multipart(instance.content, instance.headers["content-type"])) == 1
+    as_hospital = hub.client.get(
+        f"/workitems/{uid}/studies/{study[0]}",
+        headers=hub.auth(token_a) | {"Transaction-UID": transaction},
+    )
+    assert as_hospital.status_code == 403
+
+    malformed = _hand_in(hub, performer_token, uid, {"summary": 7}, transaction)
+    assert malformed.status_code == 422
+    assert "findings.summary must be a string" in malformed.json()["detail"]
+    stranger = _hand_in(hub, performer_token, uid, _findings(other[1][0].stem), transaction)
+    assert stranger.status_code == 422 and other[1][0].stem in stranger.json()["detail"]
+    not_json = hub.client.put(
+        f"/workitems/{uid}/findings", content=b"{not json",
+        headers=hub.auth(performer_token) | {"Transaction-UID": transaction},
+    )  # fmt: skip
+    assert not_json.status_code == 422 and "not JSON" in not_json.json()["detail"]
+    none_yet = _put_state(hub, performer_token, uid, _state("COMPLETED", transaction))
+    assert none_yet.status_code == 409 and "0xC304" in none_yet.headers["warning"]
+
+    # findings handed in under a claim the janitor took back are not the next claim's
+    assert _hand_in(hub, performer_token, uid, _findings(sop), transaction).status_code == 204
+    engine = make_engine(hub.settings.effective_database_url)
+    try:
+        with make_sessions(engine)() as session:
+            silent = utcnow() + timedelta(seconds=hub.settings.performer_lease_s + 1)
+            assert len(reap(session, max_attempts=3, now=silent).requeued) == 1
+    finally:
+        engine.dispose()
+    late = _hand_in(hub, performer_token, uid, _findings(sop), transaction)
+    assert late.status_code == 409
+    second = generate_uid()
+    assert _put_state(hub, performer_token, uid, _state("IN PROGRESS", second)).status_code == 200
+    stale = _put_state(hub, performer_token, uid, _state("COMPLETED", second))
+    assert stale.status_code == 409 and "0xC304" in stale.headers["warning"]
+    assert _hand_in(hub, performer_token, uid, _findings(sop, "clear"), second).status_code == 204
+    done = _put_state(hub, performer_token, uid, _state("COMPLETED", second))
+    assert done.status_code == 200, done.text
+    (task,) = hub.client.get("/tasks", headers=hub.auth(token_a)).json()
+    assert task["state"] == "COMPLETED" and task["findings"]["summary"] == "clear"
+    ended = _hand_in(hub, performer_token, uid, _findings(sop), second)
+    assert ended.status_code == 409 and "0xC300" in ended.headers["warning"]

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from aifi.algorithms.base import Box, Code, Findings, ImageFinding, Measurement
 
-__all__ = ["findings_from_json", "findings_to_json"]
+__all__ = ["findings_from_json", "findings_on", "findings_to_json"]
 
 
 def findings_to_json(findings: Findings) -> dict[str, Any]:
@@ -82,6 +82,23 @@ def findings_from_json(value: Mapping[str, Any] | str | bytes) -> Findings:
         demo_model=_flag(document, "demo_model", "findings", default=False),
         details=dict(_object(document.get("details", {}), "findings.details")),
     )
+
+
+def findings_on(value: Mapping[str, Any] | str | bytes, inputs: Collection[str]) -> Findings:
+    """:func:`findings_from_json`, each image finding on one of ``inputs`` (SOP Instance UIDs).
+
+    How the hub reads findings made away from it (a remote algorithm's, an
+    outside performer's): raises ``ValueError`` naming the first field that is
+    wrong, or the first image finding on an instance that was not an input.
+    """
+    findings = findings_from_json(value)
+    for index, image in enumerate(findings.images):
+        if image.sop_instance_uid not in inputs:
+            raise ValueError(
+                f"findings.images[{index}] refers to instance {image.sop_instance_uid}, "
+                "which was not sent to it as an input"
+            )
+    return findings
 
 
 def _plain(value: object) -> object:

@@ -54,7 +54,7 @@ from aifi.algorithms.base import (
     SelectionRule,
     instances_of,
 )
-from aifi.algorithms.findings_json import findings_from_json
+from aifi.algorithms.findings_json import findings_on
 from aifi.dicom import multipart
 from aifi.errors import AlgorithmError, ConfigError
 
@@ -132,20 +132,13 @@ class RemoteAlgorithm:
                     _cancel(client, inference)
                 raise
             answer = self._call(client, "GET", f"/v1/inferences/{inference}/findings", deadline)
+        sent = {instance.sop_instance_uid for instance in inputs.instances}
         try:
-            findings = findings_from_json(answer.body)
+            return findings_on(answer.body, sent)
         except ValueError as exc:
             raise AlgorithmError(
                 f"remote algorithm {self.manifest.id!r} answered findings aifi cannot read: {exc}"
             ) from exc
-        sent = {instance.sop_instance_uid for instance in inputs.instances}
-        strangers = [i.sop_instance_uid for i in findings.images if i.sop_instance_uid not in sent]
-        if strangers:
-            raise AlgorithmError(
-                f"remote algorithm {self.manifest.id!r} reported findings on instance "
-                f"{strangers[0]}, which was not sent to it"
-            )
-        return findings
 
     def _submit(self, client: httpx.Client, inputs: AlgorithmInput, deadline: float) -> str:
         boundary = multipart.new_boundary()

@@ -57,7 +57,7 @@ from aifi.hub.models import INPUT_PRIOR, Instance, Result, Task
 from aifi.hub.storage import ObjectStore, object_key
 from aifi.protocol.schemas import TaskState
 
-__all__ = ["TaskRunner"]
+__all__ = ["TaskRunner", "earlier_result_series", "store_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class TaskRunner:
             manifest=manifest,
             object_keys=tuple(i.object_key for i in links),
             instances=tuple(_unread(i) for i in links),
-            earlier_series=_earlier_result_series(session, task),
+            earlier_series=earlier_result_series(session, task),
             priors=tuple(
                 (study, tuple(i.object_key for i in group), tuple(_unread(i) for i in group))
                 for study, group in by_study.items()
@@ -257,21 +257,7 @@ class TaskRunner:
         written.clear()
 
     def _store_result(self, hospital_id: str, encoded: EncodedResult) -> str:
-        key = object_key(
-            "results",
-            hospital_id,
-            encoded.study_instance_uid,
-            encoded.series_instance_uid,
-            encoded.sop_instance_uid,
-        )
-        handle, staged = self._store.new_temporary()
-        try:
-            with handle:
-                handle.write(encoded.data)
-            self._store.put(staged, key)
-        finally:
-            Path(staged).unlink(missing_ok=True)
-        return key
+        return store_result(self._store, hospital_id, encoded)
 
     def _complete(
         self,
@@ -362,6 +348,25 @@ class TaskRunner:
             logger.warning("task %s: lease lost before it could be canceled (%s)", task_id, reason)
 
 
+def store_result(store: ObjectStore, hospital_id: str, encoded: EncodedResult) -> str:
+    """Put one encoded result object into the store; its key (``results/...``)."""
+    key = object_key(
+        "results",
+        hospital_id,
+        encoded.study_instance_uid,
+        encoded.series_instance_uid,
+        encoded.sop_instance_uid,
+    )
+    handle, staged = store.new_temporary()
+    try:
+        with handle:
+            handle.write(encoded.data)
+        store.put(staged, key)
+    finally:
+        Path(staged).unlink(missing_ok=True)
+    return key
+
+
 def _unread(instance: Instance) -> InputInstance:
     """An input not yet materialized (its path is set by :meth:`TaskRunner._materialized`)."""
     return InputInstance(
@@ -387,7 +392,7 @@ def _selected_priors(
     return tuple(selected)
 
 
-def _earlier_result_series(session: Session, task: Task) -> int:
+def earlier_result_series(session: Session, task: Task) -> int:
     """How many result series this hospital's earlier tasks of this algorithm made on the study.
 
     A re-run's series are numbered after them

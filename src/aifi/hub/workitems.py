@@ -24,17 +24,23 @@ Transaction UID is never returned by Retrieve or Search (PS3.4 CC.2.5.1.2).
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from aifi.algorithms.base import Algorithm
+from aifi.algorithms.findings_json import findings_from_json, findings_on, findings_to_json
+from aifi.errors import AifiError
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.leases import claim, fence, renew
-from aifi.hub.models import Task, utcnow
-from aifi.hub.tasks import TaskRefused, prior_studies_of
+from aifi.hub.models import INPUT_PRIOR, Result, Task, utcnow
+from aifi.hub.performed import current_inputs, discard, make_results
+from aifi.hub.storage import ObjectStore
+from aifi.hub.tasks import TaskRefused
 from aifi.protocol.schemas import PRIORITY_RANK, Role, TaskCreate, TaskState
 
 __all__ = [
@@ -45,6 +51,8 @@ __all__ = [
     "change_state",
     "find",
     "find_for_performer",
+    "hand_in",
+    "input_keys",
     "performable",
     "performer_update",
     "task_create",
@@ -117,8 +125,49 @@ def find(session: Session, hospital_id: str, uid: str) -> Task | None:
     )
 
 
-def workitem_of(task: Task) -> dict[str, Any]:
-    """The task as a DICOM JSON workitem (Retrieve, Search)."""
+def _input_item(
+    study: str, sops: list[tuple[str, str]], retrieve_url: str | None
+) -> dict[str, Any]:
+    """One Input Information Sequence item (PS3.4 Table CC.2.5-3): a study and its instances."""
+    item: dict[str, Any] = {
+        "0020000D": {"vr": "UI", "Value": [study]},
+        "0040E020": {"vr": "CS", "Value": ["DICOM"]},
+        "00081199": {
+            "vr": "SQ",
+            "Value": [
+                {
+                    **({"00081150": {"vr": "UI", "Value": [sop_class]}} if sop_class else {}),
+                    "00081155": {"vr": "UI", "Value": [sop]},
+                }
+                for sop_class, sop in sops
+            ],
+        },
+    }
+    if retrieve_url is not None:  # Retrieve URL (0008,1190): WADO-RS of this study's inputs
+        item["00081190"] = {"vr": "UR", "Value": [f"{retrieve_url}/studies/{study}"]}
+    return item
+
+
+def _priors(task: Task) -> dict[str, list[tuple[str, str]]]:
+    """(SOP Class, SOP Instance UID) of the task's prior inputs, by study, in upload order."""
+    studies: dict[str, list[tuple[str, str]]] = {}
+    for link in sorted(task.inputs, key=lambda link: link.instance_id):
+        if link.role == INPUT_PRIOR:
+            i = link.instance
+            studies.setdefault(i.study_instance_uid, []).append(
+                (i.sop_class_uid, i.sop_instance_uid)
+            )
+    return studies
+
+
+def workitem_of(task: Task, *, retrieve_url: str | None = None) -> dict[str, Any]:
+    """The task as a DICOM JSON workitem (Retrieve, Search).
+
+    ``retrieve_url`` (the performer's view): each Input Information Sequence
+    item carries its Retrieve URL (0008,1190) under it,
+    ``{retrieve_url}/studies/{study}`` (:func:`input_keys`).
+    """
+    current = [(i.sop_class_uid, i.sop_instance_uid) for i in current_inputs(task)]
     ds: dict[str, Any] = {
         "00080016": {"vr": "UI", "Value": [UPS_PUSH]},
         "00080018": {"vr": "UI", "Value": [task.client_task_id]},
@@ -136,20 +185,8 @@ def workitem_of(task: Task) -> dict[str, Any]:
         },
         "00404021": {  # the task's study first, then its priors (issue 14), each with its SOPs
             "vr": "SQ",
-            "Value": [{"0020000D": {"vr": "UI", "Value": [task.study_instance_uid]}}]
-            + [
-                {
-                    "0020000D": {"vr": "UI", "Value": [prior.study_instance_uid]},
-                    "00081199": {
-                        "vr": "SQ",
-                        "Value": [
-                            {"00081155": {"vr": "UI", "Value": [uid]}}
-                            for uid in prior.sop_instance_uids
-                        ],
-                    },
-                }
-                for prior in prior_studies_of(task)
-            ],
+            "Value": [_input_item(task.study_instance_uid, current, retrieve_url)]
+            + [_input_item(study, sops, retrieve_url) for study, sops in _priors(task).items()],
         },
     }
     if task.reason:
@@ -231,6 +268,7 @@ C300 = "0xC300: The UPS may no longer be updated"
 C301 = "0xC301: The correct Transaction UID was not provided"
 C302 = "0xC302: The UPS is already IN PROGRESS"
 C303 = "0xC303: The UPS may only become SCHEDULED via N-CREATE, not N-SET or N-ACTION"
+C304 = "0xC304: The UPS has not met final state requirements for the requested state change"
 C307 = (
     "0xC307: Specified SOP Instance UID does not exist or is not a UPS Instance managed by this SCP"
 )
@@ -300,6 +338,8 @@ def change_state(
     principal_id: str,
     lease_s: float,
     reason: str = "",
+    store: ObjectStore | None = None,
+    algorithms: Callable[[str], Algorithm] | None = None,
 ) -> StateChanged | TaskRefused:
     """Change UPS State (PS3.4 CC.2.1, PS3.18 §11.7) for an outside performer. Commits; audited.
 
@@ -307,6 +347,14 @@ def change_state(
     lease of ``lease_s``); IN PROGRESS → COMPLETED or CANCELED only with the
     same Transaction UID. A missing or wrong Transaction UID is a 400; a
     move the state does not allow a 409, each with its status text.
+
+    COMPLETED needs the findings the performer handed in under this claim
+    (:func:`hand_in`; else 409 ``0xC304``, the final state requirements of
+    PS3.4 CC.2.1.3.1 not met): the hub makes their result objects in
+    ``store`` with the algorithm's manifest from ``algorithms``
+    (:func:`aifi.hub.performed.make_results`) and commits them with
+    COMPLETED, fenced on the claim. Findings that cannot be made into them
+    are a 422 and the workitem stays IN PROGRESS.
     """
     actor = f"{Role.PERFORMER.value}:{principal_id}"
     if not transaction_uid:
@@ -323,9 +371,17 @@ def change_state(
             return TaskRefused(409, C302)
         if current != TaskState.SCHEDULED.value:
             return TaskRefused(409, C311 if current == TaskState.COMPLETED.value else C300)
-        if not claim(session, task.id, _claimed_by(principal_id, transaction_uid), lease_s):
+        held_by = _claimed_by(principal_id, transaction_uid)
+        if not claim(session, task.id, held_by, lease_s):
             session.refresh(task)  # a hub worker or another performer was first
             return TaskRefused(409, C302 if task.state == TaskState.IN_PROGRESS.value else C300)
+        session.execute(  # findings handed in under an earlier, lost claim are not this one's
+            update(Task)
+            .where(Task.id == task.id, Task.claimed_by == held_by)
+            .values(findings=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
         session.refresh(task)
         _audit(session, task, "run.started", actor, {"performer": principal_id})
         return StateChanged(task)
@@ -339,27 +395,221 @@ def change_state(
         return TaskRefused(409, C311 if current == TaskState.COMPLETED.value else C300)
     if not _holds(task, principal_id, transaction_uid):
         return TaskRefused(400, C301)
+    if wanted == TaskState.COMPLETED.value:
+        if store is None or algorithms is None:
+            raise TypeError("change_state to COMPLETED needs the store and the algorithms")
+        return _complete(session, task, transaction_uid, principal_id, store, algorithms)
     if not fence(session, task.id, _claimed_by(principal_id, transaction_uid)):
         session.rollback()
         session.refresh(task)
         return TaskRefused(409, f"{C300}: the claim was lost (the performer was silent too long)")
-    now = utcnow()
     task.state = wanted
-    task.reason = (
-        None if wanted == TaskState.COMPLETED.value
-        else f"canceled by its outside performer: {reason or 'no reason given'}"[:2000]
-    )  # fmt: skip
+    task.reason = f"canceled by its outside performer: {reason or 'no reason given'}"[:2000]
+    task.findings = None  # a canceled step reports nothing
     task.claimed_by = f"{_PERFORMER}{principal_id}"  # who ended it; the Transaction UID is spent
     task.lease_until = None
-    task.updated_at = now
+    task.updated_at = utcnow()
     session.commit()
     session.refresh(task)
-    action = "run.completed" if wanted == TaskState.COMPLETED.value else "run.canceled"
-    detail: dict[str, Any] = {"performer": principal_id}
-    if task.reason:
-        detail["reason"] = task.reason
-    _audit(session, task, action, actor, detail)
+    _audit(
+        session,
+        task,
+        "run.canceled",
+        actor,
+        {"performer": principal_id, "reason": task.reason},
+    )
     return StateChanged(task)
+
+
+def _complete(
+    session: Session,
+    task: Task,
+    transaction_uid: str,
+    principal_id: str,
+    store: ObjectStore,
+    algorithms: Callable[[str], Algorithm],
+) -> StateChanged | TaskRefused:
+    """IN PROGRESS → COMPLETED with the result objects of the handed-in findings."""
+    if task.findings is None:
+        return TaskRefused(
+            409,
+            f"{C304}: no findings were handed in for workitem {task.client_task_id}; "
+            f"PUT /workitems/{task.client_task_id}/findings first, or cancel it with its reason",
+        )
+    try:
+        manifest = algorithms(task.algorithm_id).manifest
+        findings = findings_from_json(task.findings)
+        made = make_results(session, task, store, manifest, findings)
+    except (AifiError, ValueError) as exc:  # what the encoders refuse: the performer can fix it
+        session.rollback()
+        return TaskRefused(
+            422, f"the findings cannot be made into {task.algorithm_id}'s result objects: {exc}"
+        )
+    if not fence(session, task.id, _claimed_by(principal_id, transaction_uid)):
+        session.rollback()
+        discard(store, made.keys)
+        session.refresh(task)
+        return TaskRefused(409, f"{C300}: the claim was lost (the performer was silent too long)")
+    results = made.outcome.results
+    for encoded, key in zip(results, made.keys, strict=True):
+        task.results.append(
+            Result(
+                hospital_id=task.hospital_id,
+                kind=encoded.kind,
+                study_instance_uid=encoded.study_instance_uid,
+                series_instance_uid=encoded.series_instance_uid,
+                sop_instance_uid=encoded.sop_instance_uid,
+                sop_class_uid=encoded.sop_class_uid,
+                object_key=key,
+                size=len(encoded.data),
+            )
+        )
+    task.state = TaskState.COMPLETED.value
+    task.algorithm_version = manifest.version
+    task.urgent = findings.urgent
+    task.reason = None
+    task.claimed_by = f"{_PERFORMER}{principal_id}"  # who ended it; the Transaction UID is spent
+    task.lease_until = None
+    task.updated_at = utcnow()
+    try:
+        session.commit()
+    except Exception:
+        session.rollback()
+        discard(store, made.keys)
+        raise
+    session.refresh(task)
+    actor = f"{Role.PERFORMER.value}:{principal_id}"
+    _audit(
+        session,
+        task,
+        "results.made",
+        actor,
+        {
+            "objects": len(results),
+            "kinds": sorted({r.kind for r in results}),
+            "bytes": sum(len(r.data) for r in results),
+            "performer": principal_id,
+        },
+    )
+    _audit(
+        session, task, "run.completed", actor, {"performer": principal_id, "urgent": task.urgent}
+    )
+    return StateChanged(task)
+
+
+#: the largest findings document a performer may hand in
+MAX_FINDINGS_BYTES = 1024 * 1024
+
+
+def _held(task: Task, principal_id: str, transaction_uid: str) -> TaskRefused | None:
+    """Why the performer may not act on ``task`` under ``transaction_uid`` now, or None."""
+    if task.state in (TaskState.COMPLETED.value, TaskState.CANCELED.value):
+        return TaskRefused(409, f"{C300}: workitem {task.client_task_id} is {task.state}")
+    if task.state != TaskState.IN_PROGRESS.value:
+        return TaskRefused(409, C310)
+    if not _holds(task, principal_id, transaction_uid):
+        return TaskRefused(
+            400, f"{C301}: give the Transaction UID of this performer's claim (Transaction-UID)"
+        )
+    return None
+
+
+def hand_in(
+    session: Session,
+    task: Task,
+    document: bytes,
+    transaction_uid: str,
+    *,
+    principal_id: str,
+    principal_name: str,
+    lease_s: float,
+) -> Task | TaskRefused:
+    """The performer's findings for the workitem it holds; kept until COMPLETED; renews the claim.
+
+    ``document`` is the findings JSON the hub's algorithms and remote
+    algorithms answer with (:func:`aifi.algorithms.findings_json.findings_on`:
+    each image finding on an input of the workitem's study); a document that
+    does not read is a 422 naming the field. Handing in again replaces the
+    findings. They record who made them (``details.performer``: the
+    performer principal's id and name), and are shown with the task as its
+    performed procedure is while IN PROGRESS (PS3.4 CC.2.5.1.3).
+    """
+    refused = _held(task, principal_id, transaction_uid)
+    if refused is not None:
+        return refused
+    if len(document) > MAX_FINDINGS_BYTES:
+        return TaskRefused(413, f"a findings document has at most {MAX_FINDINGS_BYTES} bytes")
+    sops = {i.sop_instance_uid for i in current_inputs(task)}
+    try:
+        findings = findings_on(document, sops)
+    except ValueError as exc:
+        return TaskRefused(422, f"the findings cannot be read: {exc}")
+    findings = replace(
+        findings,
+        details={
+            **findings.details,
+            "performer": {"principal": principal_id, "name": principal_name},
+        },
+    )
+    now = utcnow()
+    kept = session.execute(  # with the claim renewed, as an Update renews it
+        update(Task)
+        .where(
+            Task.id == task.id,
+            Task.state == TaskState.IN_PROGRESS.value,
+            Task.claimed_by == _claimed_by(principal_id, transaction_uid),
+        )
+        .values(
+            findings=findings_to_json(findings),
+            lease_until=now + timedelta(seconds=lease_s),
+            heartbeat_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.refresh(task)
+    if not getattr(kept, "rowcount", 0):
+        return TaskRefused(409, f"{C300}: the claim was lost (the performer was silent too long)")
+    _audit(
+        session,
+        task,
+        "findings.handed_in",
+        f"{Role.PERFORMER.value}:{principal_id}",
+        {"performer": principal_id, "images": len(findings.images), "urgent": findings.urgent},
+    )
+    return task
+
+
+def input_keys(
+    session: Session,
+    task: Task,
+    transaction_uid: str,
+    principal_id: str,
+    study: str,
+    series: str | None = None,
+    sop: str | None = None,
+) -> list[str] | TaskRefused:
+    """Store keys of the workitem's inputs in ``study`` (series, instance) for its performer.
+
+    Only the instances the workitem names (its study's and its priors'),
+    only while the performer holds it with ``transaction_uid``; anything
+    else of the hospital stays out of reach (404).
+    """
+    refused = _held(task, principal_id, transaction_uid)
+    if refused is not None:
+        return refused
+    keys = [
+        link.instance.object_key
+        for link in sorted(task.inputs, key=lambda link: link.instance_id)
+        if link.instance.study_instance_uid == study
+        and link.instance.purged_at is None
+        and (series is None or link.instance.series_instance_uid == series)
+        and (sop is None or link.instance.sop_instance_uid == sop)
+    ]
+    if not keys:
+        return TaskRefused(404, f"workitem {task.client_task_id} has no such input")
+    return keys
 
 
 def performer_update(

@@ -11,6 +11,13 @@ with Change State (§11.7, ``PUT /workitems/{uid}/state``) and a Transaction
 UID, reports progress with Update (§11.6, ``POST /workitems/{uid}``) and
 ends it COMPLETED or CANCELED with the same Transaction UID. A refusal
 carries its PS3.18 Table 11.7.3-2 reason in the ``Warning`` header.
+
+While it holds a workitem the performer reads its inputs at the Retrieve
+URL (0008,1190) of each Input Information Sequence item, WADO-RS Retrieve
+Study / Instance under ``/workitems/{uid}/studies/...`` (PS3.18 §10.4), and
+hands in its findings with ``PUT /workitems/{uid}/findings``, both with the
+``Transaction-UID`` header; COMPLETED then makes the result objects of
+those findings (:func:`aifi.hub.workitems.change_state`).
 """
 
 from __future__ import annotations
@@ -18,14 +25,17 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydicom.uid import generate_uid
+from starlette.concurrency import run_in_threadpool
 
+from aifi.dicom.multipart import content_type, new_boundary
 from aifi.hub import tasks, workitems
 from aifi.hub.auth import CurrentHospital, RoleGate
 from aifi.hub.deps import ContextDep, SessionDep
 from aifi.hub.models import Principal, Task
+from aifi.hub.wado import NotAcceptable, multipart_body, negotiate, plan
 from aifi.protocol.schemas import PRIORITY_RANK, Role, TaskState
 
 __all__ = ["router"]
@@ -41,6 +51,8 @@ _SEARCH = {
     "limit": "limit",
 }
 _STATE_KEYS = frozenset({"00741000", "00081195", "00741238"})
+#: the header carrying the Transaction UID on the calls PS3.18 gives no body for it
+TRANSACTION_HEADER = "Transaction-UID"
 
 #: who reads workitems: a hospital (its own) or an outside performer (those it performs)
 WorkitemReader = Annotated[Principal, Depends(RoleGate(Role.HOSPITAL, Role.PERFORMER))]
@@ -131,13 +143,20 @@ def search_workitems(
             limit=int(limit),
         )
     views = [
-        workitems.workitem_of(t)
+        workitems.workitem_of(t, retrieve_url=_retrieve_url(request, caller, t))
         for t in found
         if priority is None or t.priority == PRIORITY_RANK[priority]
     ]
     if not views:
         return Response(status_code=204)
     return JSONResponse(views, media_type=_DICOM_JSON)
+
+
+def _retrieve_url(request: Request, caller: Principal, task: Task) -> str | None:
+    """Where the performer reads a workitem's inputs; None for a hospital (it has WADO-RS)."""
+    if caller.role != Role.PERFORMER.value:
+        return None
+    return f"{str(request.base_url).rstrip('/')}{router.prefix}/{task.client_task_id}"
 
 
 def _hospital_id(principal: Principal) -> str:
@@ -155,7 +174,7 @@ def _performed(session: SessionDep, context: ContextDep, uid: str) -> Task:
 
 @router.get("/{uid}")
 def retrieve_workitem(
-    uid: str, caller: WorkitemReader, session: SessionDep, context: ContextDep
+    uid: str, request: Request, caller: WorkitemReader, session: SessionDep, context: ContextDep
 ) -> Response:
     if caller.role == Role.PERFORMER.value:
         task: Task | None = _performed(session, context, uid)
@@ -163,7 +182,103 @@ def retrieve_workitem(
         task = workitems.find(session, _hospital_id(caller), uid)
     if task is None:
         raise _refused(404, f"no workitem {uid}")
-    return JSONResponse([workitems.workitem_of(task)], media_type=_DICOM_JSON)
+    view = workitems.workitem_of(task, retrieve_url=_retrieve_url(request, caller, task))
+    return JSONResponse([view], media_type=_DICOM_JSON)
+
+
+TransactionHeader = Annotated[str, Header(alias=TRANSACTION_HEADER)]
+
+
+def _inputs(
+    session: SessionDep,
+    context: ContextDep,
+    performer: Principal,
+    uid: str,
+    transaction: str,
+    accept: str | None,
+    study: str,
+    series: str | None = None,
+    sop: str | None = None,
+) -> StreamingResponse:
+    """The workitem's inputs as WADO-RS multipart/related (PS3.18 §10.4.1.1), for its performer."""
+    try:
+        syntaxes = negotiate(accept)
+    except NotAcceptable as exc:
+        raise _refused(406, str(exc)) from exc
+    task = _performed(session, context, uid)
+    keys = workitems.input_keys(
+        session, task, transaction.strip(), performer.id, study, series, sop
+    )
+    if isinstance(keys, tasks.TaskRefused):
+        raise _refused(keys.status_code, keys.detail)
+    try:
+        planned = plan(context.store, keys, syntaxes)
+    except NotAcceptable as exc:
+        raise _refused(406, str(exc)) from exc
+    boundary = new_boundary()
+    return StreamingResponse(
+        multipart_body(context.store, planned, boundary), media_type=content_type(boundary)
+    )
+
+
+@router.get("/{uid}/studies/{study}")
+def retrieve_inputs(
+    uid: str,
+    study: str,
+    performer: Performer,
+    session: SessionDep,
+    context: ContextDep,
+    transaction: TransactionHeader = "",
+    accept: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """WADO-RS Retrieve Study of a workitem's inputs: its performer, with the Transaction UID."""
+    return _inputs(session, context, performer, uid, transaction, accept, study)
+
+
+@router.get("/{uid}/studies/{study}/series/{series}/instances/{sop}")
+def retrieve_input_instance(
+    uid: str,
+    study: str,
+    series: str,
+    sop: str,
+    performer: Performer,
+    session: SessionDep,
+    context: ContextDep,
+    transaction: TransactionHeader = "",
+    accept: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """WADO-RS Retrieve Instance of one of a workitem's inputs, for its performer."""
+    return _inputs(session, context, performer, uid, transaction, accept, study, series, sop)
+
+
+@router.put("/{uid}/findings")
+async def hand_in_findings(
+    uid: str,
+    request: Request,
+    performer: Performer,
+    session: SessionDep,
+    context: ContextDep,
+    transaction: TransactionHeader = "",
+) -> Response:
+    """The performer's findings (aifi findings JSON) for the workitem it holds; 204.
+
+    An Update of the performed procedure (PS3.18 §11.6) in aifi's findings
+    shape: kept with the workitem until COMPLETED makes its result objects.
+    """
+    document = await request.body()
+    task = _performed(session, context, uid)
+    outcome = workitems.hand_in(
+        session,
+        task,
+        document,
+        transaction.strip(),
+        principal_id=performer.id,
+        principal_name=performer.name,
+        lease_s=context.settings.performer_lease_s,
+    )
+    if isinstance(outcome, tasks.TaskRefused):
+        raise _refused(outcome.status_code, outcome.detail)
+    return Response(status_code=204)
 
 
 @router.post("/{uid}")
@@ -199,14 +314,18 @@ async def change_workitem_state(
     wanted = str(((ds.get("00741000") or {}).get("Value") or [""])[0]).strip()
     transaction = str(((ds.get("00081195") or {}).get("Value") or [""])[0]).strip()
     reason = str(((ds.get("00741238") or {}).get("Value") or [""])[0]).strip()
-    outcome = workitems.change_state(
-        session,
-        task,
-        wanted,
-        transaction,
-        principal_id=performer.id,
-        lease_s=context.settings.performer_lease_s,
-        reason=reason,
+    outcome = await run_in_threadpool(  # COMPLETED encodes the results: off the event loop
+        lambda: workitems.change_state(
+            session,
+            task,
+            wanted,
+            transaction,
+            principal_id=performer.id,
+            lease_s=context.settings.performer_lease_s,
+            reason=reason,
+            store=context.store,
+            algorithms=context.algorithms,
+        )
     )
     if isinstance(outcome, tasks.TaskRefused):
         raise _refused(outcome.status_code, outcome.detail)
