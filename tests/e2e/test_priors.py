@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -39,6 +40,7 @@ from .conftest import HubProcess
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.slow]
 
 CHILD = "PH-PRIORS-1"
+PASSWORD = "s3cret-for-priors"
 
 
 def hand_study(
@@ -65,7 +67,19 @@ def into_orthanc(orthanc: Orthanc, datasets: list[pydicom.FileDataset], folder: 
     return str(datasets[0].StudyInstanceUID)
 
 
-def edge_toml(folder: Path, orthanc: Orthanc, hub: HubProcess, token: str) -> Path:
+def edge_toml(
+    folder: Path,
+    orthanc: Orthanc,
+    hub: HubProcess,
+    token: str,
+    *,
+    status_port: int | None = None,
+    rules: str = "",
+    query_retrieve_port: int | None = None,
+) -> Path:
+    status = (
+        f'port = {status_port}\nadmin_password = "{PASSWORD}"' if status_port else "enabled = false"
+    )
     config = folder / "edge.toml"
     config.write_text(
         f"""
@@ -89,14 +103,15 @@ host = "127.0.0.1"
 port = {orthanc.dicom_port}
 
 [status]
-enabled = false
+{status}
 
 [[query_retrieve]]
 name = "pacs"
 ae_title = "{orthanc.aet}"
 host = "127.0.0.1"
-port = {orthanc.dicom_port}
+port = {query_retrieve_port or orthanc.dicom_port}
 method = "move"
+{rules}
 """,
         encoding="utf-8",
     )
@@ -189,5 +204,174 @@ def test_bone_age_gets_the_prior_and_its_sr_names_the_real_prior_study(
         assert comparison["study_instance_uid"] == listed["study_instance_uid"]
         assert (comparison["interval_months"], comparison["interval_from"]) == (12, "PatientAge")
         assert comparison["sop_instance_uid"] == listed["sop_instance_uids"][0]
+    finally:
+        service.stop()
+
+
+def bone_age_workitem(accession: str) -> dict[str, Any]:
+    """A UPS as a RIS creates it (PS3.4 Table CC.2.5-3): bone-age on the study by accession."""
+    return {
+        "00741200": {"vr": "CS", "Value": ["MEDIUM"]},
+        "00741204": {"vr": "LO", "Value": ["bone age"]},
+        "00404018": {
+            "vr": "SQ",
+            "Value": [
+                {
+                    "00080100": {"vr": "SH", "Value": ["bone-age"]},
+                    "00080102": {"vr": "SH", "Value": ["99AIFI"]},
+                    "00080104": {"vr": "LO", "Value": ["bone age"]},
+                }
+            ],
+        },
+        "0040A370": {"vr": "SQ", "Value": [{"00080050": {"vr": "SH", "Value": [accession]}}]},
+    }
+
+
+def test_a_ups_workitem_pulls_the_prior_the_hubs_catalog_asks_for(
+    tmp_path: Path, orthanc: Orthanc, hub: HubProcess
+) -> None:
+    """A Task Requester's workitem (IHE AIW-I, PS3.18 §11.4) gets the prior too, by the catalog."""
+    current = into_orthanc(
+        orthanc,
+        hand_study("ACC-UPS", patient_id=CHILD, date=dt.date(2026, 2, 1), age_months=121, seed=7),
+        tmp_path / "now",
+    )
+    then = hand_study(
+        "ACC-UPS-THEN", patient_id=CHILD, date=dt.date(2025, 2, 1), age_months=109, seed=8
+    )
+    prior = into_orthanc(orthanc, then, tmp_path / "then")
+    into_orthanc(  # another child, same dates: never this child's prior
+        orthanc,
+        hand_study(
+            "ACC-UPS-OTHER", patient_id="PH-OTHER", date=dt.date(2025, 6, 1), age_months=110,
+            seed=9,
+        ),
+        tmp_path / "other",
+    )  # fmt: skip
+    token = hub.add_hospital("St. Example", subscribe="bone-age")
+    config = edge_toml(tmp_path, orthanc, hub, token, status_port=free_port())
+    settings = load_edge_settings(config)
+    service = EdgeService(settings)
+    service.start()
+    orthanc.add_modality("aifi", settings.listener.ae_title, "127.0.0.1", service.dicom_port)
+    try:
+        assert service.status_url is not None
+        created = httpx.post(
+            f"{service.status_url}workitems",
+            json=bone_age_workitem("ACC-UPS"),
+            headers={"Authorization": f"Bearer {PASSWORD}"},
+            timeout=120,
+        )
+        assert created.status_code == 201, created.text
+        (pulled,) = service.state.events("pull-requested")
+        assert "(1 prior studies)" in pulled["detail"]
+
+        sr = wait_for_sr(orthanc, current)
+        (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+        assert evidence.StudyInstanceUID == current
+        (other,) = sr.PertinentOtherEvidenceSequence
+        assert other.StudyInstanceUID == prior  # the real prior, mapped back at the edge
+        (series,) = other.ReferencedSeriesSequence
+        assert [i.ReferencedSOPInstanceUID for i in series.ReferencedSOPSequence] == [
+            then[0].SOPInstanceUID
+        ]
+    finally:
+        service.stop()
+
+
+HAND_RULE = """
+[[rules]]
+name = "hand radiographs to bone age"
+algorithm = "bone-age"
+match = { BodyPartExamined = ["HAND"] }
+"""
+
+
+def test_a_study_the_pacs_pushes_gets_its_prior_pulled_before_its_task(
+    tmp_path: Path, orthanc: Orthanc, hub: HubProcess
+) -> None:
+    """C-STORE from the PACS, a rule to bone-age: the edge pulls the prior the catalog asks for."""
+    current = into_orthanc(
+        orthanc,
+        hand_study("ACC-PUSH", patient_id=CHILD, date=dt.date(2026, 3, 1), age_months=121, seed=10),
+        tmp_path / "now",
+    )
+    then = hand_study(
+        "ACC-PUSH-THEN", patient_id=CHILD, date=dt.date(2025, 5, 1), age_months=111, seed=11
+    )
+    prior = into_orthanc(orthanc, then, tmp_path / "then")
+    into_orthanc(  # another child
+        orthanc,
+        hand_study(
+            "ACC-PUSH-OTHER", patient_id="PH-OTHER", date=dt.date(2025, 6, 1), age_months=100,
+            seed=12,
+        ),
+        tmp_path / "other",
+    )  # fmt: skip
+    token = hub.add_hospital("St. Example", subscribe="bone-age")
+    config = edge_toml(tmp_path, orthanc, hub, token, rules=HAND_RULE)
+    settings = load_edge_settings(config)
+    service = EdgeService(settings)
+    service.start()
+    orthanc.add_modality("aifi", settings.listener.ae_title, "127.0.0.1", service.dicom_port)
+    try:
+        orthanc.store_to("aifi", orthanc.study_id(current))  # the PACS auto-routes the study
+
+        sr = wait_for_sr(orthanc, current)
+        (other,) = sr.PertinentOtherEvidenceSequence
+        assert other.StudyInstanceUID == prior  # the real prior, pulled by C-MOVE, mapped back
+        (series,) = other.ReferencedSeriesSequence
+        assert [i.ReferencedSOPInstanceUID for i in series.ReferencedSOPSequence] == [
+            then[0].SOPInstanceUID
+        ]
+        (task,) = service.state.tasks()  # the prior is the task's input, not a task of its own
+        assert task.study_instance_uid == current
+        assert service.state.events("priors-searching")
+        (pulled,) = service.state.events("priors-pulled-for-push")
+        assert pulled["detail"].startswith(f"bone-age on study {current}: 1 of 1 prior studies")
+        kinds = [e["kind"] for e in service.state.task_events(task.id)]
+        assert "priors-pulled" in kinds
+    finally:
+        service.stop()
+
+
+# pynetdicom's transport drops the socket of a refused connection without closing it
+# (transport.py, connect): CPython closes it at once, with a ResourceWarning.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_pushed_study_goes_without_priors_when_the_query_retrieve_peer_is_down(
+    tmp_path: Path, orthanc: Orthanc, hub: HubProcess
+) -> None:
+    current = into_orthanc(
+        orthanc,
+        hand_study("ACC-DOWN", patient_id=CHILD, date=dt.date(2026, 3, 1), age_months=121, seed=13),
+        tmp_path / "now",
+    )
+    into_orthanc(
+        orthanc,
+        hand_study(
+            "ACC-DOWN-THEN", patient_id=CHILD, date=dt.date(2025, 5, 1), age_months=111, seed=14
+        ),
+        tmp_path / "then",
+    )
+    token = hub.add_hospital("St. Example", subscribe="bone-age")
+    config = edge_toml(
+        tmp_path, orthanc, hub, token, rules=HAND_RULE, query_retrieve_port=free_port()
+    )
+    settings = load_edge_settings(config)
+    service = EdgeService(settings)
+    service.start()
+    orthanc.add_modality("aifi", settings.listener.ae_title, "127.0.0.1", service.dicom_port)
+    try:
+        orthanc.store_to("aifi", orthanc.study_id(current))
+
+        sr = wait_for_sr(orthanc, current)  # the result comes, without the prior
+        assert "PertinentOtherEvidenceSequence" not in sr
+        (missed,) = service.state.events("priors-not-pulled")
+        assert "goes without priors" in missed["detail"]
+        assert "refused or did not answer the association" in missed["detail"]
+        deadline = time.monotonic() + 30
+        while [t.state for t in service.state.tasks()] != ["delivered"]:
+            assert time.monotonic() < deadline, [t.state for t in service.state.tasks()]
+            time.sleep(0.1)
     finally:
         service.stop()

@@ -14,7 +14,8 @@ control (HL7 ORC-1, table 0119) decides what happens:
 * ``NW`` new order: the order code is mapped to an algorithm by
   ``[orders] codes``; the study is looked for at the edge, then on each
   ``[[query_retrieve]]`` peer (:func:`aifi.edge.pull.pull_study`: C-FIND,
-  then C-MOVE or C-GET) and the request recorded with the order's priority,
+  then C-MOVE or C-GET, with the priors the hub's catalog says the algorithm
+  asks for) and the request recorded with the order's priority,
   so the assembler makes the task when the study is stable. An order that
   arrives before its images (the study may still be at the modality) waits
   and looks again every ``retry_interval_s``; after ``wait_for_images_s``
@@ -38,6 +39,7 @@ from typing import Any, Literal
 
 from pydicom.uid import generate_uid
 
+from aifi.core.manifest import Priors
 from aifi.edge.config import EdgeSettings
 from aifi.edge.orders_config import OrdersSettings
 from aifi.edge.state import EdgeState
@@ -360,6 +362,17 @@ class OrderDesk:
             requested += self._look(item)
         return requested
 
+    def _priors(self, algorithm_id: str) -> Priors | None:
+        """The priors the hub's catalog says ``algorithm_id`` asks for (None: none, or no hub)."""
+        from aifi.edge.catalog import requested_priors
+        from aifi.protocol.client import HubClient
+
+        hub = HubClient(self.settings.hub)
+        try:
+            return requested_priors(hub, algorithm_id)
+        finally:
+            hub.close()
+
     def _look(self, item: dict[str, Any]) -> int:
         mine = item["dataset"][ORDER_KEY]
         name = mine["order_number"] or mine["accession"]
@@ -374,6 +387,7 @@ class OrderDesk:
             )
             detail = "the study is held by the edge"
         problems: list[str] = []
+        priors = self._priors(item["algorithm_id"]) if request_id is None else None
         for peer in self.settings.query_retrieve if request_id is None else []:
             from aifi.edge.pull import pull_study
 
@@ -386,6 +400,7 @@ class OrderDesk:
                     algorithm_id=item["algorithm_id"],
                     requested_by=f"order {name}",
                     priority=item["priority"],
+                    priors=priors,
                     state=self.state,
                 )
             except Exception as exc:  # a broken peer is one more reason to wait, not a crash

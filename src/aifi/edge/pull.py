@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -66,7 +66,15 @@ from aifi.edge.state import EdgeState
 from aifi.edge.tls import client_context
 from aifi.errors import ConfigError
 
-__all__ = ["PullOutcome", "StudyMatch", "find_priors", "find_studies", "peer_named", "pull_study"]
+__all__ = [
+    "PullOutcome",
+    "StudyMatch",
+    "find_priors",
+    "find_studies",
+    "peer_named",
+    "pull_priors",
+    "pull_study",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +224,58 @@ def pull_study(
     finally:
         if own:
             state.close()
+
+
+def pull_priors(
+    settings: EdgeSettings,
+    peer: QueryRetrievePeer,
+    study_uid: str,
+    priors: Priors,
+    state: EdgeState,
+    *,
+    on_found: Callable[[list[str]], None] | None = None,
+) -> PullOutcome:
+    """Find and retrieve the priors of a study the edge holds (one the PACS pushed).
+
+    The study's patient is read from ``peer`` by a C-FIND for its Study
+    Instance UID (the edge keeps no identity in its state); its priors are
+    then found and retrieved as :func:`pull_study` does. Nothing is recorded:
+    the caller adds the request that carries them to the task
+    (:mod:`aifi.edge.prior_search`). ``on_found`` hears the priors' Study
+    UIDs before they are retrieved.
+    """
+    name = peer.name or peer.ae_title
+    outcome = PullOutcome("requested", "", name, peer.method, study_instance_uid=study_uid)
+    try:
+        matches = find_studies(peer, study_uid=study_uid)
+        if not matches:
+            outcome.status, outcome.detail = "not-found", f"{name} has no study {study_uid}"
+            return outcome
+        found = find_priors(peer, matches[0], priors)
+    except _PeerError as exc:
+        outcome.status, outcome.detail = "failed", str(exc)
+        return outcome
+    if on_found is not None:
+        on_found([m.study_instance_uid for m in found])
+    problems: list[str] = []
+    for match in found:
+        done, failed, problem = _retrieve(
+            settings, peer, match.study_instance_uid, state, matches[0].sop_classes
+        )
+        outcome.instances += done
+        outcome.failed += failed
+        if problem:
+            problems.append(problem)
+        if done:
+            outcome.prior_study_uids.append(match.study_instance_uid)
+    outcome.detail = (
+        f"{len(outcome.prior_study_uids)} of {len(found)} prior studies"
+        f" ({outcome.instances} instances) retrieved by {_RETRIEVE[peer.method]} from {name},"
+        f" {outcome.failed} failed" + ("; " + "; ".join(problems) if problems else "")
+    )
+    if problems and not outcome.prior_study_uids:
+        outcome.status = "failed"
+    return outcome
 
 
 class _PeerError(Exception):

@@ -27,6 +27,7 @@ from aifi.edge.orders import OrderDesk
 from aifi.edge.orders_hl7 import MllpListener
 from aifi.edge.outbox import Outbox
 from aifi.edge.policy import PolicyFile, ReleaseGate
+from aifi.edge.prior_search import PriorSearch
 from aifi.edge.pseudonymize import DigestFn
 from aifi.edge.retention import Purger
 from aifi.edge.scp import EdgeReceiver
@@ -67,10 +68,19 @@ class EdgeService:
                 "release-policy-created",
                 f"release policy {policy.path} created from the shipped defaults",
             )
-        self.release = ReleaseGate(HubCatalog(self.hub).requests, policy)
+        catalog = HubCatalog(self.hub)
+        self.release = ReleaseGate(catalog.requests, policy)
         self.receiver = EdgeReceiver(settings.listener, self.state, data_dir / "received")
+        # A pushed study's priors, pulled from the [[query_retrieve]] peers: aifi.edge.prior_search
+        self.prior_search = (
+            PriorSearch(settings, self.state, catalog.priors) if settings.query_retrieve else None
+        )
         self.assembler = Assembler(
-            self.state, settings.rules, settings.quiet_period_s, settings.late_instances
+            self.state,
+            settings.rules,
+            settings.quiet_period_s,
+            settings.late_instances,
+            priors=self.prior_search,
         )
         self.outbox = Outbox(
             self.state,
@@ -145,6 +155,8 @@ class EdgeService:
             ("delivery", self.deliverer.tick, self.settings.hub.poll_interval_s),
             ("retention", self.purge, self.settings.retention.interval_s),
         ]
+        if self.prior_search is not None:
+            loops.append(("priors", self.prior_search.tick, 0.2))
         for name, tick, interval in loops:
             thread = threading.Thread(
                 target=self._loop, args=(name, tick, interval), name=f"edge-{name}", daemon=True

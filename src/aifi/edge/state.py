@@ -971,6 +971,18 @@ class EdgeState:
         )
         return {uid for row in rows for uid in json.loads(row[0])}
 
+    def pulled_as_prior(self, study_instance_uid: str) -> bool:
+        """Whether any request pulled ``study_instance_uid`` as a prior of another study."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM requests WHERE prior_study_uids LIKE ? LIMIT 1",
+                (f'%"{study_instance_uid}"%',),
+            )
+            .fetchone()
+        )
+        return row is not None
+
     def prior_studies(self, task_id: str) -> list[str]:
         """The prior Study Instance UIDs the requests answered by ``task_id`` pulled, in order."""
         rows = (

@@ -49,6 +49,8 @@ from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from pydicom.uid import generate_uid
 
+from aifi.core.manifest import Priors
+from aifi.edge.catalog import requested_priors
 from aifi.edge.config import EdgeSettings
 from aifi.edge.state import EdgeState
 from aifi.errors import AifiError, HubError
@@ -304,7 +306,14 @@ def create_ups_router(ctx: UpsContext) -> APIRouter:
         request_id: int | None = None
         if not held and ctx.settings is not None and ctx.settings.query_retrieve:
             study_uid, request_id = _pull(
-                ctx.settings, state, uid, algorithm_id, priority, study_uid, accession
+                ctx.settings,
+                state,
+                uid,
+                algorithm_id,
+                priority,
+                study_uid,
+                accession,
+                requested_priors(ctx.hub, algorithm_id),
             )
         elif not study_uid:
             raise UpsRefused(
@@ -677,10 +686,12 @@ def _pull(
     priority: str,
     study_uid: str,
     accession: str,
+    priors: Priors | None,
 ) -> tuple[str, int | None]:
     """Pull a study the edge does not hold from the first peer that has it (aifi.edge.pull).
 
-    The request for the algorithm is recorded by the pull itself. A study
+    The request for the algorithm is recorded by the pull itself, with the
+    priors the hub's catalog says the algorithm asks for, pulled first. A study
     no peer has is a 404; a peer that fails is a 502 with its reason.
     """
     from aifi.edge.pull import pull_study
@@ -695,6 +706,7 @@ def _pull(
             algorithm_id=algorithm_id,
             requested_by=f"workitem {uid}",
             priority=priority,
+            priors=priors,
             state=state,
         )
         if outcome.ok and outcome.study_instance_uid:
