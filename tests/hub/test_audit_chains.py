@@ -220,3 +220,37 @@ def test_many_threads_of_two_processes_keep_every_hospital_chain_linear(engine: 
     for h in hospitals:
         seqs = [e.seq for e in log.events(chain=f"hospital:{h}")]
         assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_verifying_while_others_append_finds_nothing_but_a_head_set_back_is_found(
+    engine: Engine,
+) -> None:
+    log = audit_log(engine)
+    stop = threading.Event()
+
+    def append() -> None:
+        n = 0
+        while not stop.is_set():
+            log.append("run.started", actor="worker", hospital=f"h{n % 3}")
+            n += 1
+
+    writers = [threading.Thread(target=append) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    try:
+        found = [log.verify() for _ in range(5)]
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    assert found == [[]] * 5
+    assert log.count() > 0
+
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE audit_head SET seq = seq - 2 WHERE chain = 'hospital:h1'"))
+    problems = log.verify()
+    assert any(
+        p.startswith("chain hospital:h1: events ") and "are recorded after the chain's head" in p
+        for p in problems
+    ), problems
+    assert all(p.startswith("chain hospital:h1: ") for p in problems)

@@ -273,36 +273,54 @@ class SqlAuditLog:
 
         Each chain is checked on its own against its head; with a ``root``
         chain, every chain must be recorded as opened there and every chain
-        recorded there must still exist.
+        recorded there must still exist. Safe while others append: the heads
+        are read first and each chain is checked up to its head; events past
+        it, or a chain without a head, are problems only if the heads read
+        again at the end still do not cover them.
         """
         events = self._tables.events
         try:
             heads = self.heads()
             problems: list[str] = []
             seen: set[str] = set()
+            beyond: dict[str, int] = {}  # chain: its last event past the head first read
             opened: dict[str, int] = {}
             query = select(events).order_by(events.c.chain, events.c.seq)
             with self._engine.connect() as connection:
                 rows = connection.execution_options(yield_per=2000).execute(query)
                 for chain, group in itertools.groupby(rows, key=lambda r: str(r.chain)):
                     seen.add(chain)
-                    chained: Iterator[AuditEvent] = (_event_of(r) for r in group)
+                    head = heads.get(chain, Head(0, GENESIS))
+                    chained = _up_to(head.seq, (_event_of(r) for r in group), chain, beyond)
                     if chain == self._root:
                         chained = _noting_opened(chained, opened)
-                    head = heads.get(chain, Head(0, GENESIS))
-                    problems += verify_chain(chained, head, chain=chain)
+                    if chain in heads:
+                        problems += verify_chain(chained, head, chain=chain)
+                    else:
+                        _drain(chained)
+            again = self.heads() if beyond else heads
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot read the audit log: {exc}") from exc
-        for chain in sorted(set(heads) - seen):
+        for chain in sorted(set(heads) - seen):  # every event of the chain deleted
             problems += verify_chain([], heads[chain], chain=chain)
+        for chain, last in sorted(beyond.items()):
+            recorded = again.get(chain, Head(0, GENESIS)).seq
+            if chain not in heads and chain not in again:
+                problems.append(f"chain {chain} has events 1..{last} but no recorded head")
+            elif last > recorded:
+                first = heads[chain].seq + 1 if chain in heads else 1
+                problems.append(
+                    _named(chain, f"events {max(first, recorded + 1)}..{last} are recorded "
+                           f"after the chain's head (event {recorded}); the head was altered")
+                )  # fmt: skip
         if self._root is not None:
             for chain, seq in sorted(opened.items()):
-                if chain not in seen and chain not in heads:
+                if chain not in heads:
                     problems.append(
                         f"chain {chain}, opened at event {seq} of chain {self._root}, is missing "
                         "(deleted with its head)"
                     )
-            for chain in sorted((seen | set(heads)) - set(opened) - {self._root, MAIN}):
+            for chain in sorted(set(heads) - set(opened) - {self._root, MAIN}):
                 problems.append(f"chain {chain} is not recorded as opened in chain {self._root}")
         return problems
 
@@ -356,6 +374,26 @@ def seal_of(heads: Mapping[str, Head]) -> Head:
     return Head(
         sum(h.seq for h in heads.values()), hashlib.sha256(lines.encode("utf-8")).hexdigest()
     )
+
+
+def _up_to(
+    last: int, events: Iterator[AuditEvent], chain: str, beyond: dict[str, int]
+) -> Iterator[AuditEvent]:
+    """The events up to sequence number ``last``; the last one past it noted in ``beyond``."""
+    for event in events:
+        if event.seq > last:
+            beyond[chain] = event.seq
+        else:
+            yield event
+
+
+def _drain(events: Iterator[AuditEvent]) -> None:
+    for _event in events:
+        pass
+
+
+def _named(chain: str, problem: str) -> str:
+    return problem if chain == MAIN else f"chain {chain}: {problem}"
 
 
 def _noting_opened(events: Iterator[AuditEvent], opened: dict[str, int]) -> Iterator[AuditEvent]:
