@@ -16,6 +16,7 @@ Instance UIDs, re-identified at the edge; the hub only ever saw pseudonyms.
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import subprocess
 import sys
 import time
@@ -74,7 +75,7 @@ def edge_toml(
     token: str,
     *,
     status_port: int | None = None,
-    rules: str = "",
+    extra: str = "",
     query_retrieve_port: int | None = None,
 ) -> Path:
     status = (
@@ -111,7 +112,7 @@ ae_title = "{orthanc.aet}"
 host = "127.0.0.1"
 port = {query_retrieve_port or orthanc.dicom_port}
 method = "move"
-{rules}
+{extra}
 """,
         encoding="utf-8",
     )
@@ -309,7 +310,7 @@ def test_a_study_the_pacs_pushes_gets_its_prior_pulled_before_its_task(
         tmp_path / "other",
     )  # fmt: skip
     token = hub.add_hospital("St. Example", subscribe="bone-age")
-    config = edge_toml(tmp_path, orthanc, hub, token, rules=HAND_RULE)
+    config = edge_toml(tmp_path, orthanc, hub, token, extra=HAND_RULE)
     settings = load_edge_settings(config)
     service = EdgeService(settings)
     service.start()
@@ -355,7 +356,7 @@ def test_a_pushed_study_goes_without_priors_when_the_query_retrieve_peer_is_down
     )
     token = hub.add_hospital("St. Example", subscribe="bone-age")
     config = edge_toml(
-        tmp_path, orthanc, hub, token, rules=HAND_RULE, query_retrieve_port=free_port()
+        tmp_path, orthanc, hub, token, extra=HAND_RULE, query_retrieve_port=free_port()
     )
     settings = load_edge_settings(config)
     service = EdgeService(settings)
@@ -373,5 +374,65 @@ def test_a_pushed_study_goes_without_priors_when_the_query_retrieve_peer_is_down
         while [t.state for t in service.state.tasks()] != ["delivered"]:
             assert time.monotonic() < deadline, [t.state for t in service.state.tasks()]
             time.sleep(0.1)
+    finally:
+        service.stop()
+
+
+def test_an_hl7_order_pulls_the_prior_the_hubs_catalog_asks_for(
+    tmp_path: Path, orthanc: Orthanc, hub: HubProcess
+) -> None:
+    """An ORM^O01 from the RIS (IHE RAD-4) for a study in the PACS: the prior comes too."""
+    current = into_orthanc(
+        orthanc,
+        hand_study("ACC-ORM", patient_id=CHILD, date=dt.date(2026, 4, 1), age_months=121, seed=15),
+        tmp_path / "now",
+    )
+    then = hand_study(
+        "ACC-ORM-THEN", patient_id=CHILD, date=dt.date(2025, 6, 1), age_months=111, seed=16
+    )
+    prior = into_orthanc(orthanc, then, tmp_path / "then")
+    token = hub.add_hospital("St. Example", subscribe="bone-age")
+    mllp_port = free_port()
+    orders = f"""
+[orders]
+port = {mllp_port}
+retry_interval_s = 0.5
+
+[orders.codes]
+XRHANDBA = "bone-age"
+"""
+    config = edge_toml(tmp_path, orthanc, hub, token, extra=orders)
+    settings = load_edge_settings(config)
+    service = EdgeService(settings)
+    service.start()
+    orthanc.add_modality("aifi", settings.listener.ae_title, "127.0.0.1", service.dicom_port)
+    try:
+        message = "\r".join(
+            [
+                "MSH|^~\\&|RIS|HOSP|AIFI|EDGE|20260401093000||ORM^O01|M-ORM-1|P|2.3",
+                f"PID|1||{CHILD}^^^HOSP||PHANTOM^HAND||20160101|F",
+                "ORC|NW|PLC-ORM|F-ORM||SC||^^^^^R",
+                "|".join(["OBR", "1", "PLC-ORM", "F-ORM", "XRHANDBA^Hand bone age^L"]
+                         + [""] * 13 + ["ACC-ORM"]),
+            ]
+        )  # fmt: skip
+        with socket.create_connection(("127.0.0.1", mllp_port), timeout=30) as sock:
+            sock.sendall(b"\x0b" + message.encode() + b"\x1c\x0d")
+            ack = b""
+            while not ack.endswith(b"\x1c\x0d"):
+                chunk = sock.recv(65536)
+                assert chunk, "no ACK"
+                ack += chunk
+        assert b"MSA|AA" in ack, ack
+
+        sr = wait_for_sr(orthanc, current)
+        (other,) = sr.PertinentOtherEvidenceSequence
+        assert other.StudyInstanceUID == prior  # the real prior, mapped back at the edge
+        (series,) = other.ReferencedSeriesSequence
+        assert [i.ReferencedSOPInstanceUID for i in series.ReferencedSOPSequence] == [
+            then[0].SOPInstanceUID
+        ]
+        (pulled,) = service.state.events("pull-requested")
+        assert "(1 prior studies)" in pulled["detail"]
     finally:
         service.stop()
