@@ -14,7 +14,8 @@ transaction on SQLite would make it wait. PostgreSQL's transient failures
 
 Actions recorded: ``stow.received``, ``stow.refused``, ``task.created``,
 ``task.refused``, ``run.started``, ``run.completed``, ``run.canceled``,
-``results.made``, ``task.acknowledged``, ``purge.images``,
+``results.made``, ``findings.handed_in`` (an outside performer's),
+``task.acknowledged``, ``purge.images``,
 ``purge.results``, ``catalog.registered``, ``catalog.state``,
 ``hospital.added``, ``principal.added``, ``token.issued``,
 ``token.revoked``, ``subscription.added``, ``subscription.ended``,
