@@ -328,7 +328,7 @@ def test_a_study_the_pacs_pushes_gets_its_prior_pulled_before_its_task(
         (task,) = service.state.tasks()  # the prior is the task's input, not a task of its own
         assert task.study_instance_uid == current
         assert service.state.events("priors-searching")
-        (pulled,) = service.state.events("priors-pulled-for-push")
+        (pulled,) = service.state.events("priors-retrieved")
         assert pulled["detail"].startswith(f"bone-age on study {current}: 1 of 1 prior studies")
         kinds = [e["kind"] for e in service.state.task_events(task.id)]
         assert "priors-pulled" in kinds
@@ -434,5 +434,49 @@ XRHANDBA = "bone-age"
         ]
         (pulled,) = service.state.events("pull-requested")
         assert "(1 prior studies)" in pulled["detail"]
+    finally:
+        service.stop()
+
+
+def test_a_workitem_for_a_study_the_pacs_pushed_before_pulls_its_prior(
+    tmp_path: Path, orthanc: Orthanc, hub: HubProcess
+) -> None:
+    """No rule routed the pushed study; a workitem asks for bone-age on it: the prior comes."""
+    current = into_orthanc(
+        orthanc,
+        hand_study("ACC-HELD", patient_id=CHILD, date=dt.date(2026, 5, 1), age_months=121, seed=17),
+        tmp_path / "now",
+    )
+    then = hand_study(
+        "ACC-HELD-THEN", patient_id=CHILD, date=dt.date(2025, 7, 1), age_months=111, seed=18
+    )
+    prior = into_orthanc(orthanc, then, tmp_path / "then")
+    token = hub.add_hospital("St. Example", subscribe="bone-age")
+    config = edge_toml(tmp_path, orthanc, hub, token, status_port=free_port())
+    settings = load_edge_settings(config)
+    service = EdgeService(settings)
+    service.start()
+    orthanc.add_modality("aifi", settings.listener.ae_title, "127.0.0.1", service.dicom_port)
+    try:
+        orthanc.store_to("aifi", orthanc.study_id(current))  # pushed; no rule routes it
+        deadline = time.monotonic() + 30
+        while not service.state.events("study-not-routed"):
+            assert time.monotonic() < deadline, "the pushed study was not assembled"
+            time.sleep(0.1)
+        assert service.status_url is not None
+        created = httpx.post(
+            f"{service.status_url}workitems",
+            json=bone_age_workitem("ACC-HELD"),
+            headers={"Authorization": f"Bearer {PASSWORD}"},
+            timeout=120,
+        )
+        assert created.status_code == 201, created.text
+        assert service.state.events("pull-requested") == []  # held: only the prior was pulled
+        (retrieved,) = service.state.events("priors-retrieved")
+        assert retrieved["detail"].startswith(f"bone-age on study {current}: 1 of 1 prior")
+
+        sr = wait_for_sr(orthanc, current)
+        (other,) = sr.PertinentOtherEvidenceSequence
+        assert other.StudyInstanceUID == prior
     finally:
         service.stop()

@@ -382,8 +382,21 @@ class OrderDesk:
         request_id: int | None = None
         detail = ""
         if study_uid and self.state.instances(study_uid):
+            from aifi.edge.prior_search import held_study_priors
+
+            prior_uids = held_study_priors(  # pushed before: its priors pulled now
+                self.settings,
+                self.state,
+                study_uid,
+                item["algorithm_id"],
+                self._priors(item["algorithm_id"]) if self.settings.query_retrieve else None,
+            )
             request_id = self.state.add_request(
-                study_uid, item["algorithm_id"], f"order {name}", priority=item["priority"]
+                study_uid,
+                item["algorithm_id"],
+                f"order {name}",
+                priority=item["priority"],
+                prior_study_uids=prior_uids,
             )
             detail = "the study is held by the edge"
         problems: list[str] = []

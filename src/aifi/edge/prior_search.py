@@ -13,7 +13,7 @@ attached, exactly as for ``aifi edge request``.
 
 A peer that is down, refuses, or has no prior costs only the priors: the
 request is recorded without them and the task goes ahead; every outcome is
-an event (``priors-pulled-for-push``, ``priors-not-pulled``). Nothing here
+an event (``priors-retrieved``, ``priors-not-pulled``). Nothing here
 is durable on purpose: the study stays undispatched until the request is
 recorded, so after a restart the assembler asks again.
 """
@@ -30,7 +30,7 @@ from aifi.edge.config import EdgeSettings
 from aifi.edge.state import EdgeState
 from aifi.errors import HubError
 
-__all__ = ["PriorSearch"]
+__all__ = ["PriorSearch", "held_study_priors"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,29 +111,14 @@ class PriorSearch:
             self._pulling.update(study_uids)
 
     def _search(self, job: _Job) -> None:
-        from aifi.edge.pull import pull_priors
-
-        found: list[str] = []
-        problems: list[str] = []
-        detail = ""
-        for peer in self.settings.query_retrieve:
-            try:
-                outcome = pull_priors(
-                    self.settings,
-                    peer,
-                    job.study_instance_uid,
-                    job.priors,
-                    self.state,
-                    on_found=self._found,
-                )
-            except Exception as exc:  # a broken peer costs the priors, never the task
-                logger.warning("priors from %s: %s", peer.name or peer.ae_title, exc)
-                problems.append(f"{peer.name or peer.ae_title}: {exc}")
-                continue
-            if outcome.ok:
-                found, detail = outcome.prior_study_uids, outcome.detail
-                break
-            problems.append(outcome.detail)
+        found = held_study_priors(
+            self.settings,
+            self.state,
+            job.study_instance_uid,
+            job.algorithm_id,
+            job.priors,
+            on_found=self._found,
+        )
         self.state.add_request(  # the assembler makes the task, with the priors, from it
             job.study_instance_uid,
             job.algorithm_id,
@@ -143,14 +128,45 @@ class PriorSearch:
         )
         with self._lock:
             self._pulling.clear()  # from here on the request names them (is_prior)
-        if detail:
-            self.state.record_event(
-                "priors-pulled-for-push",
-                f"{job.algorithm_id} on study {job.study_instance_uid}: {detail}",
+
+
+def held_study_priors(
+    settings: EdgeSettings,
+    state: EdgeState,
+    study_uid: str,
+    algorithm_id: str,
+    priors: Priors | None,
+    *,
+    on_found: Callable[[list[str]], None] | None = None,
+) -> list[str]:
+    """Find and retrieve the priors of a study the edge holds; their Study UIDs, newest first.
+
+    Each ``[[query_retrieve]]`` peer is asked in turn until one answers. The
+    outcome is an event: ``priors-retrieved``, or ``priors-not-pulled`` with
+    the reasons (the study then goes without priors). Also for a workitem or
+    an order naming a study the PACS pushed before (:mod:`aifi.edge.ups`,
+    :mod:`aifi.edge.orders`).
+    """
+    from aifi.edge.pull import pull_priors
+
+    if priors is None or not settings.query_retrieve:
+        return []
+    problems: list[str] = []
+    for peer in settings.query_retrieve:
+        try:
+            outcome = pull_priors(settings, peer, study_uid, priors, state, on_found=on_found)
+        except Exception as exc:  # a broken peer costs the priors, never the task
+            logger.warning("priors from %s: %s", peer.name or peer.ae_title, exc)
+            problems.append(f"{peer.name or peer.ae_title}: {exc}")
+            continue
+        if outcome.ok:
+            state.record_event(
+                "priors-retrieved", f"{algorithm_id} on study {study_uid}: {outcome.detail}"
             )
-        else:
-            self.state.record_event(
-                "priors-not-pulled",
-                f"{job.algorithm_id} on study {job.study_instance_uid} goes without priors: "
-                + ("; ".join(problems) or "no [[query_retrieve]] peer"),
-            )
+            return outcome.prior_study_uids
+        problems.append(outcome.detail)
+    state.record_event(
+        "priors-not-pulled",
+        f"{algorithm_id} on study {study_uid} goes without priors: " + "; ".join(problems),
+    )
+    return []

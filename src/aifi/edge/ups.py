@@ -52,6 +52,7 @@ from pydicom.uid import generate_uid
 from aifi.core.manifest import Priors
 from aifi.edge.catalog import requested_priors
 from aifi.edge.config import EdgeSettings
+from aifi.edge.prior_search import held_study_priors
 from aifi.edge.state import EdgeState
 from aifi.errors import AifiError, HubError
 from aifi.protocol.client import HubClient
@@ -323,8 +324,24 @@ def create_ups_router(ctx: UpsContext) -> APIRouter:
                 " (or name its Study Instance UID: the workitem then waits for it)",
             )
         if request_id is None:
+            # a study the PACS pushed before: its priors pulled now, before the request
+            priors = (
+                held_study_priors(
+                    ctx.settings,
+                    state,
+                    study_uid,
+                    algorithm_id,
+                    requested_priors(ctx.hub, algorithm_id),
+                )
+                if held and ctx.settings is not None and ctx.settings.query_retrieve
+                else []
+            )
             request_id = state.add_request(
-                study_uid, algorithm_id, f"workitem {uid}", priority=priority
+                study_uid,
+                algorithm_id,
+                f"workitem {uid}",
+                priority=priority,
+                prior_study_uids=priors,
             )
         ds[SOP_CLASS] = _attr(SOP_CLASS, UPS_PUSH)
         ds[SOP_INSTANCE] = _attr(SOP_INSTANCE, uid)
