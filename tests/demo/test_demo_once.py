@@ -31,7 +31,7 @@ def test_the_demo_delivers_every_result_and_the_urgent_one_to_the_ris(tmp_path: 
     # Issue 13: no library noise. Nor the C-STORE that once in about ten runs
     # waited 60 s for a response pynetdicom's reactor thread had taken ("Received
     # unexpected C-STORE service message", then "PACS store failed"): see
-    # aifi.edge.pacs.answers_to_caller and tests/edge/test_pacs_store_concurrency.py.
+    # aifi.dicom.association.answers_to_caller and tests/edge/test_pacs_store_concurrency.py.
     assert warnings == [], f"{len(warnings)} warnings, first: {warnings[:3]}"
 
 

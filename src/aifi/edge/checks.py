@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
+from aifi.dicom.association import answers_to_caller
 from aifi.dicom.status import SUCCESS
 from aifi.edge.config import DicomPeer, EdgeSettings, ListenerSettings
 from aifi.edge.tls import client_context
@@ -236,6 +237,7 @@ def _pacs(peer: DicomPeer | None) -> CheckResult:
             else "does not answer an association"
         )
         return CheckResult("pacs", False, f"{where} {why}; results wait")
+    answers_to_caller(assoc)  # pynetdicom's reactor must not take the C-ECHO answer
     try:
         status = assoc.send_c_echo()
     finally:

@@ -25,6 +25,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.events import Event
 
+from aifi.dicom.association import answers_to_caller
 from aifi.dicom.status import PROCESSING_FAILURE, SUCCESS
 from aifi.edge.config import DicomPeer
 from aifi.edge.state import EdgeState
@@ -131,6 +132,7 @@ class Commitments:
         if not assoc.is_established:
             self._set(transaction_uid, "abandoned", f"{where}: no association for the request")
             return False, f"{where} refused or missed the storage commitment association"
+        answers_to_caller(assoc)  # pynetdicom's reactor must not take the N-ACTION answer
         try:
             status, _reply = assoc.send_n_action(
                 ds, 1, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE

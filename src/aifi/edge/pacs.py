@@ -16,13 +16,13 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.association import Association
 
+from aifi.dicom.association import answers_to_caller
 from aifi.dicom.status import is_stored
 from aifi.edge.config import DicomPeer
 from aifi.edge.tls import client_context
 
-__all__ = ["StoreResult", "answers_to_caller", "contact_of", "store_to_pacs"]
+__all__ = ["StoreResult", "contact_of", "store_to_pacs"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,35 +56,6 @@ def _meta_agreeing(ds: Dataset) -> None:
         return
     if UID(meta.TransferSyntaxUID).is_implicit_VR != implicit:
         meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-
-
-def answers_to_caller(assoc: Association) -> None:
-    """Keep pynetdicom's reactor thread from taking the peer's answers (a race in pynetdicom).
-
-    pynetdicom (3.0.4, and its main branch of 2026-03) runs a reactor thread in
-    a requestor association too; it takes any complete DIMSE message off the
-    queue unless a ``send_*`` method has paused it. The pause has a hole:
-    ``send_c_store`` unpauses the reactor after each response, and when the
-    next ``send_c_store`` comes before the woken reactor thread has run, it
-    finds the reactor still marked paused and sends. The reactor, run late by a
-    busy scheduler, then takes the C-STORE-RSP, logs "Received unexpected
-    C-STORE service message" (a response is not a valid request) and the store
-    waits for the DIMSE timeout. The reactor is the only caller of the
-    non-blocking ``get_msg``; on an association where this side only asks
-    (C-STORE, N-ACTION, C-ECHO, C-FIND; C-GET's sub-operations are read by the
-    blocking caller too), it must get nothing. N-EVENT-REPORT requests do not
-    go through the queue (pynetdicom serves them in a thread of their own).
-    Call it right after the association is established, before any request.
-    """
-    dimse = assoc.dimse
-    blocking_get = dimse.get_msg
-
-    def get_msg(block: bool = False) -> Any:
-        if not block:
-            return None, None
-        return blocking_get(block=True)
-
-    dimse.get_msg = get_msg  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)

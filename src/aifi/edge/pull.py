@@ -54,6 +54,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from aifi.core.manifest import Priors
+from aifi.dicom.association import answers_to_caller
 from aifi.dicom.status import (
     MOVE_DESTINATION_UNKNOWN,
     PENDING,
@@ -534,6 +535,8 @@ def _association(
         evt_handlers=handlers or None,
         tls_args=tls_args,
     )
+    if assoc.is_established:
+        answers_to_caller(assoc)  # pynetdicom's reactor must not take C-FIND/C-MOVE answers
     if not assoc.is_established:
         over = (
             " over TLS (check that the peer's certificate is signed by a CA in"
