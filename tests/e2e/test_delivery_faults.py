@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -50,14 +50,18 @@ class Faults(httpx.BaseTransport):
     def __init__(self) -> None:
         self.inner = httpx.HTTPTransport()
         self.lose_acks = 0
-        self.break_next_result = False
+        #: Break the result objects of the study this names (a pseudonymous
+        #: Study Instance UID, asked for when the result is fetched): which of two
+        #: studies' results the edge fetches first is not the test's to choose.
+        self.break_results_of: Callable[[], str | None] = lambda: None
         self.broken: set[str] = set()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        if path.startswith("/dicomweb/") and "/instances/" in path and self.break_next_result:
-            self.broken.add(path)
-            self.break_next_result = False
+        if path.startswith("/dicomweb/") and "/instances/" in path:
+            study = self.break_results_of()
+            if study is not None and f"/studies/{study}/" in path:
+                self.broken.add(path)
         response = self.inner.handle_request(request)
         if path.endswith("/acknowledge") and self.lose_acks > 0:
             response.read()  # the hub committed it; the answer never arrives
@@ -264,8 +268,10 @@ def test_a_pacs_refusing_everything_for_a_while_delays_but_loses_nothing(
 def test_a_broken_result_object_blocks_only_its_own_task(
     tmp_path: Path, orthanc: Orthanc, pacs: RefusingPacs, edge: EdgeService, faults: Faults
 ) -> None:
-    faults.break_next_result = True
     first = send(orthanc, tmp_path, cr_study(1, patient=DEMO_PATIENTS[0], rows=64, columns=64), "a")
+    faults.break_results_of = lambda: next(
+        (t.pseudo_study_uid for t in edge.state.tasks() if t.study_instance_uid == first), None
+    )
     second = send(
         orthanc, tmp_path, cr_study(1, patient=DEMO_PATIENTS[1], rows=64, columns=64), "b"
     )
