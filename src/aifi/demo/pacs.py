@@ -19,12 +19,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import cast
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from aifi.dicom.association import application_entity
 from aifi.dicom.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
 from aifi.errors import ConfigError
 from aifi.netutil import set_nodelay
@@ -112,7 +113,7 @@ class DemoPacs:
         if self._server is not None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        ae = AE(ae_title=self.ae_title)
+        ae = application_entity(self.ae_title)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)

@@ -1,12 +1,15 @@
-"""pynetdicom associations on which aifi only asks: a guard for a race in pynetdicom."""
+"""pynetdicom application entities as aifi makes them, and a guard for a race in pynetdicom."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pynetdicom import AE
 from pynetdicom.association import Association
 
-__all__ = ["answers_to_caller"]
+from aifi.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+__all__ = ["answers_to_caller", "application_entity"]
 
 
 def answers_to_caller(assoc: Association) -> None:
@@ -36,3 +39,17 @@ def answers_to_caller(assoc: Association) -> None:
         return blocking_get(block=True)
 
     dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
+def application_entity(ae_title: str) -> AE:
+    """A pynetdicom AE that names aifi in its associations (PS3.7 D.3.3.2).
+
+    The A-ASSOCIATE's Implementation Class UID and Version Name are the same
+    as the File Meta Information aifi writes (PS3.10 §7.1,
+    :mod:`aifi.dicom.part10`), so a PACS log or a network trace shows one
+    implementation, not pynetdicom's default.
+    """
+    ae = AE(ae_title=ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return ae

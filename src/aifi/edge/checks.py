@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.events import Event
 
-from aifi.dicom.association import answers_to_caller
+from aifi.dicom.association import answers_to_caller, application_entity
 from aifi.dicom.status import SUCCESS
 from aifi.edge.config import DicomPeer, EdgeSettings, ListenerSettings
 from aifi.edge.tls import client_context
@@ -203,7 +203,7 @@ def _pacs(peer: DicomPeer | None) -> CheckResult:
         return CheckResult(
             "pacs", False, f"{where} does not answer ({exc.strerror or exc}); results wait"
         )
-    ae = AE(ae_title=peer.calling_ae_title)
+    ae = application_entity(peer.calling_ae_title)
     ae.add_requested_context(VERIFICATION)
     ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = _CHECK_TIMEOUT_S
     rejected: list[str] = []

@@ -22,10 +22,9 @@ from typing import Literal
 
 from pydicom import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.events import Event
 
-from aifi.dicom.association import answers_to_caller
+from aifi.dicom.association import answers_to_caller, application_entity
 from aifi.dicom.status import PROCESSING_FAILURE, SUCCESS
 from aifi.edge.config import DicomPeer
 from aifi.edge.state import EdgeState
@@ -117,7 +116,7 @@ class Commitments:
             item.ReferencedSOPClassUID = sop_class
             item.ReferencedSOPInstanceUID = sop_instance
             ds.ReferencedSOPSequence.append(item)
-        ae = AE(ae_title=peer.calling_ae_title)
+        ae = application_entity(peer.calling_ae_title)
         ae.add_requested_context(STORAGE_COMMITMENT)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         where = f"PACS {peer.ae_title} at {peer.host}:{peer.port}"

@@ -15,9 +15,9 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import evt
 
-from aifi.dicom.association import answers_to_caller
+from aifi.dicom.association import answers_to_caller, application_entity
 from aifi.dicom.status import is_stored
 from aifi.edge.config import DicomPeer
 from aifi.edge.tls import client_context
@@ -79,7 +79,7 @@ def store_to_pacs(
     on_stored: Callable[[StoreResult], None] | None = None,
 ) -> list[StoreResult]:
     """Store each dataset over one association; the outcome of each is a value, not an exception."""
-    ae = AE(ae_title=peer.calling_ae_title)
+    ae = application_entity(peer.calling_ae_title)
     uncompressed = list(
         getattr(peer, "transfer_syntax", None) or [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
     )

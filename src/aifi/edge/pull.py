@@ -45,7 +45,7 @@ from typing import Any, Literal
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -54,7 +54,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from aifi.core.manifest import Priors
-from aifi.dicom.association import answers_to_caller
+from aifi.dicom.association import answers_to_caller, application_entity
 from aifi.dicom.status import (
     MOVE_DESTINATION_UNKNOWN,
     PENDING,
@@ -512,7 +512,7 @@ def _association(
     storage: Sequence[str] = (),
     handlers: list[Any] | None = None,
 ) -> Iterator[Association]:
-    ae = AE(ae_title=peer.calling_ae_title)
+    ae = application_entity(peer.calling_ae_title)
     ae.acse_timeout = 30
     ae.network_timeout = 60
     ae.dimse_timeout = peer.timeout_s

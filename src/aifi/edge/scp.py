@@ -51,12 +51,13 @@ from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from aifi.dicom.association import application_entity
 from aifi.dicom.part10 import file_meta
 from aifi.dicom.status import (
     CANNOT_UNDERSTAND,
@@ -218,7 +219,7 @@ class EdgeReceiver:
         self._known_dirs: set[Path] = set()
         self._uid_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._server: ThreadedAssociationServer | None = None
-        ae = AE(ae_title=settings.ae_title)
+        ae = application_entity(settings.ae_title)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
