@@ -12,7 +12,14 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from aifi.algorithms.base import AlgorithmInput, InputInstance
-from aifi.algorithms.integrity_check import ALGORITHM, MANIFEST, pixel_digest, pixel_summary
+from aifi.algorithms.integrity_check import (
+    ALGORITHM,
+    MANIFEST,
+    PixelSummary,
+    pixel_digest,
+    pixel_summary,
+    pooled,
+)
 from aifi.errors import DicomInputError
 from aifi.results.codes import DECODING_FAILURE, PIXEL_DATA_SHA256
 
@@ -133,17 +140,39 @@ def test_run_reports_digest_and_statistics_per_image(make_instance: MakeInstance
         expected = pixel_digest(read(name))
         assert image.texts == ((PIXEL_DATA_SHA256, expected),)
         assert findings.details["digests"][instance.sop_instance_uid] == expected
-        meanings = [m.concept.meaning for m in image.measurements]
-        assert meanings == [
-            "Pixel Data Rows",
-            "Pixel Data Columns",
-            "Number of Frames",
-            "Minimum",
-            "Maximum",
-            "Mean",
-            "Standard Deviation",
-        ]
-        assert {m.unit.scheme for m in image.measurements} == {"UCUM"}
+        assert image.measurements == ()  # per image only the digest (issue 12: SR size)
+        statistics = findings.details["statistics"][instance.sop_instance_uid]
+        assert statistics["frames"] == int(read(name).get("NumberOfFrames", 1))
+        assert statistics["minimum"] <= statistics["mean"] <= statistics["maximum"]
+    # the images differ in size: Rows and Columns are per image only
+    meanings = [m.concept.meaning for m in findings.measurements]
+    assert meanings == ["Number of Frames", "Minimum", "Maximum", "Mean", "Standard Deviation"]
+    assert {m.unit.scheme for m in findings.measurements} == {"UCUM"}
+    frames = sum(int(read(name).get("NumberOfFrames", 1)) for name in names)
+    assert findings.measurements[0].value == frames
+
+
+def test_study_statistics_pool_every_pixel() -> None:
+    """Mean and standard deviation of all pixels together, weighted by pixel count."""
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 4096, (8, 8)), rng.integers(100, 200, (8, 8)).repeat(2, axis=0)]
+    summaries = [
+        PixelSummary(
+            "x", a.shape[0], a.shape[1], 1, float(a.min()), float(a.max()), a.mean(), a.std()
+        )
+        for a in arrays
+    ]
+    everything = np.concatenate([a.ravel() for a in arrays]).astype(np.float64)
+
+    by_meaning = {m.concept.meaning: m.value for m in pooled(summaries)}
+
+    assert "Pixel Data Rows" not in by_meaning
+    assert by_meaning["Mean"] == pytest.approx(everything.mean())
+    assert by_meaning["Standard Deviation"] == pytest.approx(everything.std())
+    assert by_meaning["Minimum"] == everything.min()
+    assert by_meaning["Maximum"] == everything.max()
+    same = {m.concept.meaning: m.value for m in pooled(summaries[:1])}
+    assert (same["Pixel Data Rows"], same["Pixel Data Columns"]) == (8, 8)
 
 
 def test_run_reports_an_undecodable_image_instead_of_failing(

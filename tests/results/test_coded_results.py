@@ -59,7 +59,8 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "finding_type": ("PIXINTEGRITY", "99AIFI"),
         "presence": None,
         "procedure": ("363679005", "SCT"),
-        "measurements": {("110910", "DCM"), ("373098007", "SCT")},
+        # study level: Number of Frames, Mean (Rows only when every image has the same)
+        "measurements": {("121140", "DCM"), ("373098007", "SCT")},
     },
 }
 

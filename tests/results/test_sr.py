@@ -32,7 +32,12 @@ from aifi.algorithms.base import (
     InputInstance,
     Measurement,
 )
-from aifi.algorithms.integrity_check import ALGORITHM, MANIFEST, pixel_digest
+from aifi.algorithms.integrity_check import (
+    ALGORITHM,
+    MANIFEST,
+    MEAN,
+    pixel_digest,
+)
 from aifi.errors import AlgorithmError
 from aifi.results import encode_results
 from aifi.results.sr import DEMO_NOTICE, build_sr
@@ -155,14 +160,20 @@ def test_sr_read_back_by_highdicom_references_every_source_with_its_digest(
     assert isinstance(sr, hd.sr.Comprehensive3DSR)
     report = sr.content
     groups = report.get_image_measurement_groups()
-    referenced = {group.source_images[0].referenced_sop_instance_uid: group for group in groups}
+    (study_group,) = [group for group in groups if not group.source_images]
+    units = {m.name.meaning: m.unit.value for m in study_group.get_measurements()}
+    assert units["Number of Frames"] == "{frames}"
+    assert units["Mean"] == "1"
+    referenced = {
+        group.source_images[0].referenced_sop_instance_uid: group
+        for group in groups
+        if group.source_images
+    }
     assert set(referenced) == {ds.SOPInstanceUID for ds in sources}
     for ds in sources:
         group = referenced[ds.SOPInstanceUID]
         assert group.source_images[0].referenced_sop_class_uid == ds.SOPClassUID
-        units = {m.name.meaning: m.unit.value for m in group.get_measurements()}
-        assert units["Pixel Data Rows"] == "{pixels}"
-        assert units["Mean"] == "1"
+        assert not group.get_measurements()  # statistics are study-level, the SR stays small
         digests = [
             item.TextValue
             for item in group[0].ContentSequence
@@ -303,7 +314,14 @@ def test_image_library_lists_the_sources_highdicom_can_describe(
 ) -> None:
     """The Enhanced MR keeps its geometry in functional groups: out of TID 1600, not the report."""
     sources = study.datasets()
-    sr = hd.sr.srread(written(build_sr(findings, MANIFEST, sources), tmp_path))
+    measured_findings = dataclasses.replace(
+        findings,
+        images=tuple(
+            dataclasses.replace(image, measurements=(Measurement(MEAN, 1.0, NO_UNITS),))
+            for image in findings.images
+        ),
+    )
+    sr = hd.sr.srread(written(build_sr(measured_findings, MANIFEST, sources), tmp_path))
 
     library = [
         item
@@ -320,8 +338,46 @@ def test_image_library_lists_the_sources_highdicom_can_describe(
     measured = {
         g.source_images[0].referenced_sop_instance_uid
         for g in sr.content.get_image_measurement_groups()
+        if g.source_images
     }
     assert enhanced.SOPInstanceUID in measured
+
+
+def test_image_library_describes_only_measured_images_evidence_lists_all(
+    study: Study, findings: Findings, tmp_path: Path
+) -> None:
+    """Issue 12: the report grows with its findings, not the study (TID 1601, PS3.3 C.17.2.3).
+
+    An image referenced for its digest alone is not described; one with a
+    measurement is; every source stays in the evidence.
+    """
+    sources = study.datasets()
+    ct = sources[SOURCES.index("CT_small.dcm")].SOPInstanceUID  # one highdicom can describe
+    one_measured = dataclasses.replace(
+        findings,
+        images=tuple(
+            dataclasses.replace(image, measurements=(Measurement(MEAN, 1.0, NO_UNITS),))
+            if image.sop_instance_uid == ct
+            else image
+            for image in findings.images
+        ),
+    )
+
+    def library_of(sr: pydicom.Dataset) -> set[str]:
+        return {
+            str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            for container in sr.ContentSequence
+            if container.ConceptNameCodeSequence[0].CodeValue == "111028"  # Image Library
+            for item in content_items(container)
+            if item.ValueType == "IMAGE"
+        }
+
+    one = hd.sr.srread(written(build_sr(one_measured, MANIFEST, sources), tmp_path))
+    assert library_of(one) == {ct}
+    assert {uid for *_, uid, _ in one.get_evidence()} == {ds.SOPInstanceUID for ds in sources}
+    digests_only = pydicom.dcmread(written(build_sr(findings, MANIFEST, sources), tmp_path))
+    assert library_of(digests_only) == set()
+    assert len(digests_only.CurrentRequestedProcedureEvidenceSequence) == 1
 
 
 def test_sr_evidence_lists_every_source_by_series(

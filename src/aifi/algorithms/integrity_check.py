@@ -2,10 +2,18 @@
 
 It decodes every image it receives (all frames, compressed transfer syntaxes
 too, through pydicom's pixel data handlers and pylibjpeg) and reports per
-image a SHA-256 of the decoded pixel data and basic statistics. The edge
-computes the same digest with :func:`pixel_digest` on what it sent; equal
-digests prove that the pixel data crossed the connection (pseudonymization,
-upload, any lossless transcoding) unchanged.
+image a SHA-256 of the decoded pixel data, and for the study basic
+statistics. The edge computes the same digest with :func:`pixel_digest` on
+what it sent; equal digests prove that the pixel data crossed the connection
+(pseudonymization, upload, any lossless transcoding) unchanged.
+
+**What the SR holds, and its size.** Per image only what the edge compares:
+a measurement group referencing the image with its digest (or, for an image
+that does not decode, the reason). The statistics are study-level
+measurements, pooled over every decoded pixel (:func:`pooled`); per image
+they are in ``Findings.details["statistics"]``. Seven TID 300 measurements
+per image made a 600-slice CT's SR 280 000 data elements, which the edge
+parses to re-identify it (issue 12).
 
 **Canonical bytes of the digest.** The decoded pixel data as pydicom ≥ 3
 returns it with its default options (``pydicom.pixels.iter_pixels``: one
@@ -28,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +130,51 @@ class PixelSummary:
             Measurement(STANDARD_DEVIATION, self.standard_deviation, NO_UNITS),
         )
 
+    def statistics(self) -> dict[str, float | int]:
+        """The statistics as plain values (``Findings.details``)."""
+        return {
+            "rows": self.rows,
+            "columns": self.columns,
+            "frames": self.frames,
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "mean": self.mean,
+            "standard_deviation": self.standard_deviation,
+        }
+
+
+def pooled(summaries: Sequence[PixelSummary]) -> tuple[Measurement, ...]:
+    """Study-level statistics over every pixel of ``summaries`` (none: no measurements).
+
+    Rows and Columns only when every image has the same; Number of Frames is
+    the total; mean and (population) standard deviation are of all pixels
+    together, weighted by each image's pixel count.
+    """
+    if not summaries:
+        return ()
+    counts = [s.rows * s.columns * s.frames for s in summaries]
+    total = sum(counts)
+    mean = sum(n * s.mean for n, s in zip(counts, summaries, strict=True)) / total
+    squares = sum(
+        n * (s.standard_deviation**2 + s.mean**2) for n, s in zip(counts, summaries, strict=True)
+    )
+    measurements: list[Measurement] = []
+    if len({(s.rows, s.columns) for s in summaries}) == 1:
+        measurements += [
+            Measurement(ROWS, summaries[0].rows, PIXELS),
+            Measurement(COLUMNS, summaries[0].columns, PIXELS),
+        ]
+    measurements += [
+        Measurement(NUMBER_OF_FRAMES, sum(s.frames for s in summaries), FRAMES),
+        Measurement(MINIMUM, min(s.minimum for s in summaries), NO_UNITS),
+        Measurement(MAXIMUM, max(s.maximum for s in summaries), NO_UNITS),
+        Measurement(MEAN, mean, NO_UNITS),
+        Measurement(
+            STANDARD_DEVIATION, math.sqrt(max(squares / total - mean * mean, 0.0)), NO_UNITS
+        ),
+    ]
+    return tuple(measurements)
+
 
 def pixel_digest(ds: pydicom.Dataset) -> str:
     """SHA-256 (lower-case hex) of the canonical bytes of the decoded pixel data.
@@ -187,7 +240,7 @@ def _frames(ds: pydicom.Dataset) -> Iterator[np.ndarray]:
 
 
 class IntegrityCheck:
-    """Decode every image; per image a pixel data digest and statistics."""
+    """Decode every image; per image a pixel data digest, for the study statistics."""
 
     manifest = MANIFEST
 
@@ -196,6 +249,7 @@ class IntegrityCheck:
         images: list[ImageFinding] = []
         digests: dict[str, str] = {}
         failures: dict[str, str] = {}
+        summaries: dict[str, PixelSummary] = {}
         for instance in instances_of(inputs):
             try:
                 ds = instance.read()
@@ -208,18 +262,22 @@ class IntegrityCheck:
                 )
                 continue
             digests[instance.sop_instance_uid] = summary.sha256
+            summaries[instance.sop_instance_uid] = summary
             images.append(
                 ImageFinding(
-                    instance.sop_instance_uid,
-                    measurements=summary.measurements(),
-                    texts=((PIXEL_DATA_SHA256, summary.sha256),),
+                    instance.sop_instance_uid, texts=((PIXEL_DATA_SHA256, summary.sha256),)
                 )
             )
         return Findings(
             summary=_summary(len(images), len(failures)),
             finding_type=PIXEL_DATA_INTEGRITY,
             images=tuple(images),
-            details={"digests": digests, "failures": failures},
+            measurements=pooled(list(summaries.values())),
+            details={
+                "digests": digests,
+                "failures": failures,
+                "statistics": {uid: s.statistics() for uid, s in summaries.items()},
+            },
         )
 
 
