@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.demo.samples import cr_study
 from aifi.edge.config import (
@@ -26,6 +27,7 @@ from aifi.edge.config import (
     HubPeer,
     ListenerSettings,
 )
+from aifi.edge.metrics import render
 from aifi.edge.rules import Rule
 from aifi.edge.service import EdgeService
 from peers.orthanc import Orthanc
@@ -75,6 +77,15 @@ def _edge(
     return service
 
 
+def figure(edge: EdgeService, name: str, **labels: str) -> float:
+    """One sample of the edge's /metrics (the registry its status server serves)."""
+    for family in text_string_to_metric_families(render(edge.metrics).decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name} {labels}")
+
+
 @pytest.fixture
 def committing_edge(tmp_path: Path, hub: HubProcess, orthanc: Orthanc) -> Iterator[EdgeService]:
     pacs = DicomPeer(
@@ -98,6 +109,13 @@ def test_delivered_only_once_orthanc_reports_the_commitment(
     assert latest is not None and latest.state == "committed", latest
     assert latest.detail == "1 objects committed"
     assert orthanc.find_instances(StudyInstanceUID=study, Modality="SR")
+    metric = "aifi_edge_destination_objects_total"
+    assert figure(edge, metric, destination="pacs", status="committed") == 1
+    assert figure(edge, "aifi_edge_destination_tasks", destination="pacs", state="committed") == 1
+    seconds = "aifi_edge_destination_delivery_seconds"
+    assert figure(edge, f"{seconds}_count", destination="pacs", stage="committed") == 1
+    stored_s = figure(edge, f"{seconds}_sum", destination="pacs", stage="stored")
+    assert 0 <= stored_s <= figure(edge, f"{seconds}_sum", destination="pacs", stage="committed")
 
 
 def test_a_pacs_without_storage_commitment_keeps_the_task_undelivered(
@@ -155,6 +173,14 @@ def test_each_destination_asks_for_commitment_on_its_own(
         assert "destination research: gave up after 2 attempts" in (task.reason or "")
         kinds = [e["kind"] for e in edge.state.task_events(task.id)]
         assert kinds.index("destination-committed") < kinds.index("task-delivered")
+        tasks = "aifi_edge_destination_tasks"
+        assert figure(edge, tasks, destination="vna", state="committed") == 1
+        assert figure(edge, tasks, destination="pacs", state="stored") == 1
+        assert figure(edge, tasks, destination="research", state="dead-letter") == 1
+        metric = "aifi_edge_destination_objects_total"
+        assert figure(edge, metric, destination="vna", status="committed") == 1
+        assert figure(edge, metric, destination="pacs", status="committed") == 0
+        assert figure(edge, "aifi_edge_destination_dead_letters_total", destination="research") == 1
     finally:
         edge.stop()
         primary.stop()

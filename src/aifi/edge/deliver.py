@@ -193,6 +193,10 @@ class Deliverer:
             return 1
         if local.state != "COMPLETED":
             self.state.update_task(local.id, state="COMPLETED", urgent=int(hub_task.urgent))
+            # when the results became ready: the start of each destination's delivery time
+            self.state.record_event(
+                "results-ready", f"{len(hub_task.results)} result objects", task_id=local.id
+            )
             local = self.state.task(local.id)
         if time.time() < local.next_attempt_at:
             return 0
@@ -310,6 +314,11 @@ class Deliverer:
         step, detail = self.commitments.settle(self.pacs, local.id, name, refs)
         if step == "failed":
             self._later(local, detail)
+        if step == "committed" and not any(
+            e["kind"] == "destination-committed" and e["detail"].startswith(f"{name}:")
+            for e in self.state.task_events(local.id)
+        ):  # once, as the further destinations record theirs (aifi.edge.metrics reads it)
+            self.state.record_event("destination-committed", f"{name}: {detail}", task_id=local.id)
         return step == "committed"
 
     def _fetch(self, local: TaskRow, fetched: dict[str, Dataset], ref: ResultRef) -> Dataset:

@@ -21,18 +21,34 @@ name                                                       type       labels
 ``aifi_edge_peer_last_error_timestamp_seconds``            gauge      ``peer``
 ``aifi_edge_disk_free_bytes`` / ``aifi_edge_disk_total_bytes``  gauge
 ``aifi_edge_receiving_paused``                             gauge
+``aifi_edge_destination_objects_total``                    counter    ``destination``, ``status``
+``aifi_edge_destination_tasks``                            gauge      ``destination``, ``state``
+``aifi_edge_destination_retries_total``                    counter    ``destination``
+``aifi_edge_destination_dead_letters_total``               counter    ``destination``
+``aifi_edge_destination_delivery_seconds``                 histogram  ``destination``, ``stage``
 =========================================================  =========  ============================
 
 Turnaround is the time from the study's last received instance to its
 results being in the PACS (the quiet period included: that is what the
 radiologist waits).
+
+Per destination (``[pacs]`` and each ``[[destinations]]``, by name): result
+objects ``stored`` and ``committed`` (Storage Commitment, PS3.4 Annex J);
+tasks by where that destination stands (``pending``, ``retrying`` after a
+failed attempt, ``committing``, ``stored``, ``committed``, ``dead-letter``);
+failed attempts and dead letters; and the seconds from the results being
+ready at the hub (the edge first saw the task COMPLETED) to the last object
+stored there (``stage="stored"``) and to its commitment (``"committed"``).
+The primary destination carries the whole task: its retries and dead
+letters are the task's.
 """
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -44,10 +60,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from aifi.edge.config import Destination
 from aifi.edge.state import DEAD_LETTER, FINAL_STATES, OPEN_STATES, EdgeState
 
 __all__ = [
     "CONTENT_TYPE",
+    "DESTINATION_STATES",
     "TURNAROUND_BUCKETS",
     "EdgeCollector",
     "edge_registry",
@@ -63,6 +81,8 @@ TURNAROUND_BUCKETS = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0
 # Event kinds of an instance answered with a failure status (aifi.edge.scp).
 _REFUSALS = ("instance-refused", "instance-conflict", "store-failed")
 _STATES = (*OPEN_STATES, "held", DEAD_LETTER, *FINAL_STATES)
+#: Where one destination stands for one task (aifi.edge.destinations' states, and retrying).
+DESTINATION_STATES = ("pending", "retrying", "committing", "stored", "committed", DEAD_LETTER)
 
 
 def peer_label(peer: str) -> str:
@@ -77,9 +97,12 @@ def peer_label(peer: str) -> str:
 class EdgeCollector(Collector):
     """Collects the edge's figures from ``state`` and the volume of ``data_dir``."""
 
-    def __init__(self, state: EdgeState, data_dir: Path) -> None:
+    def __init__(
+        self, state: EdgeState, data_dir: Path, destinations: Sequence[Destination] = ()
+    ) -> None:
         self.state = state
         self.data_dir = data_dir
+        self.destinations = list(destinations)
 
     def describe(  # called-by: prometheus_client's CollectorRegistry (register)
         self,
@@ -124,6 +147,8 @@ class EdgeCollector(Collector):
         )
         yield from self._peers()
         yield from self._disk()
+        if self.destinations:
+            yield from _DestinationFigures(self.state, self.destinations).metrics()
 
     def _tasks(self) -> Iterator[Metric]:
         counts = self.state.state_counts()
@@ -207,16 +232,192 @@ class EdgeCollector(Collector):
         )
 
 
-def edge_registry(state: EdgeState, data_dir: Path) -> CollectorRegistry:
-    """A registry of the edge's own (not the process-global one of prometheus-client)."""
+def edge_registry(
+    state: EdgeState, data_dir: Path, destinations: Sequence[Destination] = ()
+) -> CollectorRegistry:
+    """A registry of the edge's own (not the process-global one of prometheus-client).
+
+    ``destinations``: every result destination in order, the primary first
+    (``EdgeSettings.result_destinations``).
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EdgeCollector(state, data_dir))
+    registry.register(EdgeCollector(state, data_dir, destinations))
     return registry
 
 
 def render(registry: CollectorRegistry) -> bytes:
     """The registry's metrics in the text exposition format."""
     return generate_latest(registry)
+
+
+class _DestinationFigures:
+    """One scrape's per-destination figures, read from the tables delivery writes.
+
+    The primary's objects are in ``deliveries`` and its state is the task's;
+    every further destination has ``destination_deliveries`` and
+    ``destination_states`` (:mod:`aifi.edge.destinations`). Commitment and
+    readiness times are the events ``destination-committed`` and
+    ``results-ready`` (:mod:`aifi.edge.deliver`).
+    """
+
+    def __init__(self, state: EdgeState, destinations: Sequence[Destination]) -> None:
+        self.state = state
+        self.primary = destinations[0]
+        self.others = list(destinations[1:])
+        self.names = [d.name for d in destinations]
+
+    def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        try:
+            return list(self.state._conn().execute(sql, params).fetchall())
+        except sqlite3.OperationalError:  # a table delivery has not made yet: nothing to count
+            return []
+
+    def _event_times(self, kind: str) -> dict[tuple[str, str], float]:
+        """(task, destination named before the detail's colon) → first time of ``kind``."""
+        found: dict[tuple[str, str], float] = {}
+        for task_id, at, detail in self._rows(
+            "SELECT task_id, at, detail FROM events WHERE kind=? AND task_id IS NOT NULL"
+            " ORDER BY id",
+            (kind,),
+        ):
+            found.setdefault((task_id, str(detail).split(":", 1)[0]), float(at))
+        return found
+
+    def _event_counts(self, kind: str) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for (detail,) in self._rows("SELECT detail FROM events WHERE kind=?", (kind,)):
+            counts[str(detail).split(":", 1)[0]] += 1
+        return counts
+
+    def _primary_states(self, committed: dict[tuple[str, str], float]) -> dict[str, str]:
+        """Task → where the primary stands, for every task whose results were ready."""
+        name = self.primary.name
+        requested = {
+            r[0]
+            for r in self._rows(
+                "SELECT c.task_id FROM commitments c WHERE c.destination=? AND c.state='requested'",
+                (name,),
+            )
+        }
+        # COMPLETED with every object it was given stored: the primary has them (the
+        # task waits for a further destination or the hub's acknowledgement)
+        complete = {
+            r[0]
+            for r in self._rows(
+                "SELECT task_id FROM deliveries GROUP BY task_id"
+                " HAVING SUM(status='stored') = COUNT(*)"
+            )
+        }
+        states: dict[str, str] = {}
+        for task in self.state.tasks(["COMPLETED", "delivered", DEAD_LETTER]):
+            if task.state == DEAD_LETTER:
+                states[task.id] = DEAD_LETTER
+            elif (task.id, name) in committed:
+                states[task.id] = "committed"
+            elif task.id in requested:
+                states[task.id] = "committing"
+            elif task.delivered_at is not None or (
+                task.id in complete and not task.attempts and not self.primary.commitment
+            ):
+                states[task.id] = "stored"
+            else:
+                states[task.id] = "retrying" if task.attempts else "pending"
+        return states
+
+    def metrics(self) -> Iterator[Metric]:
+        committed_at = self._event_times("destination-committed")
+        ready_at = {task: at for (task, _d), at in self._event_times("results-ready").items()}
+        primary = self._primary_states(committed_at)
+        states: dict[tuple[str, str], str] = {(t, self.primary.name): s for t, s in primary.items()}
+        for task_id, destination, state, attempts in self._rows(
+            "SELECT task_id, destination, state, attempts FROM destination_states"
+        ):
+            retrying = state == "pending" and int(attempts) > 0
+            states[(task_id, destination)] = "retrying" if retrying else state
+        stored_at: dict[tuple[str, str], float] = {}
+        objects: dict[tuple[str, str], int] = defaultdict(int)
+        for task_id, n, last in self._rows(
+            "SELECT task_id, COUNT(*), MAX(updated_at) FROM deliveries WHERE status='stored'"
+            " GROUP BY task_id"
+        ):
+            key = (task_id, self.primary.name)
+            objects[key] = int(n)
+            stored_at[key] = float(last)
+        for task_id, destination, n, last in self._rows(
+            "SELECT task_id, destination, COUNT(*), MAX(updated_at) FROM destination_deliveries"
+            " WHERE status='stored' GROUP BY task_id, destination"
+        ):
+            objects[(task_id, destination)] = int(n)
+            stored_at[(task_id, destination)] = float(last)
+
+        counted = CounterMetricFamily(
+            "aifi_edge_destination_objects",
+            "result objects stored into each destination, and of those committed"
+            " (Storage Commitment, PS3.4 Annex J)",
+            labels=["destination", "status"],
+        )
+        tasks = GaugeMetricFamily(
+            "aifi_edge_destination_tasks",
+            "tasks whose results were ready, by where each destination stands for them",
+            labels=["destination", "state"],
+        )
+        for name in self.names:
+            mine = {t: s for (t, d), s in states.items() if d == name}
+            stored = sum(n for (t, d), n in objects.items() if d == name)
+            committed = sum(
+                n for (t, d), n in objects.items() if d == name and mine.get(t) == "committed"
+            )
+            counted.add_metric([name, "stored"], stored)
+            counted.add_metric([name, "committed"], committed)
+            for state in DESTINATION_STATES:
+                tasks.add_metric([name, state], sum(1 for s in mine.values() if s == state))
+        yield counted
+        yield tasks
+
+        retries = self._event_counts("destination-failed")
+        retries[self.primary.name] = self.state.event_counts().get("delivery-failed", 0)
+        dead = self._event_counts("destination-dead-letter")
+        dead[self.primary.name] = self.state.event_counts().get("dead-letter", 0)
+        retried = CounterMetricFamily(
+            "aifi_edge_destination_retries",
+            "failed attempts to store into (or have committed by) a destination, each retried"
+            " after a back-off; for the primary, the task's failed delivery attempts",
+            labels=["destination"],
+        )
+        parked = CounterMetricFamily(
+            "aifi_edge_destination_dead_letters",
+            "times a destination was given up on (its dead letter; for the primary, the task's)",
+            labels=["destination"],
+        )
+        for name in self.names:
+            retried.add_metric([name], retries.get(name, 0))
+            parked.add_metric([name], dead.get(name, 0))
+        yield retried
+        yield parked
+
+        histogram = HistogramMetricFamily(
+            "aifi_edge_destination_delivery_seconds",
+            "seconds from a task's results being ready at the hub to the last object stored"
+            " in a destination (stage=stored) and to its storage commitment (stage=committed)",
+            labels=["destination", "stage"],
+        )
+        for name in self.names:
+            for stage, ended in (("stored", stored_at), ("committed", committed_at)):
+                values = [
+                    max(0.0, at - ready_at[t])
+                    for (t, d), at in ended.items()
+                    if d == name
+                    and t in ready_at
+                    and states.get((t, d)) in ("stored", "committing", "committed")
+                ]
+                histogram.add_metric([name, stage], *_buckets(values))
+        yield histogram
+
+
+def _buckets(values: list[float]) -> tuple[list[tuple[str, float]], float]:
+    buckets = [(_bound(b), float(sum(1 for v in values if v <= b))) for b in TURNAROUND_BUCKETS]
+    buckets.append(("+Inf", float(len(values))))
+    return buckets, sum(values)
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

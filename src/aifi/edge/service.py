@@ -113,7 +113,7 @@ class EdgeService:
         self._assembly_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.metrics = edge_registry(self.state, data_dir)
+        self.metrics = edge_registry(self.state, data_dir, settings.result_destinations)
         self.status: StatusServer | None = None
         # Orders from the RIS (HL7 ORM/OMI over MLLP, FHIR ServiceRequest): aifi.edge.orders
         self.orders = OrderDesk(settings, self.state) if settings.orders is not None else None
