@@ -33,7 +33,7 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from aifi.dicom.association import answers_to_caller, application_entity
-from aifi.dicom.status import SUCCESS
+from aifi.dicom.status import SUCCESS, describe
 from aifi.edge.config import DicomPeer, EdgeSettings, ListenerSettings
 from aifi.edge.tls import client_context
 from aifi.errors import ConfigError, HubRefused, HubUnavailable
@@ -244,6 +244,6 @@ def _pacs(peer: DicomPeer | None) -> CheckResult:
         assoc.release()
     code = int(getattr(status, "Status", -1)) if status else -1
     if code != SUCCESS:
-        text = "no response" if code == -1 else f"status 0x{code:04X}"
+        text = "no response" if code == -1 else f"status {describe(code)}"
         return CheckResult("pacs", False, f"{where} answered the C-ECHO with {text}")
     return CheckResult("pacs", True, f"{where} answers C-ECHO")

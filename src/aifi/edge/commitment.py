@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.events import Event
 
 from aifi.dicom.association import answers_to_caller, application_entity
-from aifi.dicom.status import PROCESSING_FAILURE, SUCCESS
+from aifi.dicom.status import PROCESSING_FAILURE, SUCCESS, describe
 from aifi.edge.config import DicomPeer
 from aifi.edge.state import EdgeState
 from aifi.edge.tls import client_context
@@ -144,7 +144,7 @@ class Commitments:
             assoc.release()
         code = int(getattr(status, "Status", -1)) if status else -1
         if code != SUCCESS:
-            why = why if code == -1 else f"{where} answered the N-ACTION with 0x{code:04X}"
+            why = why if code == -1 else f"{where} answered the N-ACTION with {describe(code)}"
             self._set(transaction_uid, "abandoned", why)
             return False, why
         return True, f"storage commitment requested (transaction {transaction_uid})"

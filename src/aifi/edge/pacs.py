@@ -18,7 +18,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 
 from aifi.dicom.association import answers_to_caller, application_entity
-from aifi.dicom.status import is_stored
+from aifi.dicom.status import describe, is_stored
 from aifi.edge.config import DicomPeer
 from aifi.edge.tls import client_context
 
@@ -141,7 +141,9 @@ def store_to_pacs(
                 results.append(StoreResult(uid, False, "no response from PACS"))
             else:
                 why = f" ({comment})" if comment else ""
-                results.append(StoreResult(uid, False, f"PACS answered status 0x{code:04X}{why}"))
+                results.append(
+                    StoreResult(uid, False, f"PACS answered status {describe(code)}{why}")
+                )
             if on_stored is not None:
                 on_stored(results[-1])
     finally:

@@ -57,10 +57,10 @@ from aifi.core.manifest import Priors
 from aifi.dicom.association import answers_to_caller, application_entity
 from aifi.dicom.status import (
     MOVE_DESTINATION_UNKNOWN,
-    PENDING,
-    PENDING_WITH_WARNINGS,
     SUBOPERATIONS_FAILED,
     SUCCESS,
+    describe,
+    is_pending,
 )
 from aifi.edge.config import EdgeSettings, QueryRetrievePeer
 from aifi.edge.state import EdgeState
@@ -81,8 +81,6 @@ logger = logging.getLogger(__name__)
 
 PullStatus = Literal["requested", "not-found", "failed"]
 
-# Pending statuses of C-FIND/C-MOVE/C-GET responses (PS3.4 C.4.1.1.4, C.4.2.1.5).
-_PENDING = (PENDING, PENDING_WITH_WARNINGS)
 _RETRIEVE = {"move": "C-MOVE", "get": "C-GET", "dicomweb": "WADO-RS"}
 # Presentation contexts an association may propose (PS3.8 9.3.2.2: at most 128).
 _MAX_CONTEXTS = 128
@@ -314,15 +312,15 @@ def find_studies(
             query, StudyRootQueryRetrieveInformationModelFind
         ):
             code = int(getattr(status, "Status", -1))
-            if code in _PENDING and identifier is not None:
+            if is_pending(code) and identifier is not None:
                 matches.append(_match(identifier))
             elif code == -1:
                 raise _PeerError(
                     f"{peer.ae_title} aborted or did not answer the C-FIND; check that it"
                     f" allows queries from the calling AE title {peer.calling_ae_title}"
                 )
-            elif code not in (SUCCESS, *_PENDING):
-                raise _PeerError(f"{peer.ae_title} answered the C-FIND with 0x{code:04X}")
+            elif code != SUCCESS and not is_pending(code):
+                raise _PeerError(f"{peer.ae_title} answered the C-FIND with {describe(code)}")
     return matches
 
 
@@ -378,7 +376,7 @@ def _body_parts(peer: QueryRetrievePeer, study_uid: str) -> set[str]:
         for status, identifier in assoc.send_c_find(
             query, StudyRootQueryRetrieveInformationModelFind
         ):
-            if int(getattr(status, "Status", -1)) in _PENDING and identifier is not None:
+            if is_pending(int(getattr(status, "Status", -1))) and identifier is not None:
                 part = str(identifier.get("BodyPartExamined", "") or "").upper()
                 if part:
                     parts.add(part)
@@ -495,10 +493,10 @@ def _sub_operations(peer: QueryRetrievePeer, op: str, responses: Any) -> tuple[i
         completed = int(getattr(status, "NumberOfCompletedSuboperations", completed) or 0)
         failed = int(getattr(status, "NumberOfFailedSuboperations", failed) or 0)
         warnings = int(getattr(status, "NumberOfWarningSuboperations", 0) or 0)
-        completed += warnings if code not in _PENDING else 0
-        if code not in (SUCCESS, SUBOPERATIONS_FAILED, *_PENDING):
+        completed += warnings if not is_pending(code) else 0
+        if code not in (SUCCESS, SUBOPERATIONS_FAILED) and not is_pending(code):
             comment = str(getattr(status, "ErrorComment", "") or "")
-            problem = f"{peer.ae_title} answered the {op} with 0x{code:04X} {comment}".strip()
+            problem = f"{peer.ae_title} answered the {op} with {describe(code)} {comment}".strip()
             if code == MOVE_DESTINATION_UNKNOWN:
                 problem += " (move destination unknown: register the edge's AE title in the PACS)"
     return completed, failed, problem

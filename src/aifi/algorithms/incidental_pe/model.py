@@ -21,7 +21,6 @@ __all__ = [
     "WINDOW",
     "Z_STEP_MM",
     "canvas_of",
-    "canvases_for",
     "model_inputs",
 ]
 
@@ -40,17 +39,6 @@ def canvas_of(plane: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarr
     never held at its acquired resolution.
     """
     return to_canvas(window(plane, *WINDOW), spacing, TARGET_MM, CANVAS)
-
-
-def canvases_for(hu: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarray, Geometry]:
-    """Window and resample each slice of ``hu`` (S, rows, cols) onto the model's canvas."""
-    out = np.empty((len(hu), CANVAS, CANVAS), dtype=np.float32)
-    geometry = None
-    for k, plane in enumerate(hu):
-        out[k], geometry = canvas_of(plane, spacing)
-    if geometry is None:
-        raise ValueError("no slices")
-    return out, geometry
 
 
 def model_inputs(
