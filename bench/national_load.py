@@ -36,6 +36,7 @@ same instances in its own process and times it.
 
     .venv/bin/python bench/national_load.py [--hospitals 70] [--studies 140] [--duration 20]
         [--workload integrity|mix|spin] [--small] [--modes embedded,pg1,pg2,pg4] [--profile 8]
+    .venv/bin/python bench/national_load.py --per-call   # API CPU per edge call, pg1
 
 The default (integrity, 50 studies per mode, 4 modes) takes about 5 minutes
 here; ``--workload mix`` runs the three AI applications and takes far longer.
@@ -55,7 +56,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import use_test_peers
-from _procs import HubProcesses, ProcessMeter
+from _procs import _TICK, HubProcesses, ProcessMeter, _cpu_ticks, tree_cpu_s
 from aifi.algorithms.registry import install
 from aifi.deid import Pseudonymizer
 from aifi.phantoms import (
@@ -261,7 +262,7 @@ def hub_in_mode(
     mode: str, folder: Path, slots: int
 ) -> Iterator[tuple[HubProcesses, dict[str, list[int]]]]:
     common = dict(
-        worker_poll_s=0.05,
+        worker_poll_s=1.0,  # the fallback: workers are woken by the queue (NOTIFY on PostgreSQL)
         janitor_interval_s=1.0,
         algorithm_plugins=["_spin:Spin"],
         database_pool_size=20,
@@ -323,6 +324,7 @@ class Row:
     peak_kb: dict[str, int]
     failures: list[str]
     client_cpu_s: float = 0.0
+    kind_cpu_s: dict[str, float] = field(default_factory=dict)  # hub CPU by process kind
 
     @property
     def per_s(self) -> float:
@@ -377,6 +379,7 @@ def run_mode(mode: str, args: argparse.Namespace, tpl: list, folder: Path) -> Ro
             profiling.start()
         with meter:
             cpu0, db0 = meter.cpu_s(hub_kinds), meter.cpu_s(["postgres"])
+            kind0 = cpu_by_kind(meter, hub_kinds)
             own0 = time.process_time()
             t_start = time.time() + 0.5
             with ThreadPoolExecutor(args.uploaders) as pool:
@@ -389,6 +392,7 @@ def run_mode(mode: str, args: argparse.Namespace, tpl: list, folder: Path) -> Ro
                         break
             end = max([s.acknowledged_at for s in studies if s.acknowledged_at] or [time.time()])
             cpu1, db1 = meter.cpu_s(hub_kinds), meter.cpu_s(["postgres"])
+            kind1 = cpu_by_kind(meter, hub_kinds)
             own1 = time.process_time()
         stop.set()
         if args.profile:
@@ -417,7 +421,18 @@ def run_mode(mode: str, args: argparse.Namespace, tpl: list, folder: Path) -> Ro
             peak_kb=dict(meter.peak_kb),
             failures=failures,
             client_cpu_s=own1 - own0,
+            kind_cpu_s={k: kind1[k] - kind0.get(k, 0.0) for k in kind1},
         )
+
+
+def cpu_by_kind(meter: ProcessMeter, kinds: list[str]) -> dict[str, float]:
+    """CPU seconds so far of each kind's own processes and, apart, of their children."""
+    out = {}
+    for kind in kinds:
+        own = sum(_cpu_ticks(pid) for pid in meter.kinds.get(kind, [])) / _TICK
+        out[kind] = own
+        out[f"{kind} child"] = meter.cpu_s([kind]) - own
+    return out
 
 
 _GENERIC = re.compile(
@@ -525,6 +540,13 @@ def report(rows: list[Row], algorithm_s: float | None, workload: str) -> str:
                 f"{(r.hub_cpu_s + (r.db_cpu_s or 0) + r.client_cpu_s) / r.wall_s:.2f} "
                 "cores busy with hub + DB + generator"
             )
+            if len(r.kind_cpu_s) > 1:
+                by_kind = ", ".join(
+                    f"{k} {v / r.done * 1000:.0f} ms"
+                    for k, v in sorted(r.kind_cpu_s.items())
+                    if v > 0
+                )
+                lines.append(f"{'':<9} hub CPU/study by process kind: {by_kind}")
         if r.failures:
             lines.append(f"{'':<9} not completed: {'; '.join(r.failures)[:300]}")
     if algorithm_s is not None:
@@ -551,6 +573,52 @@ def report(rows: list[Row], algorithm_s: float | None, workload: str) -> str:
     return "\n".join(lines)
 
 
+def per_call(folder: Path, tpl: list, repeat: int = 100) -> str:
+    """API CPU per call of each kind an edge makes, on ``pg1`` with nothing else running."""
+    lines = []
+    with hub_in_mode("pg1", folder / "per-call", 1) as (hub, kinds):
+        api = kinds["api"][0]
+        client = HubClient(HubPeer(url=hub.url, token=register(hub, 1)[0], timeout_s=60))
+        template = tpl[0][1]
+
+        def measure(name: str, call: Callable[[], object], n: int = repeat) -> None:
+            call()
+            t0, cpu0 = time.monotonic(), tree_cpu_s([api])
+            for _ in range(n):
+                call()
+            cpu = (tree_cpu_s([api]) - cpu0) / n * 1000
+            wall = (time.monotonic() - t0) / n * 1000
+            lines.append(f"  {name:<42} {cpu:6.1f} ms API CPU   {wall:6.1f} ms wall")
+
+        def stow() -> None:
+            _uid, paths = template.instantiate(folder / "per-call-out" / uuid.uuid4().hex)
+            client.store_instances(paths)
+
+        measure("GET /tasks?acknowledged=false (none)", lambda: list(client.unacknowledged_tasks()))
+        hospital = Hospital(0, client)
+        for _ in range(3):
+            submit(hospital, Study(0, template, None, 0.0), folder / "per-call-out", time.time())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            tasks = list(client.unacknowledged_tasks())
+            if tasks and all(t.state == "COMPLETED" for t in tasks):
+                break
+            time.sleep(0.2)
+        measure(
+            "GET /tasks?acknowledged=false (3 done)", lambda: list(client.unacknowledged_tasks())
+        )
+        measure(f"STOW-RS of {len(template.files)} instances", stow, max(repeat // 3, 1))
+        result = tasks[0].results[0]
+        measure(
+            "WADO-RS of one result",
+            lambda: client.retrieve_instance(
+                result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid
+            ),
+        )
+        client.close()
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hospitals", type=int, default=70)
@@ -564,12 +632,19 @@ def main() -> None:
     parser.add_argument("--uploaders", type=int, default=16, help="concurrent STOW uploads")
     parser.add_argument("--timeout", type=float, default=240.0, help="per mode, seconds")
     parser.add_argument("--profile", type=float, default=0, help="py-spy the hub for S seconds")
+    parser.add_argument(
+        "--per-call", action="store_true", help="only: API CPU per edge call on pg1, then exit"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
 
     with tempfile.TemporaryDirectory(prefix="aifi-load-") as tmp:
         folder = Path(tmp)
         tpl = templates(args.workload, args.small, folder)
+        if args.per_call:
+            print(f"API CPU per call ({args.workload} study, pg1, one hospital):")
+            print(per_call(folder, tpl))
+            return
         algorithm_s = (
             algorithm_cpu_s(tpl[0][1], folder) if args.workload in ("integrity", "spin") else None
         )
