@@ -45,10 +45,11 @@ PARAMETERS = {
     "version": "version",
     "tag": "tag",
     "uid": "client_task_id",  # a workitem UID is its task's client_task_id
+    "aet": "aet",  # a UPS-RS subscriber's AE title
 }
 """Path parameter name → the key of A's identifiers substituted for it."""
 
-PUBLIC_PARAMETERS = {"algorithm_id", "version", "tag"}  # the catalog, DICOM tags: no tenant data
+PUBLIC_PARAMETERS = {"algorithm_id", "version", "tag", "aet"}  # catalog, tags, AE: no tenant data
 
 
 class Tenant:
@@ -92,6 +93,7 @@ class Tenant:
             "algorithm_id": "integrity-check",
             "version": "1.0.0",
             "tag": "7FE00010",  # Pixel Data, for WADO-RS Retrieve Bulkdata
+            "aet": "ISOLATION",  # an AE title subscribing to UPS-RS events
         }
 
     @property

@@ -145,6 +145,7 @@ def create_app(
     ):
         app.include_router(declare_roles(routes.router))
     app.include_router(health.router)
+    app.include_router(workitems.events_router)  # UPS-RS event reports (WebSocket)
     mount_console(app)
     app.add_exception_handler(StorageError, _storage_failed)
     app.add_exception_handler(DataError, _unstorable_value)

@@ -51,6 +51,8 @@ __all__ = [
     "Task",
     "TaskInput",
     "Token",
+    "UpsEvent",
+    "UpsSubscription",
     "new_id",
     "utcnow",
 ]
@@ -336,8 +338,8 @@ class Refusal(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-AUDIT_TABLES = define_audit_tables(Base.metadata)
-"""The hub's audit chain lives in its own database, migrated with the rest."""
+AUDIT_TABLES = define_audit_tables(Base.metadata, pending=True)
+"""The hub's audit chains (and pending events) live in its own database, migrated with the rest."""
 
 
 class HospitalContact(Base):
@@ -400,3 +402,41 @@ class InputStatistics(Base):
     kvp: Mapped[float | None] = mapped_column(Float)
     pixel_spacing_mm: Mapped[float | None] = mapped_column(Float)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UpsSubscription(Base):
+    """A UPS-RS subscription (PS3.4 CC.2.3, PS3.18 §11.10) of a principal's AE title.
+
+    ``workitem`` is a task id, or ``*`` for the global subscription (every
+    workitem the principal may see: a hospital's own, a performer's outside
+    ones). Events reach it over the WebSocket of :mod:`aifi.hub.ups_events`.
+    """
+
+    __tablename__ = "ups_subscriptions"
+    __table_args__ = (
+        UniqueConstraint("principal_id", "ae_title", "workitem", name="uq_ups_subscriptions"),
+    )
+
+    id: Mapped[int] = mapped_column(BIG_INTEGER, primary_key=True, autoincrement=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), index=True)
+    ae_title: Mapped[str] = mapped_column(String(16))
+    workitem: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UpsEvent(Base):
+    """An event about a workitem its row does not show: a cancel request (PS3.4 CC.2.4, type 2).
+
+    Written by whichever hub process took the request; every process's
+    WebSocket reads them from here, so subscribers learn of them wherever
+    they are connected.
+    """
+
+    __tablename__ = "ups_events"
+
+    id: Mapped[int] = mapped_column(BIG_INTEGER, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
+    hospital_id: Mapped[str] = mapped_column(ForeignKey("hospitals.id"))
+    event_type: Mapped[int] = mapped_column(Integer)  # Event Type ID (0000,1002)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

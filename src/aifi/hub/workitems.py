@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from aifi.algorithms.base import Algorithm
 from aifi.algorithms.findings_json import findings_from_json, findings_on, findings_to_json
 from aifi.errors import AifiError
+from aifi.hub import ups_events
 from aifi.hub.auditing import audit_log_of
 from aifi.hub.leases import claim, fence, renew
 from aifi.hub.models import INPUT_PRIOR, Result, Task, utcnow
@@ -46,6 +47,7 @@ from aifi.protocol.schemas import PRIORITY_RANK, Role, TaskCreate, TaskState
 __all__ = [
     "SCHEME",
     "UPS_PUSH",
+    "CancelAccepted",
     "StateChanged",
     "cancel",
     "change_state",
@@ -160,8 +162,18 @@ def _priors(task: Task) -> dict[str, list[tuple[str, str]]]:
     return studies
 
 
-def workitem_of(task: Task, *, retrieve_url: str | None = None) -> dict[str, Any]:
+def workitem_of(
+    task: Task,
+    *,
+    retrieve_url: str | None = None,
+    cancel_request: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The task as a DICOM JSON workitem (Retrieve, Search).
+
+    ``cancel_request`` (:func:`aifi.hub.ups_events.cancel_requests`): a
+    cancellation asked for while IN PROGRESS shows in UPS Progress
+    Information Sequence (0074,1002) with its date and time (0040,4052),
+    reason (0074,1238) and contact (0074,100A / 0074,100C).
 
     ``retrieve_url`` (the performer's view): each Input Information Sequence
     item carries its Retrieve URL (0008,1190) under it,
@@ -189,12 +201,14 @@ def workitem_of(task: Task, *, retrieve_url: str | None = None) -> dict[str, Any
             + [_input_item(study, sops, retrieve_url) for study, sops in _priors(task).items()],
         },
     }
-    if task.reason:
+    progress: dict[str, Any] = {}
+    if task.reason:  # progress description while IN PROGRESS, else the reason
         said = "00741006" if task.state == TaskState.IN_PROGRESS.value else "00741238"
-        ds["00741002"] = {  # progress description while IN PROGRESS, else the reason
-            "vr": "SQ",
-            "Value": [{said: {"vr": "ST" if said == "00741006" else "LT", "Value": [task.reason]}}],
-        }
+        progress[said] = {"vr": "ST" if said == "00741006" else "LT", "Value": [task.reason]}
+    if cancel_request is not None and task.state == TaskState.IN_PROGRESS.value:
+        progress.update(_requested(cancel_request))  # asked for, not yet decided (PS3.4 CC.2.2)
+    if progress:
+        ds["00741002"] = {"vr": "SQ", "Value": [progress]}
     if task.state == TaskState.COMPLETED.value:
         series: dict[str, list[Any]] = {}
         for result in task.results:
@@ -230,10 +244,52 @@ def workitem_of(task: Task, *, retrieve_url: str | None = None) -> dict[str, Any
     return ds
 
 
-def cancel(session: Session, task: Task, reason: str, *, actor: str) -> Task | TaskRefused:
-    """Request Cancellation (PS3.4 CC.2.2): a SCHEDULED task ends CANCELED at once; audited.
+@dataclass(frozen=True)
+class CancelAccepted:
+    """A Request Cancellation the hub accepted (202), with its PS3.18 §11.8.3 warning if any.
 
-    A task a worker already runs is not stopped (409): its results come as usual.
+    ``requested``: the workitem is IN PROGRESS at an outside performer, which
+    was told (UPS Cancel Requested) and decides; else it is CANCELED now.
+    """
+
+    task: Task
+    requested: bool = False
+    warning: str | None = None
+
+
+def _requested(detail: dict[str, Any]) -> dict[str, Any]:
+    """The Progress Information of a pending cancel request (PS3.4 Table CC.2.5-3)."""
+    shown: dict[str, Any] = {}
+    if detail.get("requested_at"):
+        shown["00404052"] = {"vr": "DT", "Value": [detail["requested_at"]]}
+    if detail.get("reason"):
+        shown["00741238"] = {"vr": "LT", "Value": [detail["reason"]]}
+    if detail.get("contact_uri"):
+        shown["0074100A"] = {"vr": "UR", "Value": [detail["contact_uri"]]}
+    if detail.get("contact_name"):
+        shown["0074100C"] = {"vr": "LO", "Value": [detail["contact_name"]]}
+    return shown
+
+
+def cancel(
+    session: Session,
+    task: Task,
+    reason: str,
+    *,
+    actor: str,
+    detail: dict[str, Any] | None = None,
+) -> CancelAccepted | TaskRefused:
+    """Request Cancellation (PS3.4 CC.2.2, PS3.18 §11.8). Commits; audited.
+
+    A SCHEDULED workitem ends CANCELED at once (``task.canceled``). One an
+    outside performer holds (IN PROGRESS) is not changed: the request is
+    kept (``detail``: the reason, contact and requesting AE of PS3.4 CC.2.2)
+    and the performer is sent a UPS Cancel Requested event
+    (:mod:`aifi.hub.ups_events`, PS3.4 CC.2.4.3), then cancels with its
+    Transaction UID or completes (``task.cancel_requested``). A workitem
+    the hub's own worker runs is not stopped (409): its results come as
+    usual. One already CANCELED is a 202 with warning ``0xB304``; a
+    COMPLETED one is a 409.
     """
     ended = session.execute(
         update(Task)
@@ -242,22 +298,24 @@ def cancel(session: Session, task: Task, reason: str, *, actor: str) -> Task | T
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    if not getattr(ended, "rowcount", 0):
-        session.refresh(task)
-        return TaskRefused(409, f"workitem {task.client_task_id} is {task.state}; not canceled")
     session.refresh(task)
-    audit_log_of(session).append(
-        "task.canceled",
-        actor=actor,
-        hospital=task.hospital_id,
-        task=task.id,
-        algorithm=task.algorithm_id,
-        algorithm_version=task.algorithm_version,
-        agreement=task.agreement_reference,
-        correlation_id=task.correlation_id,
-        detail={"reason": reason},
-    )
-    return task
+    if getattr(ended, "rowcount", 0):
+        _audit(session, task, "task.canceled", actor, {"reason": reason})
+        return CancelAccepted(task)
+    if task.state == TaskState.CANCELED.value:
+        return CancelAccepted(task, warning=B304)
+    if task.state == TaskState.COMPLETED.value:
+        return TaskRefused(409, f"{C311}: workitem {task.client_task_id} is not canceled")
+    if not (task.claimed_by or "").startswith(_PERFORMER):
+        return TaskRefused(
+            409,
+            f"workitem {task.client_task_id} is IN PROGRESS at the hub's own worker, which is not"
+            " stopped mid-run; its results come as usual",
+        )
+    kept = {"reason": reason, **(detail or {}), "requested_by": actor}
+    ups_events.record_cancel_request(session, task, kept)
+    _audit(session, task, "task.cancel_requested", actor, {"reason": reason})
+    return CancelAccepted(task, requested=True)
 
 
 # -- the outside performer: Change State (PS3.18 §11.7) and Update (§11.6) ------------
@@ -371,6 +429,12 @@ def change_state(
             return TaskRefused(409, C302)
         if current != TaskState.SCHEDULED.value:
             return TaskRefused(409, C311 if current == TaskState.COMPLETED.value else C300)
+        asked = ups_events.cancel_requests(session, [task.id]).get(task.id)
+        if asked is not None:  # asked while a performer held it, then given back: it stands
+            said = f"canceled at the requester's request: {asked.get('reason') or 'none given'}"
+            ended = cancel(session, task, said, actor=str(asked.get("requested_by") or actor))
+            if isinstance(ended, CancelAccepted):
+                return TaskRefused(409, f"{C300}: its cancellation was requested; it is CANCELED")
         held_by = _claimed_by(principal_id, transaction_uid)
         if not claim(session, task.id, held_by, lease_s):
             session.refresh(task)  # a hub worker or another performer was first
@@ -403,8 +467,14 @@ def change_state(
         session.rollback()
         session.refresh(task)
         return TaskRefused(409, f"{C300}: the claim was lost (the performer was silent too long)")
+    asked = ups_events.cancel_requests(session, [task.id]).get(task.id)
+    said = f"canceled by its outside performer: {reason or 'no reason given'}"
+    if asked is not None:  # it answers the requester's cancel request (PS3.4 CC.2.4.3)
+        said = "canceled by its outside performer at the requester's request: " + "; ".join(
+            p for p in (str(asked.get("reason") or "no reason given"), reason) if p
+        )
     task.state = wanted
-    task.reason = f"canceled by its outside performer: {reason or 'no reason given'}"[:2000]
+    task.reason = said[:2000]
     task.findings = None  # a canceled step reports nothing
     task.claimed_by = f"{_PERFORMER}{principal_id}"  # who ended it; the Transaction UID is spent
     task.lease_until = None

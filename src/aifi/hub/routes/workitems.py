@@ -1,8 +1,11 @@
 """``/workitems``: the hub's tasks as UPS-RS workitems (PS3.18 §11) for pseudonymized work.
 
 Create (§11.4), Retrieve (§11.5), Search (§11.9) and Request Cancellation
-(§11.8), mapped onto the same tasks as ``/tasks`` (:mod:`aifi.hub.workitems`).
-An attribute or query key the hub does not support is a 400 with the reason.
+(§11.8), mapped onto the same tasks as ``/tasks`` (:mod:`aifi.hub.workitems`);
+Subscribe, Unsubscribe and Suspend Global Subscription (§11.10) with event
+reports over the WebSocket ``/ws/subscribers/{AE}`` (§11.11, IHE RAD-109;
+:mod:`aifi.hub.ups_events`). An attribute or query key the hub does not
+support is a 400 with the reason.
 
 The hub's own workers perform the workitems, except those of the
 ``outside_algorithms``: an outside performer (role ``performer``) searches
@@ -22,23 +25,35 @@ those findings (:func:`aifi.hub.workitems.change_state`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    HTTPException,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+    status,
+)
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydicom.uid import generate_uid
 from starlette.concurrency import run_in_threadpool
 
 from aifi.dicom.multipart import content_type, new_boundary
-from aifi.hub import tasks, workitems
+from aifi.hub import tasks, ups_events, workitems
 from aifi.hub.auth import CurrentHospital, RoleGate
-from aifi.hub.deps import ContextDep, SessionDep
+from aifi.hub.deps import ContextDep, HubContext, SessionDep
 from aifi.hub.models import Principal, Task
+from aifi.hub.principals import find_by_token
 from aifi.hub.wado import NotAcceptable, multipart_body, negotiate, plan
 from aifi.protocol.schemas import PRIORITY_RANK, Role, TaskState
 
-__all__ = ["router"]
+__all__ = ["events_router", "router"]
 
 router = APIRouter(prefix="/workitems", tags=["workitems"])
 
@@ -53,6 +68,9 @@ _SEARCH = {
 _STATE_KEYS = frozenset({"00741000", "00081195", "00741238"})
 #: the header carrying the Transaction UID on the calls PS3.18 gives no body for it
 TRANSACTION_HEADER = "Transaction-UID"
+_FILTERED_GLOBAL = "1.2.840.10008.5.1.4.34.5.1"
+#: how often a WebSocket looks in the database for what to report
+_POLL_S = 0.25
 
 #: who reads workitems: a hospital (its own) or an outside performer (those it performs)
 WorkitemReader = Annotated[Principal, Depends(RoleGate(Role.HOSPITAL, Role.PERFORMER))]
@@ -142,10 +160,15 @@ def search_workitems(
             state=TaskState(state) if state else None,
             limit=int(limit),
         )
+    found = [t for t in found if priority is None or t.priority == PRIORITY_RANK[priority]]
+    asked = ups_events.cancel_requests(
+        session, [t.id for t in found if t.state == TaskState.IN_PROGRESS.value]
+    )
     views = [
-        workitems.workitem_of(t, retrieve_url=_retrieve_url(request, caller, t))
+        workitems.workitem_of(
+            t, retrieve_url=_retrieve_url(request, caller, t), cancel_request=asked.get(t.id)
+        )
         for t in found
-        if priority is None or t.priority == PRIORITY_RANK[priority]
     ]
     if not views:
         return Response(status_code=204)
@@ -182,7 +205,10 @@ def retrieve_workitem(
         task = workitems.find(session, _hospital_id(caller), uid)
     if task is None:
         raise _refused(404, f"no workitem {uid}")
-    view = workitems.workitem_of(task, retrieve_url=_retrieve_url(request, caller, task))
+    asked = ups_events.cancel_requests(session, [task.id]).get(task.id)
+    view = workitems.workitem_of(
+        task, retrieve_url=_retrieve_url(request, caller, task), cancel_request=asked
+    )
     return JSONResponse([view], media_type=_DICOM_JSON)
 
 
@@ -338,20 +364,162 @@ async def change_workitem_state(
 async def request_cancellation(
     uid: str, request: Request, hospital: CurrentHospital, session: SessionDep
 ) -> Response:
+    """Request Cancellation (PS3.18 §11.8): 202; an outside performer holding it is told.
+
+    A SCHEDULED workitem is CANCELED now; one IN PROGRESS at an outside
+    performer stays so until the performer, sent a UPS Cancel Requested
+    event, cancels it (or completes it). Already CANCELED: 202 with warning
+    ``0xB304``; COMPLETED, or run by the hub's own worker: 409.
+    """
     ds = await _dataset(request)
-    unknown = sorted(t for t in ds if t not in ("00741238", "00741242", "00741240", "00404031"))
+    unknown = sorted(t for t in ds if t not in ups_events.CANCEL_KEYS)
     if unknown:
-        raise _refused(400, f"attribute {', '.join(unknown)} is not part of a cancel request")
+        named = ", ".join(f"({t[:4]},{t[4:]})" for t in unknown)
+        raise _refused(400, f"attribute {named} is not part of a cancel request")
     task = workitems.find(session, hospital.id, uid)
     if task is None:
         raise _refused(404, f"no workitem {uid}")
-    reasons = (ds.get("00741238") or {}).get("Value") or ["cancellation requested"]
+    detail: dict[str, Any] = {}
+    for tag, key in ups_events.CANCEL_KEYS.items():
+        values = (ds.get(tag) or {}).get("Value") or []
+        if values:
+            detail[key] = values if key == "reason_codes" else str(values[0])[:1024]
+    said = detail.get("reason") or "cancellation requested"
     outcome = workitems.cancel(
         session,
         task,
-        f"canceled at the requester's request: {reasons[0]}",
+        f"canceled at the requester's request: {said}",
         actor=f"hospital:{hospital.id}",
+        detail=detail,
     )
     if isinstance(outcome, tasks.TaskRefused):
         raise _refused(outcome.status_code, outcome.detail)
-    return Response(status_code=202)
+    headers = {"Warning": _warning(outcome.warning)} if outcome.warning else {}
+    return Response(status_code=202, headers=headers)
+
+
+# -- subscriptions (PS3.18 §11.10) and event reports over WebSocket (§11.11) ----------
+
+
+def _subscribed(
+    uid: str,
+    aet: str,
+    request: Request,
+    caller: Principal,
+    session: SessionDep,
+    context: ContextDep,
+) -> Task | None:
+    """The workitem a subscription names (None: global), after the checks of PS3.18 §11.10."""
+    if not 0 < len(aet) <= 16 or "\\" in aet or aet != aet.strip():
+        raise _refused(400, f"{aet!r} is not an AE title (1 to 16 characters, PS3.5 AE)")
+    extra = set(request.query_params) - {"deletionlock"}
+    if extra:
+        raise _refused(400, f"unknown query parameter {', '.join(sorted(extra))}")
+    if request.query_params.get("deletionlock", "false").lower() != "false":
+        raise _refused(
+            400, "deletionlock=true is not supported: the hub keeps no deleted workitems"
+        )
+    if uid == _FILTERED_GLOBAL:
+        raise _refused(400, "filtered global subscriptions are not supported")
+    if uid == ups_events.GLOBAL_SUBSCRIPTION:
+        return None
+    if caller.role == Role.PERFORMER.value:
+        return _performed(session, context, uid)
+    task = workitems.find(session, _hospital_id(caller), uid)
+    if task is None:
+        raise _refused(404, f"no workitem {uid}")
+    return task
+
+
+@router.post("/{uid}/subscribers/{aet}", status_code=status.HTTP_201_CREATED)
+def subscribe(
+    uid: str,
+    aet: str,
+    request: Request,
+    caller: WorkitemReader,
+    session: SessionDep,
+    context: ContextDep,
+) -> Response:
+    """Subscribe (PS3.18 §11.10.1): to one workitem, or globally; events at the WebSocket."""
+    task = _subscribed(uid, aet, request, caller, session, context)
+    ups_events.subscribe(session, caller, aet, task)
+    ws = str(request.base_url).replace("http", "ws", 1).rstrip("/")
+    return Response(status_code=201, headers={"Content-Location": f"{ws}/ws/subscribers/{aet}"})
+
+
+@router.post("/{uid}/subscribers/{aet}/suspend")
+def suspend_subscription(
+    uid: str,
+    aet: str,
+    request: Request,
+    caller: WorkitemReader,
+    session: SessionDep,
+    context: ContextDep,
+) -> Response:
+    """Suspend Global Subscription (PS3.18 §11.10.3): no new workitems; today's stay."""
+    if _subscribed(uid, aet, request, caller, session, context) is not None:
+        raise _refused(400, "only the global subscription is suspended")
+    ups_events.suspend(session, caller, aet, context.settings.outside_algorithms)
+    return Response(status_code=200)
+
+
+@router.delete("/{uid}/subscribers/{aet}")
+def unsubscribe(
+    uid: str,
+    aet: str,
+    request: Request,
+    caller: WorkitemReader,
+    session: SessionDep,
+    context: ContextDep,
+) -> Response:
+    """Unsubscribe (PS3.18 §11.10.2); globally: every subscription of the AE title."""
+    task = _subscribed(uid, aet, request, caller, session, context)
+    ups_events.unsubscribe(session, caller, aet, task)
+    return Response(status_code=200)
+
+
+#: the WebSocket of event reports, outside ``/workitems`` (as ``Content-Location`` names it)
+events_router = APIRouter(tags=["workitems"])
+
+
+@events_router.websocket("/ws/subscribers/{aet}")
+async def event_reports(websocket: WebSocket, aet: str) -> None:
+    """UPS event reports (PS3.18 §11.11, IHE RAD-109) of ``aet``'s subscriptions, DICOM JSON.
+
+    The bearer token of the subscriber in ``Authorization``; a token that
+    is unknown or of another role closes the socket (1008, policy violation).
+    """
+    context: HubContext = websocket.app.state.hub
+    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+
+    def who() -> Principal | None:
+        with context.sessions() as session:
+            found = find_by_token(session, token.strip()) if scheme.lower() == "bearer" else None
+            if found is None or found.role not in (Role.HOSPITAL.value, Role.PERFORMER.value):
+                return None
+            session.expunge(found)
+            return found
+
+    principal = await run_in_threadpool(who)
+    if principal is None:
+        await websocket.close(code=1008)
+        return
+    await websocket.accept()
+    watcher = ups_events.Watcher(principal, aet, context.settings.outside_algorithms)
+
+    def due() -> list[dict[str, Any]]:
+        with context.sessions() as session:
+            return watcher.poll(session)
+
+    try:
+        while True:
+            for report in await run_in_threadpool(due):
+                await websocket.send_text(json.dumps(report))
+            try:  # the subscriber sends nothing; this notices it leaving
+                message = await asyncio.wait_for(websocket.receive(), timeout=_POLL_S)
+            except TimeoutError:
+                continue
+            if message["type"] == "websocket.disconnect":
+                return
+    except (WebSocketDisconnect, RuntimeError):
+        return
