@@ -209,6 +209,106 @@ def test_several_messages_on_one_connection_each_get_their_ack(
     assert len(desk.order_items()) == 2
 
 
+def enhanced(message: str, accept: str, application: str) -> str:
+    """``message`` with MSH-15 (accept ack type) and MSH-16 (application ack type) set."""
+    first, rest = message.split("\r", 1)
+    fields = first.split("|")
+    fields += [""] * (16 - len(fields))
+    fields[14:16] = [accept, application]
+    return "|".join(fields) + "\r" + rest
+
+
+def exchange(port: int, messages: list[str], replies: int) -> list[str]:
+    """Each message framed by MLLP on one connection, then ``replies`` framed answers read."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for message in messages:
+            sock.sendall(b"\x0b" + message.encode() + b"\x1c\x0d")
+        data = b""
+        while data.count(b"\x1c\x0d") < replies:
+            chunk = sock.recv(65536)
+            assert chunk, "the edge closed the connection before every answer came"
+            data += chunk
+    return [frame.lstrip(b"\x0b").decode() for frame in data.split(b"\x1c\x0d")[:replies]]
+
+
+def strict(message: str) -> Any:
+    """``message`` parsed with hl7apy's strict validation, its groups found, and validated."""
+    parsed = parse_message(message, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    parsed.validate()
+    return parsed
+
+
+def segment(message: str, name: str) -> list[str]:
+    return next(s for s in message.split("\r") if s.startswith(name)).split("|")
+
+
+def test_an_omi_asking_for_both_acks_gets_the_accept_ack_then_ori_o24(
+    desk: OrderDesk, mllp: MllpListener
+) -> None:
+    accept, response = exchange(mllp.port, [enhanced(omi(), "AL", "AL")], replies=2)
+    commit = strict(accept)
+    assert commit.msh.msh_9.to_er7() == "ACK^O23^ACK"
+    assert msa(accept)[0] == "CA"  # commit accept (table 0008)
+    ori = strict(response)  # ORI_O24 v2.5.1, its groups found: the chapter 4 structure
+    assert ori.msh.msh_9.to_er7() == "ORI^O24^ORI_O24"
+    assert (ori.msh.msh_15.to_er7(), ori.msh.msh_16.to_er7()) == ("NE", "NE")  # no ack back
+    assert ori.msa.msa_1.to_er7() == "AA" and ori.msa.msa_2.to_er7() == "MSG-PLC-2"
+    order = ori.ori_o24_response.ori_o24_order
+    assert order.orc.orc_1.to_er7() == "OK" and order.orc.orc_2.to_er7() == "PLC-2"
+    assert order.ipc.ipc_3.to_er7() == STUDY_UID  # the IPC as the RIS sent it
+    assert order.obr.obr_4.to_er7() == "XRHANDBA^Hand bone age^L"
+    (item,) = desk.order_items()
+    assert item["study_instance_uid"] == STUDY_UID
+
+
+def test_on_error_only_a_good_order_gets_no_answer_and_a_refused_one_its_ori(
+    desk: OrderDesk, mllp: MllpListener
+) -> None:
+    good = enhanced(omi(order="PLC-G"), "NE", "ER")
+    cancel = enhanced(omi(order="NEVER").replace("ORC|NW|", "ORC|CA|"), "NE", "ER")
+    (response,) = exchange(mllp.port, [good, cancel], replies=1)  # the first is for the cancel
+    ori = strict(response)
+    assert ori.msa.msa_1.to_er7() == "AE" and ori.msa.msa_2.to_er7() == "MSG-NEVER"
+    assert segment(response, "ERR")[3] == "204^Unknown key identifier^HL70357"
+    assert ori.ori_o24_response.ori_o24_order.orc.orc_1.to_er7() == "UC"  # unable to cancel
+    assert [i["dataset"]["x-order"]["order_number"] for i in desk.order_items()] == ["PLC-G"]
+
+
+def test_an_orm_asking_for_the_application_ack_gets_orr_o02(
+    desk: OrderDesk, mllp: MllpListener
+) -> None:
+    message = enhanced(orm(version="2.5", order="PLC-R", study_uid=STUDY_UID), "AL", "AL")
+    accept, response = exchange(mllp.port, [message], replies=2)
+    assert msa(strict(accept).to_er7())[0] == "CA"
+    # hl7apy models ORR_O02's order detail choice (OBR | RQD | RQ1 | RXO | ODS | ODT) as a
+    # group needing all six, so the message is parsed strictly and each segment validated
+    orr = parse_message(response, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    assert orr.msh.msh_9.to_er7() == "ORR^O02^ORR_O02"
+    order = orr.orr_o02_response.orr_o02_order
+    for each in (orr.msh, orr.msa, order.orc, order.orr_o02_choice.obr):
+        each.validate()
+    assert orr.msa.msa_1.to_er7() == "AA"
+    assert order.orc.orc_1.to_er7() == "OK" and order.orc.orc_2.to_er7() == "PLC-R"
+
+
+def test_a_message_refused_whole_in_enhanced_mode_is_a_commit_reject(
+    desk: OrderDesk, mllp: MllpListener
+) -> None:
+    refused = enhanced(omi().replace("|2.5.1", "|2.3"), "AL", "AL")  # no OMI in v2.3
+    taken = enhanced(omi(order="PLC-N"), "NE", "AL")  # only the application ack
+    reject, response = exchange(mllp.port, [refused, taken], replies=2)
+    assert msa(reject)[0] == "CR" and "v2.3 is not taken" in reject  # and no ORI for it
+    assert strict(response).msa.msa_2.to_er7() == "MSG-PLC-N"
+    assert msa(response)[0] == "AA"
+
+
+def test_an_ack_from_the_ris_is_not_answered(desk: OrderDesk, mllp: MllpListener) -> None:
+    ack = "MSH|^~\\&|RIS|HOSP|AIFI|EDGE|20260115093000||ACK^O24^ACK|RIS-1|P|2.5.1\rMSA|CA|X\r"
+    (reply,) = exchange(mllp.port, [ack, omi()], replies=1)
+    assert "MSA|AA|MSG-PLC-2|" in reply  # the first answer is the order's
+    assert not desk.state.events("order-refused")
+
+
 def test_the_same_order_sent_twice_is_one_workitem(desk: OrderDesk, mllp: MllpListener) -> None:
     send(mllp.port, orm())
     ack = send(mllp.port, orm())  # the RIS resends when its ACK got lost

@@ -1,4 +1,4 @@
-"""HL7 v2 orders over MLLP: ORM^O01 and OMI^O23 in, an acknowledgement out.
+"""HL7 v2 orders over MLLP: ORM^O01 and OMI^O23 in, acknowledgements out.
 
 What is read (HL7 v2.5.1 ch. 4 and 4A; IHE RAD TF-2 RAD-4/RAD-13, its
 HL7 v2.3.1 and v2.5.1 options):
@@ -21,6 +21,21 @@ message it does not take at all (not an order, an unsupported version, no
 MSH). ERR is the v2.5 shape (ERR-2 location, ERR-3 code, ERR-4 severity,
 ERR-8 user message) from v2.5 on, the ERR-1 shape before.
 
+Enhanced acknowledgement mode (v2.5.1 §2.9.3), when the order's MSH-15
+(accept acknowledgment type) or MSH-16 (application acknowledgment type) is
+valued, each per HL7 table 0155 (AL always, NE never, ER on an error, SU on
+success): the *accept* acknowledgement is an ACK with MSA-1 ``CA`` (the
+message was read and its orders recorded), ``CR`` (refused as a whole: not an
+order, an unsupported version) or ``CE`` (it could not be read); an empty
+MSH-15 counts as AL. The *application* acknowledgement is the order response
+of the message's own chapter (v2.5.1 §4.4.2 ORR^O02 for ORM^O01, §4.4.11
+ORI^O24 for OMI^O23, as IHE RAD-4/RAD-13 name them) with MSA-1 ``AA``/``AE``/
+``AR``, the ERR segments, and per order its ORC (ORC-1 table 0119: OK, UA;
+CR, UC for a cancel; XR, UX for a change), OBR (and for ORI its TQ1 and IPC)
+echoed. Both go back on the connection the order came on, the accept
+acknowledgement first; the response asks for no acknowledgement itself
+(MSH-15/16 ``NE``), and an ACK the RIS sends anyway is read and not answered.
+
 MLLP framing: HL7 v2 Transport Specification, MLLP release 2 (a message is
 ``<VT> message <FS><CR>``).
 """
@@ -42,7 +57,7 @@ from hl7apy.parser import parse_message
 
 from aifi.edge.orders import Control, Order, OrderDesk, order_priority
 
-__all__ = ["MllpListener", "answer_message"]
+__all__ = ["MllpListener", "answer_messages"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,18 +103,41 @@ class _Header:
     processing_id: str
     version: str
     charset: str
+    accept_ack: str = ""  # MSH-15 (table 0155)
+    application_ack: str = ""  # MSH-16 (table 0155)
+
+    @property
+    def enhanced(self) -> bool:
+        """Enhanced acknowledgement mode: MSH-15 or MSH-16 valued (v2.5.1 §2.9.3)."""
+        return bool(self.accept_ack or self.application_ack)
 
 
-def answer_message(text: str, desk: OrderDesk) -> str:
-    """The acknowledgement of one HL7 message, each of its orders given to ``desk``.
+@dataclass(frozen=True)
+class _Outcome:
+    """One order of the message and what became of it (for the application acknowledgement)."""
 
-    A message refused as a whole (AR, or AE before any order was read) is
-    recorded as an ``order-refused`` event too; refused orders are recorded
-    by the desk. Whatever breaks, the RIS gets an answer.
+    group: dict[str, Any]
+    control: str  # ORC-1 as sent
+    accepted: bool
+
+
+def answer_messages(text: str, desk: OrderDesk) -> list[str]:
+    """The acknowledgements of one HL7 message, each of its orders given to ``desk``.
+
+    Original mode: one ACK. Enhanced mode: the accept ACK and/or the order
+    response, as MSH-15 and MSH-16 ask (none when both say NE). An ACK
+    from the RIS gets no answer. A message refused as a whole (AR, or AE
+    before any order was read) is recorded as an ``order-refused`` event
+    too; refused orders are recorded by the desk. Whatever breaks, the RIS
+    gets an answer.
     """
     header = _header(text)
+    if header is not None and header.message_type == "ACK":
+        logger.debug("MLLP: an ACK from %s, not answered", header.sending_app)
+        return []
+    outcomes: list[_Outcome] = []
     try:
-        code, problems, detail, read = _judge(text, header, desk)
+        code, problems, detail, read = _judge(text, header, desk, outcomes)
     except Exception:  # the RIS gets an answer whatever broke here
         logger.exception("an HL7 message could not be read")
         code, read = "AE", False
@@ -110,13 +148,29 @@ def answer_message(text: str, desk: OrderDesk) -> str:
         desk.state.record_event(
             "order-refused", f"HL7 {kind}{sender}: {code} {problems[0].code}: {problems[0].text}"
         )
-    return _ack(header or _FALLBACK, code, problems, detail)
+    if header is None or not header.enhanced:
+        return [_ack(header or _FALLBACK, code, problems, detail)]
+    commit = "CR" if code == "AR" else ("CA" if read else "CE")
+    replies: list[str] = []
+    if _wanted(header.accept_ack or "AL", ok=commit == "CA"):
+        replies.append(_ack(header, commit, [] if commit == "CA" else problems, detail))
+    if _wanted(header.application_ack, ok=code == "AA") and (commit == "CA" or not replies):
+        replies.append(_response(header, code, problems, detail, outcomes))
+    return replies
+
+
+def _wanted(condition: str, *, ok: bool) -> bool:
+    """Whether an acknowledgement is sent under HL7 table 0155 ``condition``."""
+    return {"AL": True, "ER": not ok, "SU": ok}.get(condition.upper(), False)
 
 
 def _judge(
-    text: str, header: _Header | None, desk: OrderDesk
+    text: str, header: _Header | None, desk: OrderDesk, outcomes: list[_Outcome]
 ) -> tuple[str, list[_Problem], str, bool]:
-    """(MSA-1, problems, what was done, whether the orders reached the desk)."""
+    """(MSA-1, problems, what was done, whether the orders reached the desk).
+
+    Each order read is appended to ``outcomes``.
+    """
     if header is None:
         return "AR", [_Problem(100, "the message does not start with an MSH")], "", False
     kind = f"{header.message_type}^{header.event}"
@@ -142,8 +196,10 @@ def _judge(
     taken: list[str] = []
     for number, group in enumerate(groups, start=1):
         order = _order(group, number, source)
+        control = _value(group.get("ORC"), 1).upper() or "NW"
         if isinstance(order, _Problem):
             problems.append(order)
+            outcomes.append(_Outcome(group, control, accepted=False))
             desk.state.record_event("order-refused", f"{source}: {order.text}")
             continue
         try:
@@ -151,7 +207,9 @@ def _judge(
         except Exception as exc:  # the RIS gets an answer whatever broke here
             logger.exception("order %s not recorded", order.key)
             problems.append(_Problem(207, f"order {order.key} not recorded ({exc}); send it again"))
+            outcomes.append(_Outcome(group, control, accepted=False))
             continue
+        outcomes.append(_Outcome(group, control, accepted=answer.accepted))
         if answer.accepted:
             taken.append(answer.detail)
         else:
@@ -197,6 +255,8 @@ def _header(text: str) -> _Header | None:
         processing_id=f(11) or "P",
         version=f(12),
         charset=f(18),
+        accept_ack=f(15).upper(),
+        application_ack=f(16).upper(),
     )
 
 
@@ -264,12 +324,13 @@ def _order(group: dict[str, Any], number: int, source: str) -> Order | _Problem:
 
 
 # -- answering -----------------------------------------------------------------
-def _ack(header: _Header, code: str, problems: list[_Problem], detail: str = "") -> str:
-    """An original-mode ACK (v2.5.1 §2.14.1) answering ``header``'s message."""
-    version = header.version if header.version in (*_ORM_VERSIONS, *_OMI_VERSIONS) else "2.5.1"
-    modern = version not in ("2.3", "2.3.1", "2.4")
-    # v2.3 has no message structure component (MSH-9.3)
-    kind = f"ACK^{header.event or 'O01'}" + ("" if version == "2.3" else "^ACK")
+def _version(header: _Header) -> str:
+    return header.version if header.version in (*_ORM_VERSIONS, *_OMI_VERSIONS) else "2.5.1"
+
+
+def _msh(header: _Header, kind: str, acks: str = "") -> str:
+    """The MSH of an answer to ``header``'s message; ``acks``: MSH-15 and MSH-16 both."""
+    version = _version(header)
     msh = [
         "MSH",
         "^~\\&",
@@ -284,13 +345,85 @@ def _ack(header: _Header, code: str, problems: list[_Problem], detail: str = "")
         _escape(header.processing_id or "P"),
         version,
     ]
+    if acks or header.charset:
+        msh += ["", "", acks, acks, ""]
     if header.charset:
-        msh += [""] * 5 + [_escape(header.charset)]
+        msh.append(_escape(header.charset))
+    return "|".join(msh)
+
+
+def _ack(header: _Header, code: str, problems: list[_Problem], detail: str = "") -> str:
+    """An ACK (v2.5.1 §2.14.1) answering ``header``'s message: original mode, or the accept
+    acknowledgement of enhanced mode (``code`` CA, CE or CR)."""
+    version = _version(header)
+    # v2.3 has no message structure component (MSH-9.3)
+    kind = f"ACK^{header.event or 'O01'}" + ("" if version == "2.3" else "^ACK")
+    if code == "CA":
+        text = "message received and its orders recorded"
+    else:
+        text = problems[0].text if problems else (detail or "order accepted")
+    segments = [
+        _msh(header, kind),
+        "|".join(["MSA", code, _escape(header.control_id), _escape(text[:80])]),
+        *_err(version, problems),
+    ]
+    return "\r".join(segments) + "\r"
+
+
+# ORC-1 of the response (table 0119): (done, not done) per order control
+_RESPONSE_CONTROL = {"NW": ("OK", "UA"), "XO": ("XR", "UX"), "CA": ("CR", "UC")}
+
+
+def _response(
+    header: _Header, code: str, problems: list[_Problem], detail: str, outcomes: list[_Outcome]
+) -> str:
+    """The application acknowledgement: ORI^O24 answering OMI^O23, ORR^O02 answering ORM^O01.
+
+    v2.5.1 §4.4.11 / §4.4.2: MSH, MSA, [{ERR}], then the response group with
+    each order's ORC (ORC-1 saying what became of it), its TQ1 (ORI), OBR
+    and IPC (ORI, where the order has one; required there) as received.
+    """
+    version = _version(header)
+    name = "ORI^O24" if header.message_type == "OMI" else "ORR^O02"
+    kind = name + ("" if version == "2.3" else f"^{name.replace('^', '_')}")
     text = problems[0].text if problems else (detail or "order accepted")
     segments = [
-        "|".join(msh),
+        _msh(header, kind, acks="NE"),
         "|".join(["MSA", code, _escape(header.control_id), _escape(text[:80])]),
+        *_err(version, problems),
     ]
+    if code != "AR":
+        for outcome in outcomes:
+            segments += _response_order(header.message_type, outcome)
+    return "\r".join(segments) + "\r"
+
+
+def _response_order(message_type: str, outcome: _Outcome) -> list[str]:
+    """One order of the response group; none when the order lacks what the group requires."""
+    orc, obr, group = outcome.group.get("ORC"), outcome.group.get("OBR"), outcome.group
+    ipc = group.get("IPC")
+    if obr is None or (message_type == "OMI" and ipc is None):
+        return []
+    done, not_done = _RESPONSE_CONTROL.get(_CONTROLS.get(outcome.control, ""), ("OK", "UA"))
+    status = done if outcome.accepted else not_done
+    if orc is not None:
+        fields = str(orc.to_er7()).split("|")
+        fields[1:2] = [status]
+        segments = ["|".join(fields)]
+    else:
+        segments = [f"ORC|{status}|{_escape(_value(obr, 2))}"]
+    if message_type == "OMI" and group.get("TQ1") is not None:
+        segments.append(str(group["TQ1"].to_er7()))
+    segments.append(str(obr.to_er7()))
+    if ipc is not None and message_type == "OMI":
+        segments.append(str(ipc.to_er7()))
+    return segments
+
+
+def _err(version: str, problems: list[_Problem]) -> list[str]:
+    """ERR segments: the v2.5 shape (ERR-2, -3, -4, -8) from v2.5 on, ERR-1 before."""
+    modern = version not in ("2.3", "2.3.1", "2.4")
+    segments: list[str] = []
     for p in problems:
         meaning = _MEANING.get(p.code, "Application internal error")
         if modern:
@@ -314,7 +447,7 @@ def _ack(header: _Header, code: str, problems: list[_Problem], detail: str = "")
             where = f"{p.segment}^{p.sequence}^{p.field or ''}" if p.segment else "^^"
             # ERR-1 (ELD): the code's text component carries the reason (MSA-3 is 80 characters)
             segments.append(f"ERR|{where}^{p.code}&{_escape(p.text)}&HL70357")
-    return "\r".join(segments) + "\r"
+    return segments
 
 
 def _escape(value: str) -> str:
@@ -350,7 +483,7 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
 
-    answer: Callable[[str], str]
+    answer: Callable[[str], list[str]]
     max_bytes: int
 
 
@@ -386,14 +519,14 @@ class _Connection(socketserver.BaseRequestHandler):
                         break
                     text, codec = _decode(buffer[start + 1 : end])
                     buffer = buffer[end + len(_END) :]
-                    reply = server.answer(text)
-                    sock.sendall(_START + reply.encode(codec, "replace") + _END)
+                    for reply in server.answer(text):
+                        sock.sendall(_START + reply.encode(codec, "replace") + _END)
         except (TimeoutError, ConnectionError) as exc:
             logger.debug("MLLP connection from %s ended: %s", self.client_address[0], exc)
 
 
 class MllpListener:
-    """An MLLP server on ``host:port`` in its own thread, answering with ``answer_message``."""
+    """An MLLP server on ``host:port`` in its own thread, answering with ``answer_messages``."""
 
     def __init__(self, desk: OrderDesk, host: str, port: int, *, max_bytes: int) -> None:
         self.desk = desk
@@ -409,7 +542,7 @@ class MllpListener:
 
     def start(self) -> None:
         server = _Server((self.host, self._port), _Connection)
-        server.answer = lambda text: answer_message(text, self.desk)
+        server.answer = lambda text: answer_messages(text, self.desk)
         server.max_bytes = self.max_bytes
         self._server = server
         self._thread = threading.Thread(
