@@ -436,6 +436,7 @@ def _tls_paths_from(raw: dict[str, Any], folder: Path) -> None:
     tables = [
         raw.get("listener"),
         raw.get("pacs"),
+        raw.get("orders"),
         *(raw.get("destinations") or []),
         *(raw.get("query_retrieve") or []),
     ]

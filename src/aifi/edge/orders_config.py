@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from aifi.edge.tls import TlsSettings
+
 __all__ = ["OrdersSettings"]
 
 
@@ -49,6 +51,11 @@ class OrdersSettings(BaseModel):
     )
     max_message_bytes: int = Field(
         default=1 << 20, ge=1024, description="largest HL7 message accepted over MLLP"
+    )
+    tls: TlsSettings | None = Field(
+        default=None,
+        description="MLLP over TLS (IHE ATNA secure node, BCP 195): the edge's cert and key,"
+        " the CA bundle the RIS's client certificate is checked against; unset: plain TCP",
     )
 
     @field_validator("codes")

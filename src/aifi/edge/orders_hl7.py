@@ -37,7 +37,11 @@ acknowledgement first; the response asks for no acknowledgement itself
 (MSH-15/16 ``NE``), and an ACK the RIS sends anyway is read and not answered.
 
 MLLP framing: HL7 v2 Transport Specification, MLLP release 2 (a message is
-``<VT> message <FS><CR>``).
+``<VT> message <FS><CR>``). With ``[orders.tls]`` the listener takes MLLP
+over TLS only (IHE ITI TF-2 ATNA secure node, TLS 1.2+ as BCP 195): the
+edge shows its certificate and, by default, refuses a RIS that shows none
+chained to the CA bundle; a refused handshake is recorded
+(``order-connection-refused``) and the connection closed.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -485,6 +490,8 @@ class _Server(socketserver.ThreadingTCPServer):
 
     answer: Callable[[str], list[str]]
     max_bytes: int
+    tls: ssl.SSLContext | None
+    refused: Callable[[str], None]
 
 
 class _Connection(socketserver.BaseRequestHandler):
@@ -494,6 +501,16 @@ class _Connection(socketserver.BaseRequestHandler):
         server = cast(_Server, self.server)
         sock: socket.socket = self.request
         sock.settimeout(300)
+        if server.tls is not None:
+            try:  # the handshake here, on this connection's thread, not the accepting one
+                sock = server.tls.wrap_socket(sock, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                why = getattr(exc, "reason", None) or type(exc).__name__
+                logger.warning("MLLP over TLS: %s refused (%s)", self.client_address[0], why)
+                server.refused(
+                    f"MLLP over TLS from {self.client_address[0]}: handshake failed ({why})"
+                )
+                return
         buffer = b""
         try:
             while True:
@@ -521,18 +538,31 @@ class _Connection(socketserver.BaseRequestHandler):
                     buffer = buffer[end + len(_END) :]
                     for reply in server.answer(text):
                         sock.sendall(_START + reply.encode(codec, "replace") + _END)
-        except (TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError, ssl.SSLError) as exc:
             logger.debug("MLLP connection from %s ended: %s", self.client_address[0], exc)
+        finally:
+            if sock is not self.request:
+                sock.close()
 
 
 class MllpListener:
     """An MLLP server on ``host:port`` in its own thread, answering with ``answer_messages``."""
 
-    def __init__(self, desk: OrderDesk, host: str, port: int, *, max_bytes: int) -> None:
+    def __init__(
+        self,
+        desk: OrderDesk,
+        host: str,
+        port: int,
+        *,
+        max_bytes: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: a server context (:func:`aifi.edge.tls.server_context`) for MLLP over TLS."""
         self.desk = desk
         self.host = host
         self._port = port
         self.max_bytes = max_bytes
+        self.tls = tls
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -544,6 +574,10 @@ class MllpListener:
         server = _Server((self.host, self._port), _Connection)
         server.answer = lambda text: answer_messages(text, self.desk)
         server.max_bytes = self.max_bytes
+        server.tls = self.tls
+        server.refused = lambda detail: self.desk.state.record_event(
+            "order-connection-refused", detail
+        )
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -552,7 +586,9 @@ class MllpListener:
             daemon=True,
         )
         self._thread.start()
-        logger.info("HL7 orders (MLLP) on %s:%d", self.host, self.port)
+        logger.info(
+            "HL7 orders (MLLP%s) on %s:%d", " over TLS" if self.tls else "", self.host, self.port
+        )
 
     def stop(self) -> None:
         if self._server is not None:

@@ -33,6 +33,7 @@ from aifi.edge.retention import Purger
 from aifi.edge.scp import EdgeReceiver
 from aifi.edge.state import EdgeState
 from aifi.edge.status.server import StatusServer
+from aifi.edge.tls import server_context
 from aifi.errors import ConfigError, HubError
 from aifi.protocol.client import HubClient
 
@@ -171,11 +172,16 @@ class EdgeService:
         orders = self.settings.orders
         if self.orders is None or orders is None:
             return
+        try:  # certificates that cannot be loaded stop the start, as a port in use does
+            tls = server_context(orders.tls, "orders") if orders.tls is not None else None
+        except ConfigError:
+            self.receiver.stop()
+            raise
         self.orders.start()
         if orders.port is None:
             return
         mllp = MllpListener(
-            self.orders, orders.host, orders.port, max_bytes=orders.max_message_bytes
+            self.orders, orders.host, orders.port, max_bytes=orders.max_message_bytes, tls=tls
         )
         try:
             mllp.start()
