@@ -19,7 +19,7 @@ from pydicom.uid import (
 )
 
 from aifi.algorithms.base import Box, Code, Findings, ImageFinding
-from aifi.results import BUILDERS, encode_results, series_numbers
+from aifi.results import BUILDERS, encode_results, load_standard_tables, series_numbers
 
 from .helpers import MANIFEST, dciodvfy_errors, dcmtk, headers, probability, saved
 
@@ -110,3 +110,13 @@ def test_each_result_series_has_its_own_number_and_a_rerun_follows(
     other = series_numbers("incidental-pe", count=3)
     assert not set(other) & set(numbers)
     assert all(900000 <= n < 1000000 for n in numbers + other)
+
+
+def test_standard_tables_load_once_before_any_object() -> None:
+    """The algorithm process loads highdicom's IOD/module tables at start (issue 12)."""
+    from highdicom import _standard_utils
+
+    load_standard_tables()
+
+    assert _standard_utils.get_module_attribute_map.cache_info().currsize == 1
+    assert _standard_utils.get_iod_module_map.cache_info().currsize == 1

@@ -369,11 +369,13 @@ def _die_with_parent() -> None:
 def _child_main(connection: Connection, settings: HubSettings) -> None:
     """The child's loop: load the algorithms once, then run jobs until the pipe closes."""
     from aifi.hub.bootstrap import configure_process, installation
+    from aifi.results import load_standard_tables
 
     _die_with_parent()
     try:
         configure_process(settings)
         algorithms = installation(settings)
+        load_standard_tables()  # its passing peak before any study's images (issue 12)
     except Exception as exc:  # told to the parent, which cancels the task with it
         connection.send(("error", f"{type(exc).__name__}: {exc}"))
         return

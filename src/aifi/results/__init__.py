@@ -33,7 +33,7 @@ from aifi.results.sc import build_sc
 from aifi.results.sources import series_numbers
 from aifi.results.sr import build_sr
 
-__all__ = ["BUILDERS", "encode_results", "series_numbers"]
+__all__ = ["BUILDERS", "encode_results", "load_standard_tables", "series_numbers"]
 
 Builder = Callable[[Findings, Manifest, Sequence[pydicom.Dataset], int], list[pydicom.Dataset]]
 """(findings, manifest, sources, series number) → the objects of one result series."""
@@ -106,3 +106,21 @@ def encode_results(
             made = BUILDERS[kind](findings, manifest, sources, number)
         objects.extend((kind, ds) for ds in made)
     return objects
+
+
+def load_standard_tables() -> None:
+    """Load highdicom's tables of the standard (IODs, modules, attributes) now.
+
+    highdicom reads them on the first object it builds (every SOP class
+    asks whether its IOD has Content Date) and keeps them: about 60 MB of
+    Python objects, and over 100 MB while its JSON is parsed. Loaded when an
+    algorithm process starts, that passing peak comes before the first
+    study's images rather than on top of them (issue 12, bench/memory.py).
+    A highdicom without these private functions is simply not warmed.
+    """
+    from highdicom import _standard_utils
+
+    for name in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
+        load = getattr(_standard_utils, name, None)
+        if callable(load):
+            load()
