@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, object_session
 from aifi.algorithms.base import Algorithm, Manifest
 from aifi.core.tasks import can_move
 from aifi.errors import AlgorithmError
-from aifi.hub.auditing import audit_log_of
+from aifi.hub.auditing import audit_log_of, record
 from aifi.hub.catalog import select_version
 from aifi.hub.models import INPUT_CURRENT, INPUT_PRIOR, Instance, Result, Task, TaskInput, utcnow
 from aifi.hub.storage import ObjectStore
@@ -56,6 +56,7 @@ __all__ = [
     "create_task",
     "find_task",
     "list_tasks",
+    "prior_studies_by_task",
     "prior_studies_of",
     "rerun_task",
     "task_out",
@@ -75,8 +76,8 @@ class TaskRefused:
     detail: str
 
 
-def task_out(task: Task) -> TaskOut:
-    """The API view of a task row."""
+def task_out(task: Task, prior_studies: list[PriorStudy] | None = None) -> TaskOut:
+    """The API view of a task row; ``prior_studies`` when already loaded (a listing)."""
     return TaskOut(
         id=task.id,
         client_task_id=task.client_task_id,
@@ -92,7 +93,7 @@ def task_out(task: Task) -> TaskOut:
         acknowledged=task.acknowledged,
         results=[_result_ref(r) for r in task.results],
         findings=task.findings,
-        prior_studies=prior_studies_of(task),
+        prior_studies=prior_studies_of(task) if prior_studies is None else prior_studies,
     )
 
 
@@ -114,6 +115,30 @@ def prior_studies_of(task: Task) -> list[PriorStudy]:
         PriorStudy(study_instance_uid=study, sop_instance_uids=sorted(uids))
         for study, uids in studies.items()
     ]
+
+
+def prior_studies_by_task(
+    session: Session, task_ids: Sequence[str]
+) -> dict[str, list[PriorStudy]]:
+    """The prior inputs of many tasks in one query (a listing): task id -> its prior studies."""
+    if not task_ids:
+        return {}
+    rows = session.execute(
+        select(TaskInput.task_id, Instance.study_instance_uid, Instance.sop_instance_uid)
+        .join(Instance, TaskInput.instance_id == Instance.id)
+        .where(TaskInput.task_id.in_(task_ids), TaskInput.role == INPUT_PRIOR)
+        .order_by(Instance.id)
+    )
+    by_task: dict[str, dict[str, list[str]]] = {}
+    for task_id, study_uid, sop_uid in rows:
+        by_task.setdefault(task_id, {}).setdefault(study_uid, []).append(sop_uid)
+    return {
+        task_id: [
+            PriorStudy(study_instance_uid=study, sop_instance_uids=sorted(uids))
+            for study, uids in studies.items()
+        ]
+        for task_id, studies in by_task.items()
+    }
 
 
 def _result_ref(result: Result) -> ResultRef:
@@ -199,30 +224,32 @@ def create_task(
     )
     session.add(task)
     try:
-        session.commit()
+        session.flush()  # the task's id, for its event; a twin client_task_id fails here
+        record(
+            session,
+            "task.created",
+            actor=f"hospital:{hospital_id}",
+            hospital=hospital_id,
+            task=task.id,
+            algorithm=task.algorithm_id,
+            algorithm_version=task.algorithm_version,
+            agreement=task.agreement_reference,
+            correlation_id=task.correlation_id,
+            detail={
+                "instances": len(instances),
+                "bytes": sum(i.size for i in instances),
+                "subscription": subscription.id,
+                "prior_studies": len(request.prior_studies),
+                "prior_instances": len(priors),
+            },
+        )
+        session.commit()  # the task and its task.created event, together
     except IntegrityError:  # the same client_task_id arrived twice at once
         session.rollback()
         existing = _find_by_client_id(session, hospital_id, request.client_task_id)
         if existing is None:
             raise
         return existing, False
-    audit_log_of(session).append(
-        "task.created",
-        actor=f"hospital:{hospital_id}",
-        hospital=hospital_id,
-        task=task.id,
-        algorithm=task.algorithm_id,
-        algorithm_version=task.algorithm_version,
-        agreement=task.agreement_reference,
-        correlation_id=task.correlation_id,
-        detail={
-            "instances": len(instances),
-            "bytes": sum(i.size for i in instances),
-            "subscription": subscription.id,
-            "prior_studies": len(request.prior_studies),
-            "prior_instances": len(priors),
-        },
-    )
     logger.info("task %s scheduled: %s on %d instances", task.id, manifest.id, len(instances))
     return task, True
 
@@ -395,8 +422,8 @@ def acknowledge_task(
         task.acknowledged = True
         task.acknowledged_at = utcnow()
         task.delivered_sop_instance_uids = sorted(ack.delivered_sop_instance_uids)
-        session.commit()
-        audit_log_of(session).append(
+        record(
+            session,
             "task.acknowledged",
             actor=f"hospital:{hospital_id}",
             hospital=hospital_id,
@@ -407,6 +434,7 @@ def acknowledge_task(
             correlation_id=task.correlation_id,
             detail={"delivered": len(ack.delivered_sop_instance_uids)},
         )
+        session.commit()
         logger.info("task %s acknowledged by the edge", task.id)
     return task
 
@@ -430,8 +458,8 @@ def rerun_task(session: Session, task_id: str, *, actor: str) -> Task | TaskRefu
     task.lease_until = None
     task.attempts = 0
     task.updated_at = utcnow()
-    session.commit()
-    audit_log_of(session).append(
+    record(
+        session,
         "task.rerun",
         actor=actor,
         hospital=task.hospital_id,
@@ -442,5 +470,6 @@ def rerun_task(session: Session, task_id: str, *, actor: str) -> Task | TaskRefu
         correlation_id=task.correlation_id,
         detail={"previous_reason": previous},
     )
+    session.commit()
     logger.info("task %s scheduled again by %s", task.id, actor)
     return task

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from aifi.hub import retention, tasks
+from aifi.hub import polling, retention, tasks
 from aifi.hub.auth import CurrentHospital
 from aifi.hub.db import retrying
 from aifi.hub.deps import ContextDep, SessionDep
@@ -21,7 +23,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
-_LIST_FILTERS = frozenset({"state", "acknowledged", "limit", "after"})
+_LIST_FILTERS = frozenset({"state", "acknowledged", "limit", "after", "wait_s"})
 
 
 def known_filters(request: Request) -> None:
@@ -75,10 +77,19 @@ def create_task(
     return task_out
 
 
-@router.get("", response_model=list[TaskOut], dependencies=[Depends(known_filters)])
-def list_tasks(
+@router.get(
+    "",
+    response_model=list[TaskOut],
+    dependencies=[Depends(known_filters)],
+    responses={
+        304: {"description": "wait_s passed and the listing named by If-None-Match is unchanged"}
+    },
+)
+async def list_tasks(
+    request: Request,
     hospital: CurrentHospital,
     session: SessionDep,
+    context: ContextDep,
     state: TaskState | None = None,
     acknowledged: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -86,11 +97,49 @@ def list_tasks(
         str | None,
         Query(max_length=64, description="page on: tasks listed after this task id"),
     ] = None,
-) -> list[TaskOut]:
-    found = tasks.list_tasks(
-        session, hospital.id, state=state, acknowledged=acknowledged, limit=limit, after=after
-    )
-    return [tasks.task_out(t) for t in found]
+    wait_s: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=polling.MAX_WAIT_S,
+            description="long poll: with If-None-Match, wait up to this long for the listing"
+            " to change (else 304); the answer carries the listing's ETag",
+        ),
+    ] = 0,
+) -> Response | list[TaskOut]:
+    """The hospital's tasks, oldest first, in two queries (tasks with results, priors).
+
+    With ``wait_s``, a long poll (:mod:`aifi.hub.polling`): answered at once
+    when the listing differs from the ``If-None-Match`` one, else when it
+    changes or after ``wait_s`` with 304. No connection is held while waiting.
+    """
+    hospital_id = hospital.id
+    seen = polling.seen_tag(request.headers.get("if-none-match")) if wait_s else None
+    if seen is not None:
+        await run_in_threadpool(session.close)  # give the connection back while waiting
+        changed = await polling.wait_for_change(
+            context.sessions, hospital_id, seen, wait_s, state=state, acknowledged=acknowledged
+        )
+        if not changed:
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": seen})
+
+    def listing() -> tuple[str | None, list[TaskOut]]:
+        etag = (
+            polling.mark(session, hospital_id, state=state, acknowledged=acknowledged)
+            if wait_s
+            else None
+        )  # before the listing: a change in between shows at the next poll
+        found = tasks.list_tasks(
+            session, hospital_id, state=state, acknowledged=acknowledged, limit=limit, after=after
+        )
+        priors = tasks.prior_studies_by_task(session, [t.id for t in found])
+        return etag, [tasks.task_out(t, priors.get(t.id, [])) for t in found]
+
+    etag, listed = await run_in_threadpool(listing)
+    if etag is None:
+        return listed
+    body = TypeAdapter(list[TaskOut]).dump_json(listed)
+    return Response(body, media_type="application/json", headers={"ETag": etag})
 
 
 @router.get("/{task_id}", response_model=TaskOut)
