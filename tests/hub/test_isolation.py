@@ -46,10 +46,11 @@ PARAMETERS = {
     "tag": "tag",
     "uid": "client_task_id",  # a workitem UID is its task's client_task_id
     "aet": "aet",  # a UPS-RS subscriber's AE title
+    "frames": "frames",  # WADO-RS frame list
 }
 """Path parameter name → the key of A's identifiers substituted for it."""
 
-PUBLIC_PARAMETERS = {"algorithm_id", "version", "tag", "aet"}  # catalog, tags, AE: no tenant data
+PUBLIC_PARAMETERS = {"algorithm_id", "version", "tag", "aet", "frames"}  # no tenant data
 
 
 class Tenant:
@@ -94,6 +95,7 @@ class Tenant:
             "version": "1.0.0",
             "tag": "7FE00010",  # Pixel Data, for WADO-RS Retrieve Bulkdata
             "aet": "ISOLATION",  # an AE title subscribing to UPS-RS events
+            "frames": "1",  # WADO-RS Retrieve Frames, rendered frames
         }
 
     @property

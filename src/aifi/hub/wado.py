@@ -15,6 +15,15 @@ Metadata (PS3.18 §10.4.1.1.2) is each header as DICOM JSON (PS3.18 Annex F)
 with bulk data left out: Pixel Data and any long binary value become a
 BulkDataURI, which :func:`bulkdata` answers (PS3.18 §10.4.1.1.5) as
 uncompressed little-endian octets, decompressing encapsulated pixel data.
+
+Frames (PS3.18 §10.4, Retrieve Frames) are sent one part per frame: native
+little-endian octets (``application/octet-stream``, decoded one frame at a
+time where stored compressed), or the stored bitstream of one frame in its
+own media type (``image/jp2``, ``image/jls``, ... PS3.18 §8.7.3) when the
+Accept header asks for it. Only the frames asked for are read: at their
+offset in native pixel data, through the offset tables of encapsulated
+pixel data. :func:`decoded_frame` gives one decoded frame to
+:mod:`aifi.hub.rendered`.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from typing import IO, Any
 
 import pydicom
 from pydicom.dataelem import DataElement
-from pydicom.pixels import get_decoder, get_encoder
+from pydicom.encaps import get_frame
+from pydicom.pixels import get_decoder, get_encoder, pack_bits, pixel_array
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -43,13 +53,20 @@ from aifi.hub.storage import ObjectStore, iter_file
 
 __all__ = [
     "AS_STORED",
+    "FRAME_MEDIA_TYPES",
+    "FrameError",
+    "FramePlan",
     "NotAcceptable",
     "Planned",
     "bulkdata",
+    "decoded_frame",
+    "frames_body",
     "metadata",
     "multipart_body",
     "negotiate",
+    "parse_frame_list",
     "plan",
+    "plan_frames",
     "transcoded",
 ]
 
@@ -234,3 +251,198 @@ def bulkdata(store: ObjectStore, key: str, tag: int) -> bytes | None:
             ds.decompress(generate_instance_uid=False)
         value = ds[tag].value
     return value if isinstance(value, bytes) else None
+
+
+# --- Frames (PS3.18 §10.4, Retrieve Frames; media types of bulk data, §8.7.3) ---------
+
+#: The media type of each compressed syntax's frames (PS3.18 Table 8.7.3-4/-5).
+FRAME_MEDIA_TYPES: dict[str, str] = {
+    RLELossless: "image/dicom-rle",
+    pydicom.uid.JPEGBaseline8Bit: "image/jpeg",
+    pydicom.uid.JPEGExtended12Bit: "image/jpeg",
+    pydicom.uid.JPEGLossless: "image/jpeg",
+    pydicom.uid.JPEGLosslessSV1: "image/jpeg",
+    JPEGLSLossless: "image/jls",
+    pydicom.uid.JPEGLSNearLossless: "image/jls",
+    JPEG2000Lossless: "image/jp2",
+    pydicom.uid.JPEG2000: "image/jp2",
+    pydicom.uid.JPEG2000MCLossless: "image/jpx",
+    pydicom.uid.JPEG2000MC: "image/jpx",
+}
+_MEDIA_ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
+OCTETS = "application/octet-stream"
+
+
+class FrameError(AifiError):
+    """A frame list that names no frame of the instance, or an instance without frames (400)."""
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Frames of one object to send: 0-based indexes, and whether as the stored bitstream."""
+
+    key: str
+    stored: str
+    indexes: tuple[int, ...]
+    as_stored: bool
+
+    @property
+    def part_type(self) -> str:
+        """Each part's Content-Type: native octets, or the stored syntax's media type."""
+        if not self.as_stored or not UID(self.stored).is_encapsulated:
+            return f"{OCTETS}; transfer-syntax={ExplicitVRLittleEndian}"
+        return f"{FRAME_MEDIA_TYPES[self.stored]}; transfer-syntax={self.stored}"
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """The 1-based frame numbers of a ``{frameList}`` path segment (PS3.18 §10.4.1)."""
+    numbers = []
+    for item in text.split(","):
+        if not item.strip().isdigit() or int(item) < 1:
+            raise FrameError(
+                f"frame list {text!r}: each frame number is a positive integer (1 is the first)"
+            )
+        numbers.append(int(item))
+    return numbers
+
+
+def _accepts_frames_as_stored(accept: str | None, stored: str) -> bool:
+    """Whether the Accept header takes ``stored``'s compressed bitstream before native octets.
+
+    Entries are ``multipart/related; type=...; transfer-syntax=...``, best
+    q-value first. ``*/*``, ``type="*/*"`` or ``transfer-syntax=*`` take what
+    is stored; ``type="application/octet-stream"`` takes native (Explicit VR
+    Little Endian) octets; an image media type (``image/jp2``, ``image/jls``,
+    ``image/dicom-rle``, ``image/jpeg``, ``image/jpx``) takes the stored
+    bitstream of a syntax of that media type, and without ``transfer-syntax``
+    any of them. :class:`NotAcceptable` when no entry can be met.
+    """
+    if not accept:
+        return True
+    ranked: list[tuple[float, int, bool]] = []
+    stored_media = FRAME_MEDIA_TYPES.get(stored)
+    decodable = not UID(stored).is_compressed or get_decoder(stored).is_available
+    for position, entry in enumerate(accept.split(",")):
+        media, params = parse_options_header(entry.strip())
+        media_type = media.decode("latin-1").lower()
+        options = {k.decode().lower(): v.decode("latin-1") for k, v in params.items()}
+        try:
+            quality = float(options.get("q", "1"))
+        except ValueError:
+            quality = 1.0
+        if quality <= 0:
+            continue
+        part = media_type
+        if media_type == "multipart/related":
+            part = options.get("type", "*/*").lower()
+        part = _MEDIA_ALIASES.get(part, part)
+        syntax = options.get("transfer-syntax", "").strip()
+        choice: bool | None = None
+        if part in ("*/*", "multipart/*") or syntax == AS_STORED:
+            choice = True
+        elif part == OCTETS and syntax in ("", ExplicitVRLittleEndian):
+            choice = False if decodable else None
+        elif part in ("image/*", stored_media) and syntax in ("", stored):
+            choice = True if stored_media else None
+        if choice is not None:
+            ranked.append((-quality, position, choice))
+    if not ranked:
+        kinds = f'type="{OCTETS}"' + (f' or type="{stored_media}"' if stored_media else "")
+        raise NotAcceptable(
+            f"the frames are stored as {stored} and can be sent as multipart/related; {kinds} only"
+        )
+    return sorted(ranked)[0][2]
+
+
+def plan_frames(store: ObjectStore, key: str, frames: list[int], accept: str | None) -> FramePlan:
+    """What :func:`frames_body` will send; :class:`FrameError` for a frame out of range."""
+    with store.materialize(key) as path:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    stored = str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
+    _check_frames(ds, frames)
+    as_stored = _accepts_frames_as_stored(accept, stored)
+    return FramePlan(key, stored, tuple(n - 1 for n in frames), as_stored)
+
+
+def _check_frames(ds: pydicom.Dataset, frames: list[int]) -> None:
+    """:class:`FrameError` unless the instance is an image with each of ``frames`` (1-based)."""
+    if "Rows" not in ds or "Columns" not in ds:
+        raise FrameError("the instance has no pixel data, so no frames")
+    count = int(ds.get("NumberOfFrames") or 1)
+    beyond = [n for n in frames if n > count]
+    if beyond:
+        raise FrameError(
+            f"frame {beyond[0]} is out of range: the instance has {count} frame(s), numbered from 1"
+        )
+
+
+def frames_body(store: ObjectStore, plan: FramePlan, boundary: str) -> Iterator[bytes]:
+    """A Retrieve Frames body, one part per frame, each read when the body reaches it."""
+    return write_parts(((plan.part_type, [frame]) for frame in _frames(store, plan)), boundary)
+
+
+def _frames(store: ObjectStore, plan: FramePlan) -> Iterator[bytes]:
+    """Each planned frame's bytes, reading only that frame from the file where it can.
+
+    Native little-endian pixel data is read at the frame's offset; an
+    encapsulated frame is found through the Basic (or Extended) Offset Table
+    with :func:`pydicom.encaps.get_frame`, and decoded with pydicom's pixel
+    handlers (:func:`pydicom.pixels.pixel_array` with ``index``, one frame)
+    when native octets were asked for.
+    """
+    syntax = UID(plan.stored)
+    with store.materialize(plan.key) as path, path.open("rb") as handle:
+        ds = pydicom.dcmread(handle, stop_before_pixels=True)
+        start = handle.tell()
+        raw_native = syntax in _UNCOMPRESSED and int(ds.BitsAllocated) % 8 == 0
+        encapsulated = plan.as_stored and syntax.is_encapsulated
+        if raw_native or encapsulated:
+            _check_pixel_data(handle, syntax)
+        for index in plan.indexes:
+            if raw_native:
+                size = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)
+                size *= int(ds.BitsAllocated) // 8
+                handle.seek(start + _header_bytes(syntax) + index * size)
+                yield handle.read(size)
+            elif encapsulated:
+                handle.seek(start + _header_bytes(syntax))  # at the Basic Offset Table item
+                offsets = None
+                if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+                    offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+                yield get_frame(
+                    handle,
+                    index,
+                    extended_offsets=offsets,
+                    number_of_frames=int(ds.get("NumberOfFrames") or 1),
+                )
+            else:
+                yield _native_octets(ds, pixel_array(handle, index=index))
+
+
+def _header_bytes(syntax: UID) -> int:
+    return 8 if syntax.is_implicit_VR else 12
+
+
+def _check_pixel_data(handle: IO[bytes], syntax: UID) -> None:
+    """The element the handle is at is Pixel Data (7FE0,0010), not Float Pixel Data."""
+    if handle.read(4) != b"\xe0\x7f\x10\x00":
+        raise FrameError("the instance has no Pixel Data (7FE0,0010), so no frames")
+
+
+def _native_octets(ds: pydicom.Dataset, frame: Any) -> bytes:
+    """A decoded frame as the native little-endian octets of PS3.5 §8.1.1."""
+    if int(ds.BitsAllocated) == 1:
+        return pack_bits(frame)
+    return bytes(frame.astype(frame.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def decoded_frame(store: ObjectStore, key: str, number: int) -> tuple[pydicom.Dataset, Any]:
+    """The header and frame ``number`` (1-based) decoded, colour as RGB, for rendering.
+
+    Only that frame is read and decoded (:func:`pydicom.pixels.pixel_array`
+    with ``index``); :class:`FrameError` when the instance has no such frame.
+    """
+    with store.materialize(key) as path:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        _check_frames(ds, [number])
+        return ds, pixel_array(path, index=number - 1)

@@ -27,9 +27,28 @@ from aifi.hub.deps import ContextDep, HubContext, SessionDep
 from aifi.hub.ingest import store_parts
 from aifi.hub.models import Instance, Result
 from aifi.hub.qido import Level, Query, QueryError, search
+from aifi.hub.rendered import (
+    THUMBNAIL_VIEWPORT,
+    RenderError,
+    RenderParams,
+    choose_media_type,
+    render,
+)
 from aifi.hub.storage import ObjectStore
 from aifi.hub.stow import receive_parts, stow_boundary
-from aifi.hub.wado import NotAcceptable, bulkdata, metadata, multipart_body, negotiate, plan
+from aifi.hub.wado import (
+    FrameError,
+    NotAcceptable,
+    bulkdata,
+    decoded_frame,
+    frames_body,
+    metadata,
+    multipart_body,
+    negotiate,
+    parse_frame_list,
+    plan,
+    plan_frames,
+)
 
 __all__ = ["router"]
 
@@ -313,4 +332,142 @@ def retrieve_bulkdata(
     return Response(
         b"".join(write_parts([(_OCTETS, [value])], boundary)),
         media_type=content_type(boundary, _OCTETS),
+    )
+
+
+_INSTANCE = "/studies/{study}/series/{series}/instances/{sop}"
+
+
+def _instance_key(session: Session, hospital_id: str, study: str, series: str, sop: str) -> str:
+    """The storage key of this hospital's instance (result or input); 404 otherwise."""
+    rows = _object_rows(session, hospital_id, study, series, sop)
+    if not rows:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such DICOM object")
+    return rows[0][0]
+
+
+@router.get(_INSTANCE + "/frames/{frames}")
+def retrieve_frames(
+    study: str,
+    series: str,
+    sop: str,
+    frames: str,
+    hospital: CurrentHospital,
+    session: SessionDep,
+    context: ContextDep,
+    accept: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """WADO-RS Retrieve Frames (PS3.18 §10.4): one part per frame, in the order asked.
+
+    Native octets, or the stored bitstream in its media type (``image/jp2``
+    ...) when the Accept asks for it; a frame out of range is 400, an
+    Accept that cannot be met 406.
+    """
+    key = _instance_key(session, hospital.id, study, series, sop)
+    try:
+        planned = plan_frames(context.store, key, parse_frame_list(frames), accept)
+    except FrameError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+    except NotAcceptable as exc:
+        raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, detail=str(exc)) from exc
+    boundary = new_boundary()
+    part_type = planned.part_type.split(";")[0]
+    return StreamingResponse(
+        frames_body(context.store, planned, boundary), media_type=content_type(boundary, part_type)
+    )
+
+
+def _rendered(
+    request: Request,
+    context: HubContext,
+    key: str,
+    frame: int,
+    accept: str | None,
+    viewport: tuple[int, int] | None = None,
+) -> Response:
+    """One frame of the object rendered as JPEG or PNG (PS3.18 §8.3.5)."""
+    try:
+        media_type = choose_media_type(accept)
+    except NotAcceptable as exc:
+        raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, detail=str(exc)) from exc
+    try:
+        params = RenderParams.parse(request.query_params.multi_items(), viewport)
+        ds, pixels = decoded_frame(context.store, key, frame)
+    except (RenderError, FrameError) as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+    return Response(render(ds, pixels, params, media_type), media_type=media_type)
+
+
+@router.get(_INSTANCE + "/rendered")
+def retrieve_rendered_instance(
+    request: Request,
+    study: str,
+    series: str,
+    sop: str,
+    hospital: CurrentHospital,
+    session: SessionDep,
+    context: ContextDep,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """WADO-RS Retrieve Rendered Instance (PS3.18 §10.4): the first frame of a multi-frame."""
+    key = _instance_key(session, hospital.id, study, series, sop)
+    return _rendered(request, context, key, 1, accept)
+
+
+@router.get(_INSTANCE + "/frames/{frames}/rendered")
+def retrieve_rendered_frames(
+    request: Request,
+    study: str,
+    series: str,
+    sop: str,
+    frames: str,
+    hospital: CurrentHospital,
+    session: SessionDep,
+    context: ContextDep,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Retrieve Rendered Frames: a single-frame image media type, so the list's first frame."""
+    key = _instance_key(session, hospital.id, study, series, sop)
+    try:
+        first = parse_frame_list(frames)[0]
+    except FrameError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+    return _rendered(request, context, key, first, accept)
+
+
+@router.get(_INSTANCE + "/thumbnail")
+@router.get(_INSTANCE + "/frames/{frames}/thumbnail")
+def retrieve_thumbnail(
+    request: Request,
+    study: str,
+    series: str,
+    sop: str,
+    hospital: CurrentHospital,
+    session: SessionDep,
+    context: ContextDep,
+    frames: str = "1",
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """WADO-RS Retrieve Thumbnail (PS3.18 §10.4): rendered to fit 128 x 128 unless a
+    ``viewport`` is given."""
+    key = _instance_key(session, hospital.id, study, series, sop)
+    try:
+        first = parse_frame_list(frames)[0]
+    except FrameError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+    return _rendered(request, context, key, first, accept, THUMBNAIL_VIEWPORT)
+
+
+@router.get("/studies/{study}/rendered")
+@router.get("/studies/{study}/series/{series}/rendered")
+def retrieve_rendered_study_or_series(
+    study: str, hospital: CurrentHospital, session: SessionDep, series: str | None = None
+) -> Response:
+    """Rendered studies and series (a multi-part of every rendered instance) are not served."""
+    if not _object_rows(session, hospital.id, study, series, None):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such study or series")
+    raise HTTPException(
+        status.HTTP_400_BAD_REQUEST,
+        detail="this hub renders one instance at a time: ask for "
+        ".../instances/{sop}/rendered or .../thumbnail",
     )
