@@ -163,7 +163,8 @@ def _grayscale(ds: Dataset, frame: Any, params: RenderParams) -> Any:
             str(ds.get("VOILUTFunction", "LINEAR")).upper(),
         )
     elif "VOILUTSequence" in ds:
-        shown = _stretch(np.asarray(apply_voi(values, ds), dtype=np.float64))
+        indexes = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
+        shown = _stretch(np.asarray(apply_voi(indexes, ds), dtype=np.float64))
     else:
         shown = _stretch(values)
     if ds.PhotometricInterpretation == "MONOCHROME1":

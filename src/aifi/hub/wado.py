@@ -400,7 +400,7 @@ def _frames(store: ObjectStore, plan: FramePlan) -> Iterator[bytes]:
             _check_pixel_data(handle, syntax)
         for index in plan.indexes:
             if raw_native:
-                size = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)
+                size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
                 size *= int(ds.BitsAllocated) // 8
                 handle.seek(start + _header_bytes(syntax) + index * size)
                 yield handle.read(size)
