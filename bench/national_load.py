@@ -196,14 +196,17 @@ class Hospital:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def poll(hospital: Hospital, stop: threading.Event, interval_s: float) -> None:
-    """The edge's task poller: list unacknowledged tasks, fetch results, acknowledge."""
+def poll(hospital: Hospital, stop: threading.Event, interval_s: float, wait_s: float = 0.0) -> None:
+    """The edge's task poller: list unacknowledged tasks, fetch results, acknowledge.
+
+    ``wait_s``: long polling (the edge's ``[hub] long_poll_s``), 0 for plain polls.
+    """
     while not stop.wait(interval_s):
         with hospital.lock:
             if not hospital.open:
                 continue
         try:
-            tasks = list(hospital.client.unacknowledged_tasks())
+            tasks = list(hospital.client.unacknowledged_tasks(wait_s=wait_s))
         except Exception:
             continue
         for task in tasks:
@@ -352,7 +355,8 @@ def run_mode(mode: str, args: argparse.Namespace, tpl: list, folder: Path) -> Ro
         studies.sort(key=lambda s: s.at)
         stop = threading.Event()
         pollers = [
-            threading.Thread(target=poll, args=(h, stop, args.poll), daemon=True) for h in hospitals
+            threading.Thread(target=poll, args=(h, stop, args.poll, args.long_poll), daemon=True)
+            for h in hospitals
         ]
         for t in pollers:
             t.start()
@@ -607,6 +611,11 @@ def per_call(folder: Path, tpl: list, repeat: int = 100) -> str:
         measure(
             "GET /tasks?acknowledged=false (3 done)", lambda: list(client.unacknowledged_tasks())
         )
+        measure(
+            "GET /tasks long poll, 1 s unchanged (304)",
+            lambda: list(client.unacknowledged_tasks(wait_s=1)),
+            10,
+        )
         measure(f"STOW-RS of {len(template.files)} instances", stow, max(repeat // 3, 1))
         result = tasks[0].results[0]
         measure(
@@ -629,6 +638,9 @@ def main() -> None:
     parser.add_argument("--modes", default="embedded,pg1,pg2,pg4")
     parser.add_argument("--slots", type=int, default=2, help="embedded hub: algorithm slots")
     parser.add_argument("--poll", type=float, default=1.0, help="edge poll interval, seconds")
+    parser.add_argument(
+        "--long-poll", type=float, default=0.0, help="edge long poll wait_s (0: plain polls)"
+    )
     parser.add_argument("--uploaders", type=int, default=16, help="concurrent STOW uploads")
     parser.add_argument("--timeout", type=float, default=240.0, help="per mode, seconds")
     parser.add_argument("--profile", type=float, default=0, help="py-spy the hub for S seconds")

@@ -100,11 +100,12 @@ class Deliverer:
     # -- the poll ----------------------------------------------------------
     def tick(self) -> int:
         """One poll of the hub; return how many tasks changed state here."""
-        if not self.state.tasks(_AT_HUB):
+        open_tasks = self.state.tasks(_AT_HUB)
+        if not open_tasks:
             return 0
         changed = 0
         listed: set[str] = set()
-        for hub_task in self.hub.unacknowledged_tasks():
+        for hub_task in self.hub.unacknowledged_tasks(wait_s=self._long_poll_s(open_tasks)):
             listed.add(hub_task.client_task_id)
             try:
                 local = self.state.task(hub_task.client_task_id)
@@ -116,6 +117,18 @@ class Deliverer:
         else:
             changed += self._retried_destinations(skip=listed)
         return changed
+
+    def _long_poll_s(self, open_tasks: Sequence[TaskRow]) -> float:
+        """How long the poll may wait at the hub for a change (``[hub] long_poll_s``).
+
+        Only while every open task waits on the hub: a COMPLETED one is being
+        delivered here, and its retries must not wait on the hub. Never past
+        the next reconciliation.
+        """
+        if any(t.state == "COMPLETED" for t in open_tasks):
+            return 0.0
+        until_reconcile = self._reconciled_at + self.settings.reconcile_interval_s - time.time()
+        return max(0.0, min(self.hub.long_poll_s, until_reconcile))
 
     def _retried_destinations(self, skip: set[str]) -> int:
         """Delivered tasks an operator sent back for one destination: asked about at once.

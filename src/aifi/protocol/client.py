@@ -44,6 +44,13 @@ class HubPeer(BaseModel):
     url: str = "http://127.0.0.1:8000"
     token: str = PLACEHOLDER_TOKEN
     poll_interval_s: float = Field(default=0.25, gt=0)
+    long_poll_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=30,
+        description="while every open task waits on the hub, wait this long at the hub for a"
+        " change (long poll, GET /tasks wait_s); 0 polls every poll_interval_s",
+    )
     timeout_s: float = Field(default=30.0, gt=0)
     max_backoff_s: float = Field(default=60.0, gt=0)
 
@@ -66,6 +73,10 @@ class HubClient:
     ) -> None:
         """``on_contact(ok, detail)`` hears the outcome of every request (the status page)."""
         self._on_contact = on_contact
+        self._timeout_s = peer.timeout_s
+        self.long_poll_s = peer.long_poll_s
+        self._long_poll: bool | None = None  # None: not known yet whether the hub takes wait_s
+        self._listing: tuple[str, list[TaskOut]] | None = None  # the last long-polled listing
         self._http = httpx.Client(
             base_url=peer.url.rstrip("/"),
             headers={
@@ -127,24 +138,62 @@ class HubClient:
     def task(self, task_id: str) -> TaskOut:
         return TaskOut.model_validate(self._send("GET", f"/tasks/{task_id}").json())
 
-    def unacknowledged_tasks(self, page_size: int = 500) -> Iterator[TaskOut]:
+    def unacknowledged_tasks(
+        self, page_size: int = 500, *, wait_s: float = 0.0
+    ) -> Iterator[TaskOut]:
         """Every task the hub holds unacknowledged for this hospital, page by page.
 
         Paging on (keyset ``after``) means no number of old, stuck tasks can
-        hide a newer one from the edge.
+        hide a newer one from the edge. With ``wait_s``, a long poll: the hub
+        answers once the listing differs from the last one this client got
+        (``If-None-Match``), or after ``wait_s`` with 304, and then that last
+        listing is answered again. A hub that does not know ``wait_s`` (it
+        refuses unknown filters) is polled plainly from then on.
         """
+        long_poll = wait_s > 0 and self._long_poll is not False
         after: str | None = None
+        etag: str | None = None
+        listing: list[TaskOut] = []
         while True:
             params: dict[str, str | int] = {"acknowledged": "false", "limit": page_size}
+            headers: dict[str, str] = {}
             if after is not None:
                 params["after"] = after
-            page = [
-                TaskOut.model_validate(t) for t in self._send("GET", "/tasks", params=params).json()
-            ]
+            elif long_poll:
+                params["wait_s"] = f"{wait_s:g}"
+                if self._listing is not None:
+                    headers["If-None-Match"] = self._listing[0]
+            try:
+                response = self._send(
+                    "GET",
+                    "/tasks",
+                    params=params,
+                    headers=headers,
+                    timeout=self._timeout_s + (wait_s if "wait_s" in params else 0),
+                )
+            except HubRefused as exc:
+                if "wait_s" in params and exc.status_code in (400, 422) and "wait_s" in str(exc):
+                    logger.info("the hub does not take wait_s (an older hub): polling plainly")
+                    self._long_poll = False
+                    long_poll = False
+                    continue
+                raise
+            if response.status_code == 304 and self._listing is not None:
+                self._long_poll = True
+                yield from self._listing[1]
+                return
+            if "wait_s" in params:
+                self._long_poll = True
+                etag = response.headers.get("etag")
+            page = [TaskOut.model_validate(t) for t in response.json()]
+            if long_poll:
+                listing.extend(page)
             yield from page
             if len(page) < page_size:
-                return
+                break
             after = page[-1].id
+        if long_poll:
+            self._listing = None if etag is None else (etag, listing)
 
     def acknowledge(self, task_id: str, sop_instance_uids: Sequence[str]) -> TaskOut:
         body = Acknowledge(delivered_sop_instance_uids=list(sop_instance_uids))
