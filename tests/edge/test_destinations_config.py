@@ -77,9 +77,9 @@ port = 11112
             "name 'pacs' is used twice",
         ),
         (
-            '[[query_retrieve]]\nmethod = "dicomweb"\nurl = "https://pacs/dicom-web"\n'
+            '[[query_retrieve]]\nmethod = "dicomweb"\nurl = "http://pacs/dicom-web"\n'
             '[query_retrieve.tls]\ncert = "edge.pem"\n',
-            "takes no tls table",
+            "with a tls table needs an https:// url",
         ),
         (
             '[[destinations]]\nname = "vna"\nae_title = "X"\nhost = "h"\nport = 1\n'

@@ -181,7 +181,8 @@ class QueryRetrievePeer(BaseModel):
     tls: TlsSettings | None = Field(
         default=None,
         description="DICOM TLS towards this peer for C-FIND, C-MOVE and C-GET (PS3.15 B.9,"
-        " BCP 195), the same shape as [pacs.tls]",
+        ' BCP 195), the same shape as [pacs.tls]; for method = "dicomweb", HTTPS with the'
+        " hospital's client certificate and CA bundle (url https://)",
     )
 
     @model_validator(mode="after")
@@ -190,8 +191,15 @@ class QueryRetrievePeer(BaseModel):
             raise ValueError('method = "dicomweb" needs url (the PACS\'s DICOMweb base URL)')
         if self.method != "dicomweb" and not self.host:
             raise ValueError(f'method = "{self.method}" needs host and port (the PACS\'s DICOM)')
-        if self.method == "dicomweb" and self.tls is not None:
-            raise ValueError('method = "dicomweb" takes no tls table: give an https:// url instead')
+        if (
+            self.method == "dicomweb"
+            and self.tls is not None
+            and urlsplit(self.url or "").scheme != "https"
+        ):
+            raise ValueError(
+                'method = "dicomweb" with a tls table needs an https:// url (the client'
+                " certificate and CA bundle are for HTTPS)"
+            )
         return self
 
 

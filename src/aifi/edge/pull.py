@@ -25,7 +25,11 @@ the hospital's certificates, as the PACS destination is (:mod:`aifi.edge.tls`).
 
 For a DICOMweb PACS (``method = "dicomweb"``) the same steps are QIDO-RS
 searches and a WADO-RS retrieve (PS3.18 10.6, 10.4), each instance written
-through :meth:`aifi.edge.scp.EdgeReceiver.store_encoded`.
+through :meth:`aifi.edge.scp.EdgeReceiver.store_encoded`. A DICOMweb peer
+with a ``tls`` table (its url https://) is spoken to with the same TLS
+context as DICOM TLS (:func:`aifi.edge.tls.client_context`: TLS 1.2+, the
+PACS checked against the hospital's CA bundle, the hospital's client
+certificate shown), PS3.18 §6.1.1 (HTTPS, BCP 195).
 
 Outcomes are values (:class:`PullOutcome`): a peer that refuses or finds
 nothing is a status with a sentence, not an exception. Only misuse (no
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import ssl
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +48,7 @@ from io import BytesIO
 from typing import Any, Literal
 
 import pydicom
+import requests
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
@@ -52,6 +58,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
+from requests.adapters import HTTPAdapter
 
 from aifi.core.manifest import Priors
 from aifi.dicom.association import answers_to_caller, application_entity
@@ -423,8 +430,6 @@ def _qido(
     peer: QueryRetrievePeer, level: Literal["studies", "series"], query: Dataset
 ) -> list[Dataset]:
     """QIDO-RS search (PS3.18 10.6): the query's keys as filters, the empty ones as fields."""
-    from dicomweb_client.api import DICOMwebClient
-
     filters = {
         e.keyword: str(e.value)
         for e in query
@@ -432,13 +437,15 @@ def _qido(
         and e.value not in ("", None)
     }
     fields = [e.keyword for e in query if e.value in ("", None)]
-    client = DICOMwebClient(url=str(peer.url))
     try:
-        if level == "studies":
-            found = client.search_for_studies(search_filters=filters, fields=fields)
-        else:
-            uid = filters.pop("StudyInstanceUID")
-            found = client.search_for_series(uid, search_filters=filters, fields=fields)
+        with _dicomweb(peer) as client:
+            if level == "studies":
+                found = client.search_for_studies(search_filters=filters, fields=fields)
+            else:
+                uid = filters.pop("StudyInstanceUID")
+                found = client.search_for_series(uid, search_filters=filters, fields=fields)
+    except ConfigError:
+        raise
     except Exception as exc:  # requests' errors, translated once here
         raise _PeerError(f"the QIDO-RS search at {peer.url} failed: {exc}") from exc
     return [Dataset.from_json(item) for item in found]
@@ -448,29 +455,66 @@ def _wado_study(
     settings: EdgeSettings, peer: QueryRetrievePeer, study_uid: str, state: EdgeState
 ) -> tuple[int, int, str]:
     """WADO-RS retrieve of a study (PS3.18 10.4), each instance through the receive path."""
-    from dicomweb_client.api import DICOMwebClient
-
     from aifi.edge.scp import EdgeReceiver
 
     receiver = EdgeReceiver(settings.listener, state, settings.data_dir / "received")
-    client = DICOMwebClient(url=str(peer.url))
     completed = failed = 0
     try:
-        for ds in client.iter_study(study_uid):
-            status = receiver.store_encoded(
-                _encoded(ds),
-                str(ds.file_meta.TransferSyntaxUID),
-                str(ds.SOPClassUID),
-                str(ds.SOPInstanceUID),
-                f"DICOMweb {peer.name or peer.ae_title}",
-            )
-            if status == 0:
-                completed += 1
-            else:
-                failed += 1
+        with _dicomweb(peer) as client:
+            for ds in client.iter_study(study_uid):
+                status = receiver.store_encoded(
+                    _encoded(ds),
+                    str(ds.file_meta.TransferSyntaxUID),
+                    str(ds.SOPClassUID),
+                    str(ds.SOPInstanceUID),
+                    f"DICOMweb {peer.name or peer.ae_title}",
+                )
+                if status == 0:
+                    completed += 1
+                else:
+                    failed += 1
+    except ConfigError:
+        raise
     except Exception as exc:  # requests' errors, translated once here
         return completed, failed, f"the WADO-RS retrieve from {peer.url} failed: {exc}"
     return completed, failed, ""
+
+
+@contextmanager
+def _dicomweb(peer: QueryRetrievePeer) -> Iterator[Any]:
+    """A DICOMweb client of ``peer``; with its ``tls`` table, over that TLS context.
+
+    dicomweb-client speaks through a requests session: the context is given
+    to the session's connection pools for https, so the CA bundle, the client
+    certificate, TLS 1.2+ and the host name check are those of DICOM TLS.
+    The session (its kept-alive connections) is closed after the block.
+    """
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    if peer.tls is not None:
+        context = client_context(peer.tls, f"query_retrieve {peer.name or peer.ae_title}")
+        session.mount("https://", _TlsAdapter(context))
+    try:
+        yield DICOMwebClient(url=str(peer.url), session=session)
+    finally:
+        session.close()
+
+
+class _TlsAdapter(HTTPAdapter):
+    """requests' connection pools with our SSL context (requests then adds no CA file)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(  # called-by: requests' HTTPAdapter.__init__
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        pool_kwargs["ssl_context"] = self._context
+        if not self._context.check_hostname:
+            pool_kwargs["assert_hostname"] = False  # urllib3 would check the name itself
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
 
 
 def _encoded(ds: Dataset) -> bytes:
