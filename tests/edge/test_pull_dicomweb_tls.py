@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -101,14 +102,16 @@ def study(tmp_path: Path) -> tuple[str, list[Path]]:
     return str(datasets[0].StudyInstanceUID), write_study(datasets, tmp_path / "study")
 
 
-@pytest.fixture
-def https_peer(pki: Pki, study: tuple[str, list[Path]]) -> Iterator[tuple[str, TinyDicomweb]]:
+@contextmanager
+def serving(
+    pki: Pki, files: list[Path], host: str = "127.0.0.1"
+) -> Iterator[tuple[str, TinyDicomweb]]:
     """(DICOMweb base URL, the server) over TLS, client certificates from the hospital CA."""
-    server_app = TinyDicomweb(study[1])
+    server_app = TinyDicomweb(files)
     port = free_port()
     config = uvicorn.Config(
         server_app.app,
-        host="127.0.0.1",
+        host=host,
         port=port,
         log_config=None,
         ssl_certfile=str(pki.server_cert),
@@ -124,9 +127,17 @@ def https_peer(pki: Pki, study: tuple[str, list[Path]]) -> Iterator[tuple[str, T
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "https peer did not start"
         time.sleep(0.05)
-    yield f"https://127.0.0.1:{port}/dicom-web", server_app
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"https://{host}:{port}/dicom-web", server_app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def https_peer(pki: Pki, study: tuple[str, list[Path]]) -> Iterator[tuple[str, TinyDicomweb]]:
+    with serving(pki, study[1]) as peer:
+        yield peer
 
 
 def settings_for(tmp_path: Path, url: str, tls: TlsSettings | None) -> EdgeSettings:
@@ -185,6 +196,30 @@ def test_without_the_hospital_client_certificate_nothing_is_pulled(
     finally:
         state.close()
     assert server.requests == []  # the handshake was refused: no request reached the peer
+
+
+def test_check_hostname_false_accepts_a_peer_certificate_for_another_name(
+    tmp_path: Path, pki: Pki, study: tuple[str, list[Path]]
+) -> None:
+    # 127.0.0.2 is loopback too, but not in the peer certificate (localhost, 127.0.0.1)
+    with serving(pki, study[1], host="127.0.0.2") as (url, server):
+        tls = TlsSettings(
+            cert=pki.client_cert, key=pki.client_key, ca_bundle=pki.ca, check_hostname=False
+        )
+        settings = settings_for(tmp_path, url, tls)
+        state = EdgeState(settings.data_dir / "edge.db")
+        try:
+            outcome = pull_study(
+                settings,
+                peer_named(settings, "web"),
+                study_uid=study[0],
+                algorithm_id="bone-age",
+                state=state,
+            )
+        finally:
+            state.close()
+    assert outcome.ok, outcome.detail
+    assert len(server.requests) == 2
 
 
 def test_a_dicomweb_tls_table_is_read_from_edge_toml(tmp_path: Path, pki: Pki) -> None:
