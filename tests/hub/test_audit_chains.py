@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
-from aifi.audit import GENESIS, AuditEvent, chain_hash, verify_jsonl
+from aifi.audit import GENESIS, AuditEvent, Head, chain_hash, verify_jsonl
 from aifi.cli import app
 from aifi.hub.auditing import audit_log
 from aifi.hub.config import HubSettings
@@ -239,6 +240,10 @@ def test_verifying_while_others_append_finds_nothing_but_a_head_set_back_is_foun
         writer.start()
     try:
         found = [log.verify() for _ in range(5)]
+        deadline = time.monotonic() + 10  # h1's chain long enough to set its head back by 2
+        while log.heads().get("hospital:h1", Head(0, GENESIS)).seq < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
     finally:
         stop.set()
         for writer in writers:

@@ -40,7 +40,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -50,8 +50,11 @@ from sqlalchemy import (
     Insert,
     Row,
     Select,
+    Table,
     Update,
     bindparam,
+    delete,
+    func,
     insert,
     select,
     update,
@@ -178,6 +181,133 @@ class SqlAuditLog:
                 time.sleep(delay)
         raise StorageError(f"cannot append to the audit log: {_ATTEMPTS} attempts lost a race")
 
+    def record(
+        self,
+        connection: Connection,
+        action: str,
+        *,
+        actor: str,
+        hospital: str | None = None,
+        task: str | None = None,
+        algorithm: str | None = None,
+        algorithm_version: str | None = None,
+        agreement: str | None = None,
+        correlation_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Write one event as pending in ``connection``'s transaction; returns its pending id.
+
+        The event commits or rolls back with the change it records (a
+        transactional outbox); it enters its chain when :meth:`seal` takes
+        it. Nothing shared is read or locked here: no head, no hash.
+        """
+        pending = self._pending_table()
+        values = {
+            "chain": self._chain_of(hospital),
+            "at": now_iso(),
+            "actor": actor,
+            "action": action,
+            "hospital": hospital,
+            "task": task,
+            "algorithm": algorithm,
+            "algorithm_version": algorithm_version,
+            "agreement": agreement,
+            "correlation_id": correlation_id,
+            "detail": json.dumps(dict(detail or {}), sort_keys=True, ensure_ascii=False),
+        }
+        key = connection.execute(insert(pending).values(values)).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def pending(self) -> int:
+        """How many committed events wait to be sealed into their chains."""
+        pending = self._pending_table()
+        with self._engine.connect() as connection:
+            return int(connection.scalar(select(func.count()).select_from(pending)) or 0)
+
+    def seal(self, ids: Iterable[int] | None = None, *, limit: int | None = None) -> int:
+        """Append pending events to their chains, each exactly once; how many this call sealed.
+
+        ``ids``: those events (the ones a process has just committed), in
+        that order; None: every pending event in pending-id order (the
+        janitor), at most ``limit``. Each event is claimed, deleted from the
+        pending table and appended to its chain in one transaction: claimed
+        ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (an event another sealer
+        holds is skipped, and gone once it commits), under SQLite's one
+        writer (the delete comes first and takes the write lock). An event
+        already sealed by another process is skipped.
+        """
+        pending = self._pending_table()
+        sealed = 0
+        if ids is not None:
+            for pending_id in ids:
+                sealed += self._seal_one(pending_id)
+            return sealed
+        last = 0
+        while limit is None or sealed < limit:
+            batch = 500 if limit is None else min(500, limit - sealed)
+            query = (
+                select(pending.c.id).where(pending.c.id > last).order_by(pending.c.id).limit(batch)
+            )
+            with self._engine.connect() as connection:
+                found = [int(i) for i in connection.scalars(query)]
+            if not found:
+                break
+            for pending_id in found:
+                sealed += self._seal_one(pending_id)
+            last = found[-1]
+        return sealed
+
+    def _seal_one(self, pending_id: int) -> int:
+        """Seal one pending event; 1 if this call appended it, 0 if it was gone or taken."""
+        pending = self._pending_table()
+        claim = select(pending).where(pending.c.id == pending_id).with_for_update(skip_locked=True)
+        with self._engine.connect() as connection:  # its chain, to lock before writing
+            chain = connection.scalar(select(pending.c.chain).where(pending.c.id == pending_id))
+        if chain is None:
+            return 0
+        with self._locks(str(chain)):
+            return self._claim_and_append(pending_id, claim)
+
+    def _claim_and_append(self, pending_id: int, claim: Select[Any]) -> int:
+        pending = self._pending_table()
+        failures = 0
+        for attempt in range(_ATTEMPTS):
+            delay = min(0.001 * (attempt + 1), 0.05)
+            try:
+                with self._engine.begin() as connection:
+                    row = connection.execute(claim).first()
+                    if row is None:
+                        return 0
+                    # the delete is the claim: on SQLite it takes the write lock before the
+                    # head is read; a sealer that lost finds the row gone
+                    gone = connection.execute(delete(pending).where(pending.c.id == pending_id))
+                    if gone.rowcount != 1:
+                        return 0
+                    fields = {k: v for k, v in row._mapping.items() if k not in ("id", "chain")}
+                    try:
+                        fields["detail"] = json.loads(fields["detail"])
+                    except (TypeError, ValueError):
+                        fields["detail"] = {"unreadable": str(fields["detail"])}
+                    self._append(connection, str(row.chain), fields)
+                    return 1
+            except (_LostRaceError, IntegrityError):
+                pass
+            except DBAPIError as exc:
+                if not _busy(exc):
+                    failures += 1
+                    if not self._transient(exc) or failures > _TRANSIENT_ATTEMPTS:
+                        raise StorageError(f"cannot seal audit events: {exc}") from exc
+                    delay = 0.05 * 2 ** (failures - 1)
+                    logger.warning("sealing audit event %d retried: %s", pending_id, exc.orig)
+            time.sleep(delay)
+        raise StorageError(f"cannot seal audit events: {_ATTEMPTS} attempts lost a race")
+
+    def _pending_table(self) -> Table:
+        if self._tables.pending is None:
+            raise StorageError("this audit store keeps no pending events")
+        return self._tables.pending
+
     def _append(self, connection: Connection, chain: str, fields: dict[str, Any]) -> AuditEvent:
         statements = _statements(self._tables)
         current = connection.execute(statements.lock_head, {"chain": chain}).first()
@@ -185,14 +315,14 @@ class SqlAuditLog:
             connection.execute(statements.open_head, {"chain": chain, "seq": 0, "hash": GENESIS})
             if self._root is not None and chain != self._root:
                 opening = {**fields, "action": CHAIN_OPENED, "hospital": None, "task": None}
+                opening.pop("at", None)
                 opening.update(algorithm=None, algorithm_version=None, agreement=None)
                 self._append(connection, self._root, {**opening, "detail": {"chain": chain}})
             last = Head(0, GENESIS)
         else:
             last = Head(int(current.seq), str(current.hash))
-        draft = AuditEvent(
-            seq=last.seq + 1, at=now_iso(), chain=chain, prev_hash=last.hash, **fields
-        )
+        at = fields.pop("at", None) or now_iso()  # a pending event keeps the time of its change
+        draft = AuditEvent(seq=last.seq + 1, at=at, chain=chain, prev_hash=last.hash, **fields)
         event = AuditEvent(**{**_fields_of(draft), "hash": chain_hash(last.hash, draft.body())})
         connection.execute(statements.insert_event, _row_values(event))
         moved = connection.execute(

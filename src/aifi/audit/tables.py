@@ -1,6 +1,7 @@
 """The two tables audit chains live in, for any SQL database (SQLAlchemy Core).
 
 ``audit_events`` holds the events, one row per chain and sequence number;
+``audit_pending`` (optional) the events committed but not yet sealed;
 ``audit_head`` holds one row per chain: its last sequence number and hash,
 updated in the same transaction as each append to that chain (it
 serializes the appends of one chain, and only of that chain, and detects a
@@ -33,15 +34,21 @@ CHAIN_NAME_LENGTH = 80
 
 
 class AuditTables:
-    """The events and head tables of a store's chains."""
+    """The events and head tables of a store's chains, and its pending events if it has them."""
 
-    def __init__(self, events: Table, head: Table) -> None:
+    def __init__(self, events: Table, head: Table, pending: Table | None = None) -> None:
         self.events = events
         self.head = head
+        self.pending = pending
 
 
-def define_audit_tables(metadata: MetaData) -> AuditTables:
-    """Add ``audit_events`` and ``audit_head`` to ``metadata``."""
+def define_audit_tables(metadata: MetaData, *, pending: bool = False) -> AuditTables:
+    """Add ``audit_events`` and ``audit_head`` to ``metadata``; ``audit_pending`` too if asked.
+
+    ``audit_pending`` (the hub's, schema 0012) holds events written in the
+    transaction of the change they record, not yet sealed into their chain:
+    no hash, no sequence number, so writing one touches no shared row.
+    """
     events = Table(
         "audit_events",
         metadata,
@@ -73,4 +80,22 @@ def define_audit_tables(metadata: MetaData) -> AuditTables:
         Column("hash", String(64), nullable=False),
         PrimaryKeyConstraint("chain", name="audit_head_pkey"),
     )
-    return AuditTables(events, head)
+    if not pending:
+        return AuditTables(events, head)
+    outbox = Table(
+        "audit_pending",
+        metadata,
+        Column("id", _SEQ, primary_key=True, autoincrement=True),
+        Column("chain", String(CHAIN_NAME_LENGTH), nullable=False),
+        Column("at", String(40), nullable=False),
+        Column("actor", String(200), nullable=False),
+        Column("action", String(64), nullable=False),
+        Column("hospital", String(64)),
+        Column("task", String(64)),
+        Column("algorithm", String(64)),
+        Column("algorithm_version", String(64)),
+        Column("agreement", String(200)),
+        Column("correlation_id", String(64)),
+        Column("detail", Text, nullable=False),
+    )
+    return AuditTables(events, head, outbox)

@@ -7,10 +7,24 @@ of the hospital it concerns (``hospital:<id>``), or to the hub's own chain
 events from before schema 0008 stay in chain ``main``. Hospitals therefore
 never wait for one another to append, and each hospital's trail verifies on
 its own (the design is argued in :mod:`aifi.audit.store` and
-``docs/audit.md``). Append an event only after the change it records is
-committed: the chain is written on its own connection, and an open write
-transaction on SQLite would make it wait. PostgreSQL's transient failures
-(:func:`aifi.hub.db.is_transient`) make the append run again.
+``docs/audit.md``).
+
+An event that records a change is written with :func:`record` in the
+change's own transaction, as a pending row (``audit_pending``: no hash, no
+head, nothing shared locked), so it is committed exactly when the change is.
+Right after that commit the same process seals it into its chain (a
+session ``after_commit`` hook: ``/audit`` stays current within
+milliseconds); an event left pending by a process that died in between is
+sealed by the janitor (:func:`seal_pending`), each exactly once. Events
+with no change of their own (a refusal) may still be appended directly
+(:meth:`SqlAuditLog.append`), after any commit: the chain is written on its
+own connection, and an open write transaction on SQLite would make it wait.
+PostgreSQL's transient failures (:func:`aifi.hub.db.is_transient`) make a
+seal or an append run again.
+
+``AIFI_TEST_KILL_AFTER_COMMIT=ACTION:N`` (tests only) makes the process
+kill itself (SIGKILL) right after committing its N-th transaction holding a
+pending ``ACTION`` event, before sealing it: the crash the outbox is for.
 
 Actions recorded: ``stow.received``, ``stow.refused``, ``task.created``,
 ``task.refused``, ``run.started``, ``run.completed``, ``run.canceled``,
@@ -24,14 +38,36 @@ Actions recorded: ``stow.received``, ``stow.refused``, ``task.created``,
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+import logging
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
 from aifi.audit.store import ChainLocks, SqlAuditLog
 from aifi.hub.db import is_transient
 from aifi.hub.models import AUDIT_TABLES
 
-__all__ = ["HUB_CHAIN", "SYSTEM_ACTOR", "audit_log", "audit_log_of", "chain_of"]
+__all__ = [
+    "HUB_CHAIN",
+    "SYSTEM_ACTOR",
+    "audit_log",
+    "audit_log_of",
+    "chain_of",
+    "record",
+    "seal_pending",
+]
+
+logger = logging.getLogger(__name__)
+
+_PENDING = "aifi.audit.pending"  # session.info: (pending id, action) written in this transaction
+_FAULT = "AIFI_TEST_KILL_AFTER_COMMIT"
+_fault_count = 0
+_fault_guard = threading.Lock()
 
 SYSTEM_ACTOR = "hub"
 """The actor of what the hub does by itself (workers, retention)."""
@@ -64,3 +100,76 @@ def audit_log_of(session: Session) -> SqlAuditLog:
     bind = session.get_bind()
     engine = bind if isinstance(bind, Engine) else bind.engine
     return audit_log(engine)
+
+
+def record(
+    session: Session,
+    action: str,
+    *,
+    actor: str,
+    hospital: str | None = None,
+    task: str | None = None,
+    algorithm: str | None = None,
+    algorithm_version: str | None = None,
+    agreement: str | None = None,
+    correlation_id: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """Write an audit event in ``session``'s transaction; sealed into its chain after commit.
+
+    Call it before the commit of the change the event records: both are
+    committed, or neither. A rollback drops the event with the change.
+    """
+    pending_id = audit_log_of(session).record(
+        session.connection(),
+        action,
+        actor=actor,
+        hospital=hospital,
+        task=task,
+        algorithm=algorithm,
+        algorithm_version=algorithm_version,
+        agreement=agreement,
+        correlation_id=correlation_id,
+        detail=detail,
+    )
+    session.info.setdefault(_PENDING, []).append((pending_id, action))
+
+
+def seal_pending(engine: Engine, *, limit: int | None = None) -> int:
+    """Seal every event left pending (the janitor's duty), in pending-id order; how many."""
+    sealed = audit_log(engine).seal(limit=limit)
+    if sealed:
+        logger.info("audit: sealed %d events left pending by a process that stopped", sealed)
+    return sealed
+
+
+@event.listens_for(Session, "after_commit")
+def _seal_committed(session: Session) -> None:
+    written: list[tuple[int, str]] = session.info.pop(_PENDING, [])
+    if not written:
+        return
+    _fault_hook(written)
+    try:
+        audit_log_of(session).seal(pending_id for pending_id, _action in written)
+    except Exception:  # committed and durable: the janitor seals what is left
+        logger.exception("audit events %s left pending for the janitor", [i for i, _ in written])
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_rolled_back(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def _fault_hook(written: list[tuple[int, str]]) -> None:
+    global _fault_count
+    fault = os.environ.get(_FAULT)
+    if not fault:
+        return
+    action, _, nth = fault.partition(":")
+    if not any(a == action for _i, a in written):
+        return
+    with _fault_guard:
+        _fault_count += 1
+        if _fault_count >= int(nth or 1):
+            logger.warning("%s: killing this process before sealing", _FAULT)
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -41,7 +41,7 @@ from aifi.dicom.status import (
     stow_http_status,
 )
 from aifi.errors import StorageError
-from aifi.hub.auditing import audit_log_of
+from aifi.hub.auditing import record
 from aifi.hub.drift import input_statistics
 from aifi.hub.models import Instance, Refusal, utcnow
 from aifi.hub.storage import ObjectStore, is_uid, object_key
@@ -153,16 +153,17 @@ def store_parts(
             outcome.stored.append(result)
     for failed in outcome.failed:
         _record_refusal(session, hospital_id, failed)
-    session.commit()
+    _audit(session, hospital_id, outcome)
+    session.commit()  # the refusals and the request's event, together
     for part in parts:
         part.path.unlink(missing_ok=True)
-    _audit(session, hospital_id, outcome)
     return outcome
 
 
 def _audit(session: Session, hospital_id: str, outcome: StoreOutcome) -> None:
     new = [s for s in outcome.stored if s.size]
-    audit_log_of(session).append(
+    record(
+        session,
         "stow.received" if outcome.stored else "stow.refused",
         actor=f"hospital:{hospital_id}",
         hospital=hospital_id,

@@ -4,7 +4,11 @@
   ``janitor_interval_s``: a task whose worker died goes back to the queue —
   or is canceled after ``max_attempts`` runs — each audited;
 * the **retention purge** (:func:`aifi.hub.retention.purge`) every
-  ``purge_interval_s``.
+  ``purge_interval_s``;
+* **sealing** (:func:`aifi.hub.auditing.seal_pending`) every
+  ``janitor_interval_s``, and once as it becomes active: audit events a
+  process committed with their change but died before sealing into their
+  chain, appended in pending-id order, each exactly once.
 
 Exactly one janitor is active: it holds :data:`JANITOR_LOCK` through
 :func:`aifi.hub.db.exclusive` (a PostgreSQL session advisory lock, a
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
+from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of, seal_pending
 from aifi.hub.config import HubSettings
 from aifi.hub.db import SessionFactory, exclusive, retrying
 from aifi.hub.leases import ReapReport, reap
@@ -117,6 +121,10 @@ class Janitor:
             self._requeued(report.requeued)
         return report
 
+    def seal_once(self) -> int:
+        """Seal the audit events left pending; how many were sealed."""
+        return seal_pending(self._engine)
+
     def purge_once(self) -> PurgeReport:
         # deleting twice is harmless, so a purge may run again from the start
         return retrying(self._sessions, lambda s: purge(s, self._store, self._settings))
@@ -134,7 +142,7 @@ class Janitor:
             self._stop.wait(interval)
 
     def _duties(self) -> None:
-        logger.info("janitor active: reaping leases and applying retention")
+        logger.info("janitor active: sealing audit events, reaping leases, applying retention")
         self.active.set()
         now = time.monotonic()
         reaping = _Due(self._settings.janitor_interval_s, now)
@@ -142,6 +150,7 @@ class Janitor:
         while not self._stop.is_set():
             now = time.monotonic()
             if reaping.now_due(now):
+                self._guarded("audit sealing", self.seal_once)
                 self._guarded("lease reaper", self.reap_once)
             if purging.now_due(now):
                 self._guarded("retention purge", self.purge_once)

@@ -338,8 +338,8 @@ class Refusal(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-AUDIT_TABLES = define_audit_tables(Base.metadata)
-"""The hub's audit chain lives in its own database, migrated with the rest."""
+AUDIT_TABLES = define_audit_tables(Base.metadata, pending=True)
+"""The hub's audit chains (and pending events) live in its own database, migrated with the rest."""
 
 
 class HospitalContact(Base):

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Exists, Select, and_, exists, or_, select
 from sqlalchemy.orm import Session
 
-from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
+from aifi.hub.auditing import SYSTEM_ACTOR, record
 from aifi.hub.config import HubSettings
 from aifi.hub.models import Instance, Result, Task, TaskInput, utcnow
 from aifi.hub.storage import ObjectStore
@@ -126,12 +126,12 @@ def _purge_images(
     for instance in images:
         store.delete(instance.object_key)
         instance.purged_at = now
-    session.commit()
     by_hospital: dict[str, list[Instance]] = defaultdict(list)
     for instance in images:
         by_hospital[instance.hospital_id].append(instance)
     for hospital_id, purged in sorted(by_hospital.items()):
-        audit_log_of(session).append(
+        record(
+            session,
             "purge.images",
             actor=SYSTEM_ACTOR,
             hospital=hospital_id,
@@ -142,6 +142,7 @@ def _purge_images(
                 "reasons": dict(Counter(reasons[i.id] for i in purged)),
             },
         )
+    session.commit()  # purged_at and the purge events, together
     logger.info("retention: deleted %d input instances", len(images))
     return len(images), sum(i.size for i in images)
 
@@ -154,12 +155,12 @@ def _purge_results(
     for result in results:
         store.delete(result.object_key)
         result.purged_at = now
-    session.commit()
     by_hospital: dict[str, list[Result]] = defaultdict(list)
     for result in results:
         by_hospital[result.hospital_id].append(result)
     for hospital_id, purged in sorted(by_hospital.items()):
-        audit_log_of(session).append(
+        record(
+            session,
             "purge.results",
             actor=SYSTEM_ACTOR,
             hospital=hospital_id,
@@ -170,5 +171,6 @@ def _purge_results(
                 "unacknowledged": sum(1 for r in purged if not r.task.acknowledged),
             },
         )
+    session.commit()
     logger.info("retention: deleted %d result objects", len(results))
     return sum(r.size for r in results)

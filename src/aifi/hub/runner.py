@@ -49,7 +49,7 @@ from aifi.algorithms.base import (
 from aifi.algorithms.findings_json import findings_to_json
 from aifi.algorithms.selection import select_inputs
 from aifi.errors import AlgorithmError, InputNotAccepted
-from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
+from aifi.hub.auditing import SYSTEM_ACTOR, record
 from aifi.hub.db import SessionFactory, retrying
 from aifi.hub.executor import EncodedResult, Executor, Job, LeaseLost, Outcome, ThreadExecutor
 from aifi.hub.leases import claim, fence, release, renew, worker_identity
@@ -202,11 +202,11 @@ class TaskRunner:
                 for study, group in by_study.items()
             ),
         )
-        session.commit()
         detail: dict[str, Any] = {"inputs": len(links), "worker": self.worker}
         if loaded.priors:
             detail["prior_studies"] = len(loaded.priors)
         _audit(session, loaded, "run.started", detail)
+        session.commit()
         return loaded
 
     @contextlib.contextmanager
@@ -294,7 +294,6 @@ class TaskRunner:
         task.reason = None
         task.lease_until = None
         task.compute_seconds = time.perf_counter() - started
-        session.commit()
         _audit(
             session,
             loaded,
@@ -315,6 +314,7 @@ class TaskRunner:
                 "execution_provider": findings.details.get("execution_provider"),
             },
         )
+        session.commit()  # results, COMPLETED and their two events, together
         return True
 
     def _cancel(self, task_id: str, reason: str, started: float) -> None:
@@ -328,8 +328,8 @@ class TaskRunner:
             task.reason = reason[:2000]
             task.lease_until = None
             task.compute_seconds = time.perf_counter() - started
-            session.commit()
-            audit_log_of(session).append(
+            record(
+                session,
                 "run.canceled",
                 actor=SYSTEM_ACTOR,
                 hospital=task.hospital_id,
@@ -340,6 +340,7 @@ class TaskRunner:
                 correlation_id=task.correlation_id,
                 detail={"reason": task.reason},
             )
+            session.commit()
             return True
 
         if retrying(self._sessions, work):
@@ -412,7 +413,8 @@ def earlier_result_series(session: Session, task: Task) -> int:
 
 
 def _audit(session: Session, loaded: _Loaded, action: str, detail: dict[str, Any]) -> None:
-    audit_log_of(session).append(
+    record(
+        session,
         action,
         actor=SYSTEM_ACTOR,
         hospital=loaded.hospital_id,

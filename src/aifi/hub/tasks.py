@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, object_session
 from aifi.algorithms.base import Algorithm, Manifest
 from aifi.core.tasks import can_move
 from aifi.errors import AlgorithmError
-from aifi.hub.auditing import audit_log_of
+from aifi.hub.auditing import audit_log_of, record
 from aifi.hub.catalog import select_version
 from aifi.hub.models import INPUT_CURRENT, INPUT_PRIOR, Instance, Result, Task, TaskInput, utcnow
 from aifi.hub.storage import ObjectStore
@@ -224,30 +224,32 @@ def create_task(
     )
     session.add(task)
     try:
-        session.commit()
+        session.flush()  # the task's id, for its event; a twin client_task_id fails here
+        record(
+            session,
+            "task.created",
+            actor=f"hospital:{hospital_id}",
+            hospital=hospital_id,
+            task=task.id,
+            algorithm=task.algorithm_id,
+            algorithm_version=task.algorithm_version,
+            agreement=task.agreement_reference,
+            correlation_id=task.correlation_id,
+            detail={
+                "instances": len(instances),
+                "bytes": sum(i.size for i in instances),
+                "subscription": subscription.id,
+                "prior_studies": len(request.prior_studies),
+                "prior_instances": len(priors),
+            },
+        )
+        session.commit()  # the task and its task.created event, together
     except IntegrityError:  # the same client_task_id arrived twice at once
         session.rollback()
         existing = _find_by_client_id(session, hospital_id, request.client_task_id)
         if existing is None:
             raise
         return existing, False
-    audit_log_of(session).append(
-        "task.created",
-        actor=f"hospital:{hospital_id}",
-        hospital=hospital_id,
-        task=task.id,
-        algorithm=task.algorithm_id,
-        algorithm_version=task.algorithm_version,
-        agreement=task.agreement_reference,
-        correlation_id=task.correlation_id,
-        detail={
-            "instances": len(instances),
-            "bytes": sum(i.size for i in instances),
-            "subscription": subscription.id,
-            "prior_studies": len(request.prior_studies),
-            "prior_instances": len(priors),
-        },
-    )
     logger.info("task %s scheduled: %s on %d instances", task.id, manifest.id, len(instances))
     return task, True
 
@@ -420,8 +422,8 @@ def acknowledge_task(
         task.acknowledged = True
         task.acknowledged_at = utcnow()
         task.delivered_sop_instance_uids = sorted(ack.delivered_sop_instance_uids)
-        session.commit()
-        audit_log_of(session).append(
+        record(
+            session,
             "task.acknowledged",
             actor=f"hospital:{hospital_id}",
             hospital=hospital_id,
@@ -432,6 +434,7 @@ def acknowledge_task(
             correlation_id=task.correlation_id,
             detail={"delivered": len(ack.delivered_sop_instance_uids)},
         )
+        session.commit()
         logger.info("task %s acknowledged by the edge", task.id)
     return task
 
@@ -455,8 +458,8 @@ def rerun_task(session: Session, task_id: str, *, actor: str) -> Task | TaskRefu
     task.lease_until = None
     task.attempts = 0
     task.updated_at = utcnow()
-    session.commit()
-    audit_log_of(session).append(
+    record(
+        session,
         "task.rerun",
         actor=actor,
         hospital=task.hospital_id,
@@ -467,5 +470,6 @@ def rerun_task(session: Session, task_id: str, *, actor: str) -> Task | TaskRefu
         correlation_id=task.correlation_id,
         detail={"previous_reason": previous},
     )
+    session.commit()
     logger.info("task %s scheduled again by %s", task.id, actor)
     return task

@@ -54,7 +54,9 @@ def verify(_reader: Reader, context: ContextDep) -> dict[str, Any]:
     """Check every chain: ``intact``, each problem with its chain and sequence number.
 
     ``head`` seals the whole trail (events of all chains, SHA-256 over every
-    chain's head); ``chains`` gives each chain's own head.
+    chain's head); ``chains`` gives each chain's own head; ``pending`` counts
+    events committed but not sealed into their chain yet (the janitor seals
+    what a stopped process left).
     """
     log = audit_log(context.engine)
     problems = log.verify()
@@ -65,6 +67,7 @@ def verify(_reader: Reader, context: ContextDep) -> dict[str, Any]:
         "problems": problems,
         "head": None if head is None else {"seq": head.seq, "hash": head.hash},
         "events": log.count(),
+        "pending": log.pending(),
         "chains": {name: {"seq": h.seq, "hash": h.hash} for name, h in sorted(heads.items())},
     }
 

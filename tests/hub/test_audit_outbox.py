@@ -1,0 +1,199 @@
+"""An audit event is committed with the change it records, and sealed into its chain once.
+
+Runs on SQLite and on PostgreSQL. What an auditor checks: a hub process
+killed (SIGKILL) right after committing a task and before sealing its
+event loses nothing — the janitor (``aifi hub janitor``) seals it, every
+committed task has exactly one ``task.created`` in its hospital's chain and
+the trail verifies; several sealers at once append each pending event once,
+in pending-id order; a rolled-back change leaves no event.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+from typer.testing import CliRunner
+
+from aifi.algorithms.base import Algorithm, Manifest
+from aifi.audit.store import ChainLocks, SqlAuditLog
+from aifi.cli import app as cli
+from aifi.hub.app import create_app
+from aifi.hub.auditing import audit_log, chain_of, record
+from aifi.hub.config import HubSettings
+from aifi.hub.db import is_transient, make_engine, make_sessions, migrate
+from aifi.hub.models import AUDIT_TABLES
+from aifi.netutil import free_port
+
+from .conftest import Hub, serving
+
+
+@pytest.fixture
+def engine(settings: HubSettings) -> Iterator[Engine]:
+    engine = make_engine(settings.effective_database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def _wait_for_api(api: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert api.poll() is None, log.read_text()
+        try:
+            httpx.get(f"{url}/openapi.json")
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "the API did not start in 60 s"
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_hub_api_killed_between_commit_and_sealing_loses_no_task_created_event(
+    settings: HubSettings,
+    resolver: Callable[[str], Algorithm],
+    manifests: Callable[[], list[Manifest]],
+    engine: Engine,
+    token_a: str,
+    auditor_token: str,
+    study: tuple[str, list[Path]],
+    tmp_path: Path,
+) -> None:
+    study_uid, files = study
+    sops = [f.stem for f in files]
+    port = free_port()
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        f'[hub]\ndata_dir = "{settings.data_dir}"\nport = {port}\njanitor_interval_s = 0.2\n',
+        encoding="utf-8",
+    )
+    aifi = [sys.executable, "-m", "aifi", "hub"]
+    log = tmp_path / "api.log"
+    local = create_app(settings, algorithms=resolver, manifests=manifests, role="api")
+    with serving(local, settings) as client:
+        hub = Hub(client, settings)
+        assert hub.stow(token_a, files).status_code == 200
+        # a real API process that kills itself after committing its third task
+        crash = {**os.environ, "AIFI_TEST_KILL_AFTER_COMMIT": "task.created:3"}
+        with log.open("wb") as out:
+            api = subprocess.Popen(
+                [*aifi, "api", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                env=crash,
+            )  # fmt: skip
+        try:
+            _wait_for_api(api, f"http://127.0.0.1:{port}", log)
+            remote = Hub(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30), settings)
+            client_ids = [uuid.uuid4().hex for _ in range(3)]
+            for client_id in client_ids[:2]:
+                answer = remote.create_task(token_a, study_uid, sops, client_task_id=client_id)
+                assert answer.status_code == 201, answer.text
+            with pytest.raises(httpx.TransportError):
+                remote.create_task(token_a, study_uid, sops, client_task_id=client_ids[2])
+            assert api.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if api.poll() is None:
+                api.kill()
+                api.wait(timeout=30)
+
+        # the third task was committed, its event with it, but not sealed
+        tasks = client.get("/tasks", headers=hub.auth(token_a)).json()
+        assert len(tasks) == 3
+        as_auditor = hub.auth(auditor_token)
+        verified = client.get("/audit/verify", headers=as_auditor).json()
+        assert verified["intact"] is True, verified["problems"]
+        assert verified["pending"] == 1
+        # the edge sends the lost request again: found, and no second event
+        again = hub.create_task(token_a, study_uid, sops, client_task_id=client_ids[2])
+        assert again.status_code == 200
+        assert again.json()["id"] == tasks[2]["id"]
+
+        janitor = subprocess.Popen(
+            [*aifi, "janitor", "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while audit_log(engine).pending():
+                assert janitor.poll() is None, "the janitor stopped"
+                assert time.monotonic() < deadline, "the janitor did not seal in 60 s"
+                time.sleep(0.1)
+        finally:
+            janitor.send_signal(signal.SIGTERM)
+            janitor.wait(timeout=60)
+
+        events = client.get("/audit", headers=as_auditor).json()
+        created = Counter(e["task"] for e in events if e["action"] == "task.created")
+        assert created == {t["id"]: 1 for t in tasks}
+        verified = client.get("/audit/verify", headers=as_auditor).json()
+        assert verified["intact"] is True, verified["problems"]
+        assert verified["pending"] == 0
+    verify = CliRunner().invoke(cli, ["audit", "verify", "--hub-config", str(config)])
+    assert verify.exit_code == 0, verify.output
+
+
+def test_concurrent_sealers_append_each_pending_event_once_in_pending_order(
+    engine: Engine,
+) -> None:
+    url = engine.url.render_as_string(hide_password=False)
+    hospitals = ["h0", "h1", "h2"]
+    log = audit_log(engine)
+    with engine.begin() as connection:  # committed by a process that died before sealing
+        for n in range(150):
+            log.record(connection, "task.created", actor="test", hospital=hospitals[n % 3],
+                       detail={"n": n})  # fmt: skip
+    assert log.pending() == 150
+
+    sealed: list[int] = []
+
+    def seal() -> None:  # a process of its own: its engine, its locks
+        other = make_engine(url)
+        try:
+            store = SqlAuditLog(other, AUDIT_TABLES, chain_of=chain_of, root="hub",
+                                locks=ChainLocks(), transient=is_transient)  # fmt: skip
+            sealed.append(store.seal())
+        finally:
+            other.dispose()
+
+    threads = [threading.Thread(target=seal) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(sealed) == 150
+    assert log.pending() == 0
+    assert log.verify() == []
+    for h, hospital in enumerate(hospitals):
+        numbers = [e.detail["n"] for e in log.events(chain=f"hospital:{hospital}")
+                   if e.action == "task.created"]  # fmt: skip
+        assert numbers == list(range(h, 150, 3))  # each once, in pending-id order
+
+
+def test_a_rolled_back_change_leaves_no_event_and_a_committed_one_is_sealed_at_once(
+    engine: Engine,
+) -> None:
+    log = audit_log(engine)
+    before = log.count()
+    with make_sessions(engine)() as session:
+        record(session, "task.created", actor="test", hospital="h9", task="t-rolled-back")
+        session.rollback()
+        record(session, "task.created", actor="test", hospital="h9", task="t-committed")
+        session.commit()
+    assert log.pending() == 0
+    tasks = [e.task for e in log.events(chain="hospital:h9")]
+    assert tasks == [None, "t-committed"] or tasks == ["t-committed"]
+    assert log.count() == before + 2  # the event and the hub chain's note of the new chain
+    with engine.connect() as connection:
+        left = connection.execute(text("SELECT count(*) FROM audit_pending")).scalar()
+    assert left == 0
