@@ -63,9 +63,10 @@ NO_UNIT = NO_UNITS
 LUNG_HU = (-950.0, -600.0)
 MIN_LUNG_SLICE_FRACTION = 0.3
 MAX_LOCATIONS = 5
-BATCH = 8
+BATCH = 4
 """Slices per model call. ONNX Runtime's activations cost about 4 MB a slice (32 a call:
-255 MB peak for the run on 100 slices, 8: 135 MB); the heatmaps do not depend on it."""
+255 MB peak for the run on 100 slices, 8: 135 MB; on 600 slices after the standard tables
+are loaded, 8: 276 MB, 4: 255 MB, at the same CPU time); the heatmaps do not depend on it."""
 
 
 def lung_coverage(hu: np.ndarray) -> float:
