@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy import event as sqlevent
 from typer.testing import CliRunner
 
 from aifi.algorithms.base import Algorithm, Manifest
@@ -37,6 +38,7 @@ from aifi.hub.models import AUDIT_TABLES
 from aifi.netutil import free_port
 
 from .conftest import Hub, serving
+from .test_retrying import DropConnection
 
 
 @pytest.fixture
@@ -45,6 +47,19 @@ def engine(settings: HubSettings) -> Iterator[Engine]:
     migrate(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def live(
+    settings: HubSettings,
+    engine: Engine,
+    resolver: Callable[[str], Algorithm],
+    manifests: Callable[[], list[Manifest]],
+) -> Iterator[tuple[Hub, Engine]]:
+    """A served hub and the engine it writes with (whose connections a test drops)."""
+    app = create_app(settings, algorithms=resolver, manifests=manifests, role="api")
+    with serving(app, settings) as client:
+        yield Hub(client, settings), app.state.hub.engine
 
 
 def _wait_for_api(api: subprocess.Popen[bytes], url: str, log: Path) -> None:
@@ -93,13 +108,14 @@ def test_a_hub_api_killed_between_commit_and_sealing_loses_no_task_created_event
             )  # fmt: skip
         try:
             _wait_for_api(api, f"http://127.0.0.1:{port}", log)
-            remote = Hub(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30), settings)
             client_ids = [uuid.uuid4().hex for _ in range(3)]
-            for client_id in client_ids[:2]:
-                answer = remote.create_task(token_a, study_uid, sops, client_task_id=client_id)
-                assert answer.status_code == 201, answer.text
-            with pytest.raises(httpx.TransportError):
-                remote.create_task(token_a, study_uid, sops, client_task_id=client_ids[2])
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                remote = Hub(http, settings)
+                for client_id in client_ids[:2]:
+                    answer = remote.create_task(token_a, study_uid, sops, client_task_id=client_id)
+                    assert answer.status_code == 201, answer.text
+                with pytest.raises(httpx.TransportError):
+                    remote.create_task(token_a, study_uid, sops, client_task_id=client_ids[2])
             assert api.wait(timeout=30) == -signal.SIGKILL
         finally:
             if api.poll() is None:
@@ -197,3 +213,56 @@ def test_a_rolled_back_change_leaves_no_event_and_a_committed_one_is_sealed_at_o
     with engine.connect() as connection:
         left = connection.execute(text("SELECT count(*) FROM audit_pending")).scalar()
     assert left == 0
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("statement", ["INSERT INTO audit_pending", "INSERT INTO audit_events"])
+def test_a_task_whose_connection_drops_at_its_event_is_created_once_with_one_event(
+    live: tuple[Hub, Engine],
+    engine: Engine,
+    token_a: str,
+    study: tuple[str, list[Path]],
+    statement: str,
+) -> None:
+    hub, served = live
+    if hub.settings.database_url is None:
+        pytest.skip("a dropped connection is PostgreSQL's")
+    study_uid, files = study
+    assert hub.stow(token_a, files).status_code == 200
+    drop = DropConnection(hub.settings.database_url, statement)
+    sqlevent.listen(served, "before_cursor_execute", drop)
+    try:
+        created = hub.create_task(token_a, study_uid, [f.stem for f in files])
+    finally:
+        sqlevent.remove(served, "before_cursor_execute", drop)
+    assert drop.dropped == 1
+    assert created.status_code == 201, created.text
+    log = audit_log(engine)
+    assert [e.task for e in log.events(action="task.created")] == [created.json()["id"]]
+    assert log.pending() == 0
+    assert log.verify() == []
+
+
+@pytest.mark.postgresql
+def test_a_token_revoked_while_the_connection_drops_is_revoked_once(
+    live: tuple[Hub, Engine], engine: Engine, token_a: str, operator_token: str
+) -> None:
+    hub, served = live
+    if hub.settings.database_url is None:
+        pytest.skip("a dropped connection is PostgreSQL's")
+    as_operator = hub.auth(operator_token)
+    principals = hub.client.get("/principals", headers=as_operator).json()
+    hospital = next(p for p in principals if p["role"] == "hospital")
+    token_id = hospital["tokens"][0]["id"]
+    drop = DropConnection(hub.settings.database_url, "UPDATE tokens")
+    sqlevent.listen(served, "before_cursor_execute", drop)
+    try:
+        revoked = hub.client.delete(f"/tokens/{token_id}", headers=as_operator)
+    finally:
+        sqlevent.remove(served, "before_cursor_execute", drop)
+    assert drop.dropped == 1
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["revoked_at"]
+    assert hub.client.get("/tasks", headers=hub.auth(token_a)).status_code == 401
+    revocations = list(audit_log(engine).events(action="token.revoked"))
+    assert [e.detail["token"] for e in revocations] == [token_id]

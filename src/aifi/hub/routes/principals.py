@@ -14,7 +14,8 @@ from sqlalchemy import select
 from aifi.errors import ConfigError
 from aifi.hub import hospitals, principals
 from aifi.hub.auth import Operator, Reader, actor_of
-from aifi.hub.deps import SessionDep
+from aifi.hub.db import retrying
+from aifi.hub.deps import ContextDep, SessionDep
 from aifi.hub.models import Principal, Token
 from aifi.protocol.schemas import (
     HospitalCreate,
@@ -125,10 +126,19 @@ def rotate_token(principal_id: str, operator: Operator, session: SessionDep) -> 
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenInfo)
-def revoke_token(token_id: str, operator: Operator, session: SessionDep) -> TokenInfo:
-    """Revoke a token now; requests with it get 401 from then on."""
+def revoke_token(token_id: str, operator: Operator, context: ContextDep) -> TokenInfo:
+    """Revoke a token now; requests with it get 401 from then on.
+
+    Revoking is idempotent, so a transient database failure runs it again
+    (:func:`aifi.hub.db.retrying`); adding hospitals, principals and tokens
+    is not (a retry after a lost commit would answer 409 or issue a second
+    token), so those are not retried.
+    """
+    actor = actor_of(operator)
     try:
-        token = principals.revoke_token(session, token_id, actor=actor_of(operator))
+        token = retrying(
+            context.sessions, lambda s: principals.revoke_token(s, token_id, actor=actor)
+        )
     except ConfigError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     return TokenInfo(id=token.id, created_at=token.created_at, revoked_at=token.revoked_at)

@@ -42,11 +42,13 @@ from fastapi import (
 )
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydicom.uid import generate_uid
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from aifi.dicom.multipart import content_type, new_boundary
 from aifi.hub import tasks, ups_events, workitems
 from aifi.hub.auth import CurrentHospital, RoleGate
+from aifi.hub.db import retrying
 from aifi.hub.deps import ContextDep, HubContext, SessionDep
 from aifi.hub.models import Principal, Task
 from aifi.hub.principals import find_by_token
@@ -433,16 +435,17 @@ def _subscribed(
 
 @router.post("/{uid}/subscribers/{aet}", status_code=status.HTTP_201_CREATED)
 def subscribe(
-    uid: str,
-    aet: str,
-    request: Request,
-    caller: WorkitemReader,
-    session: SessionDep,
-    context: ContextDep,
+    uid: str, aet: str, request: Request, caller: WorkitemReader, context: ContextDep
 ) -> Response:
-    """Subscribe (PS3.18 §11.10.1): to one workitem, or globally; events at the WebSocket."""
-    task = _subscribed(uid, aet, request, caller, session, context)
-    ups_events.subscribe(session, caller, aet, task)
+    """Subscribe (PS3.18 §11.10.1): to one workitem, or globally; events at the WebSocket.
+
+    Subscribing twice is harmless: run again after a transient failure.
+    """
+
+    def work(s: Session) -> None:
+        ups_events.subscribe(s, caller, aet, _subscribed(uid, aet, request, caller, s, context))
+
+    retrying(context.sessions, work)
     ws = str(request.base_url).replace("http", "ws", 1).rstrip("/")
     return Response(status_code=201, headers={"Content-Location": f"{ws}/ws/subscribers/{aet}"})
 
@@ -459,22 +462,21 @@ def suspend_subscription(
     """Suspend Global Subscription (PS3.18 §11.10.3): no new workitems; today's stay."""
     if _subscribed(uid, aet, request, caller, session, context) is not None:
         raise _refused(400, "only the global subscription is suspended")
-    ups_events.suspend(session, caller, aet, context.settings.outside_algorithms)
+    outside = context.settings.outside_algorithms
+    retrying(context.sessions, lambda s: ups_events.suspend(s, caller, aet, outside))
     return Response(status_code=200)
 
 
 @router.delete("/{uid}/subscribers/{aet}")
 def unsubscribe(
-    uid: str,
-    aet: str,
-    request: Request,
-    caller: WorkitemReader,
-    session: SessionDep,
-    context: ContextDep,
+    uid: str, aet: str, request: Request, caller: WorkitemReader, context: ContextDep
 ) -> Response:
     """Unsubscribe (PS3.18 §11.10.2); globally: every subscription of the AE title."""
-    task = _subscribed(uid, aet, request, caller, session, context)
-    ups_events.unsubscribe(session, caller, aet, task)
+
+    def work(s: Session) -> None:  # idempotent: run again after a transient failure
+        ups_events.unsubscribe(s, caller, aet, _subscribed(uid, aet, request, caller, s, context))
+
+    retrying(context.sessions, work)
     return Response(status_code=200)
 
 
