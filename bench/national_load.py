@@ -611,6 +611,7 @@ def per_call(folder: Path, tpl: list, repeat: int = 100) -> str:
         measure(
             "GET /tasks?acknowledged=false (3 done)", lambda: list(client.unacknowledged_tasks())
         )
+        measure("nothing asked for 1 s (the API idle)", lambda: time.sleep(1), 10)
         measure(
             "GET /tasks long poll, 1 s unchanged (304)",
             lambda: list(client.unacknowledged_tasks(wait_s=1)),

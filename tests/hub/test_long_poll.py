@@ -68,11 +68,15 @@ def test_a_poll_costs_the_same_queries_for_one_task_or_five(
     uploaded = _upload(hub, token_a, study)
 
     def queries_of_one_poll() -> int:
+        """SELECTs of one poll; the fewest of three (the hub's workers and janitor query too)."""
         hub.client.get("/tasks", params=POLL, headers=hub.auth(token_a))  # the contact is noted
-        statements.clear()
-        listed = hub.client.get("/tasks", params=POLL, headers=hub.auth(token_a)).json()
-        assert all(t["results"] for t in listed)
-        return sum(1 for s in statements if s.lstrip().upper().startswith("SELECT"))
+        counts = []
+        for _ in range(3):
+            statements.clear()
+            listed = hub.client.get("/tasks", params=POLL, headers=hub.auth(token_a)).json()
+            assert all(t["results"] for t in listed)
+            counts.append(sum(1 for s in statements if s.lstrip().upper().startswith("SELECT")))
+        return min(counts)
 
     _finished_tasks(hub, token_a, uploaded, 1)
     one = queries_of_one_poll()

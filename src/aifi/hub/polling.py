@@ -4,25 +4,29 @@ An edge polls (hospitals accept no inbound connections). Rather than ask
 every poll interval whether anything changed, it asks once with
 ``wait_s=N`` and ``If-None-Match`` set to the ``ETag`` of the listing it
 holds (RFC 9110 §8.8.3, §13.1.2). The hub answers at once when the listing
-changed, and otherwise waits, checking the listing's :func:`mark` every
-:data:`CHECK_EVERY_S`, until it changes (200, the new listing and its
-``ETag``) or ``N`` seconds passed (304 Not Modified: the edge's listing is
-still right).
+changed, and otherwise waits until it changes (200, the new listing and
+its ``ETag``) or ``N`` seconds passed (304 Not Modified: the edge's listing
+is still right).
 
-The mark is one aggregate over the poll index (``ix_tasks_poll``): per
-state, how many of the hospital's listed tasks and their latest
-``updated_at``. A task created, acknowledged, or moved to another state
-changes it. It ignores paging (``limit``, ``after``): it covers every task
-the filters select. Between two checks no connection is held.
+The listing's :func:`mark` is one aggregate over the poll index
+(``ix_tasks_poll``): per state, how many of the hospital's listed tasks and
+their latest ``updated_at``. A task created, acknowledged, or moved to
+another state changes it. It ignores paging (``limit``, ``after``): it
+covers every task the filters select. One :class:`Watcher` per process
+checks the marks of every waiting poll in one query every
+:data:`CHECK_EVERY_S`; between two checks no connection is held.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
+import logging
+from collections import defaultdict
+from collections.abc import Collection
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -30,13 +34,33 @@ from aifi.hub.db import SessionFactory
 from aifi.hub.models import Task
 from aifi.protocol.schemas import TaskState
 
-__all__ = ["CHECK_EVERY_S", "MAX_WAIT_S", "mark", "seen_tag", "wait_for_change"]
+__all__ = ["CHECK_EVERY_S", "MAX_WAIT_S", "Key", "Watcher", "mark", "marks", "seen_tag"]
+
+logger = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 0.25
-"""Seconds between two checks of a waiting poll: no later than an edge polling at 4/s."""
+"""Seconds between two checks of the waiting polls: no later than an edge polling at 4/s."""
 
 MAX_WAIT_S = 30.0
 """The longest ``wait_s`` the hub accepts (below the edge's default HTTP timeout)."""
+
+Key = tuple[str, TaskState | None, bool | None]
+"""What a waiting poll watches: the hospital and the listing's filters (state, acknowledged)."""
+
+
+_Q = TypeVar("_Q", bound="Select[*tuple[Any, ...]]")
+
+
+def _filtered(query: _Q, state: TaskState | None, acknowledged: bool | None) -> _Q:
+    if acknowledged is not None:
+        query = query.where(Task.acknowledged == acknowledged)
+    if state is not None:
+        query = query.where(Task.state == state.value)
+    return query
+
+
+def _digest(rows: list[tuple[str, int, str]]) -> str:
+    return '"' + hashlib.sha256(repr(sorted(rows)).encode()).hexdigest()[:32] + '"'
 
 
 def mark(
@@ -50,40 +74,81 @@ def mark(
     query = select(Task.state, func.count(), func.max(Task.updated_at)).where(
         Task.hospital_id == hospital_id
     )
-    if acknowledged is not None:
-        query = query.where(Task.acknowledged == acknowledged)
-    if state is not None:
-        query = query.where(Task.state == state.value)
-    rows = sorted(
-        (str(s), int(n), str(latest))
-        for s, n, latest in session.execute(query.group_by(Task.state))
-    )
-    return '"' + hashlib.sha256(repr(rows).encode()).hexdigest()[:32] + '"'
+    rows = session.execute(_filtered(query, state, acknowledged).group_by(Task.state))
+    return _digest([(str(s), int(n), str(latest)) for s, n, latest in rows])
 
 
-async def wait_for_change(
-    sessions: SessionFactory,
-    hospital_id: str,
-    seen: str,
-    wait_s: float,
-    *,
-    state: TaskState | None = None,
-    acknowledged: bool | None = None,
-) -> bool:
-    """Wait until the listing's mark differs from ``seen`` (True) or ``wait_s`` passed (False)."""
+def marks(session: Session, keys: Collection[Key]) -> dict[Key, str]:
+    """:func:`mark` of many listings, one query per combination of filters."""
+    by_filters: dict[tuple[TaskState | None, bool | None], set[str]] = defaultdict(set)
+    for hospital_id, state, acknowledged in keys:
+        by_filters[(state, acknowledged)].add(hospital_id)
+    found: dict[Key, str] = {}
+    for (state, acknowledged), hospitals in by_filters.items():
+        query = select(Task.hospital_id, Task.state, func.count(), func.max(Task.updated_at))
+        query = _filtered(query.where(Task.hospital_id.in_(sorted(hospitals))), state, acknowledged)
+        rows: dict[str, list[tuple[str, int, str]]] = {h: [] for h in hospitals}
+        for hospital_id, s, n, latest in session.execute(
+            query.group_by(Task.hospital_id, Task.state)
+        ):
+            rows[hospital_id].append((str(s), int(n), str(latest)))
+        for hospital_id, listed in rows.items():
+            found[(hospital_id, state, acknowledged)] = _digest(listed)
+    return found
 
-    def current() -> str:
-        with sessions() as session:
-            return mark(session, hospital_id, state=state, acknowledged=acknowledged)
 
-    deadline = time.monotonic() + min(wait_s, MAX_WAIT_S)
-    while True:
-        if await run_in_threadpool(current) != seen:
+class Watcher:
+    """One check every :data:`CHECK_EVERY_S` for all the polls waiting in this process.
+
+    Each waiting poll registers what it watches and the mark it holds; one
+    query per check (:func:`marks`) wakes those whose mark moved. No poll
+    waiting, no query.
+    """
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self.sessions = sessions
+        self._waiting: dict[Key, list[tuple[str, asyncio.Future[bool]]]] = {}
+        self._checking: asyncio.Task[None] | None = None
+
+    async def wait(self, key: Key, seen: str, wait_s: float) -> bool:
+        """True once ``key``'s mark differs from ``seen`` (at once if it does); False after."""
+        if (await run_in_threadpool(self._marks, [key]))[key] != seen:
             return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        woken: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        entry = (seen, woken)
+        self._waiting.setdefault(key, []).append(entry)
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.create_task(self._check())
+        try:
+            return await asyncio.wait_for(woken, min(wait_s, MAX_WAIT_S))
+        except TimeoutError:
             return False
-        await asyncio.sleep(min(CHECK_EVERY_S, remaining))
+        finally:
+            waiters = self._waiting.get(key, [])
+            if entry in waiters:
+                waiters.remove(entry)
+            if not waiters:
+                self._waiting.pop(key, None)
+
+    def _marks(self, keys: Collection[Key]) -> dict[Key, str]:
+        with self.sessions() as session:
+            return marks(session, keys)
+
+    async def _check(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(CHECK_EVERY_S)
+            keys = list(self._waiting)
+            if not keys:
+                return
+            try:
+                now = await run_in_threadpool(self._marks, keys)
+            except Exception:  # the database is away: each poll asks again and hears why
+                logger.warning("long poll check failed; answering the waiting polls", exc_info=True)
+                now = {}
+            for key in keys:
+                for seen, woken in self._waiting.get(key, []):
+                    if now.get(key) != seen and not woken.done():
+                        woken.set_result(True)
 
 
 def seen_tag(if_none_match: str | None) -> str | None:

@@ -117,9 +117,10 @@ async def list_tasks(
     seen = polling.seen_tag(request.headers.get("if-none-match")) if wait_s else None
     if seen is not None:
         await run_in_threadpool(session.close)  # give the connection back while waiting
-        changed = await polling.wait_for_change(
-            context.sessions, hospital_id, seen, wait_s, state=state, acknowledged=acknowledged
-        )
+        watcher: polling.Watcher | None = getattr(request.app.state, "task_watcher", None)
+        if watcher is None:
+            watcher = request.app.state.task_watcher = polling.Watcher(context.sessions)
+        changed = await watcher.wait((hospital_id, state, acknowledged), seen, wait_s)
         if not changed:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": seen})
 
