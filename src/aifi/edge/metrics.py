@@ -45,6 +45,7 @@ letters are the task's.
 
 from __future__ import annotations
 
+import bisect
 import shutil
 import sqlite3
 from collections import defaultdict
@@ -309,19 +310,22 @@ class _DestinationFigures:
             )
         }
         states: dict[str, str] = {}
-        for task in self.state.tasks(["COMPLETED", "delivered", DEAD_LETTER]):
-            if task.state == DEAD_LETTER:
-                states[task.id] = DEAD_LETTER
-            elif (task.id, name) in committed:
-                states[task.id] = "committed"
-            elif task.id in requested:
-                states[task.id] = "committing"
-            elif task.delivered_at is not None or (
-                task.id in complete and not task.attempts and not self.primary.commitment
+        for task_id, state, attempts, delivered_at in self._rows(
+            "SELECT id, state, attempts, delivered_at FROM tasks WHERE state IN (?,?,?)",
+            ("COMPLETED", "delivered", DEAD_LETTER),
+        ):
+            if state == DEAD_LETTER:
+                states[task_id] = DEAD_LETTER
+            elif (task_id, name) in committed:
+                states[task_id] = "committed"
+            elif task_id in requested:
+                states[task_id] = "committing"
+            elif delivered_at is not None or (
+                task_id in complete and not attempts and not self.primary.commitment
             ):
-                states[task.id] = "stored"
+                states[task_id] = "stored"
             else:
-                states[task.id] = "retrying" if task.attempts else "pending"
+                states[task_id] = "retrying" if attempts else "pending"
         return states
 
     def metrics(self) -> Iterator[Metric]:
@@ -361,16 +365,19 @@ class _DestinationFigures:
             "tasks whose results were ready, by where each destination stands for them",
             labels=["destination", "state"],
         )
+        by_state: dict[tuple[str, str], int] = defaultdict(int)
+        for (_t, d), state in states.items():
+            by_state[(d, state)] += 1
+        by_status: dict[tuple[str, str], int] = defaultdict(int)
+        for key, n in objects.items():
+            by_status[(key[1], "stored")] += n
+            if states.get(key) == "committed":
+                by_status[(key[1], "committed")] += n
         for name in self.names:
-            mine = {t: s for (t, d), s in states.items() if d == name}
-            stored = sum(n for (t, d), n in objects.items() if d == name)
-            committed = sum(
-                n for (t, d), n in objects.items() if d == name and mine.get(t) == "committed"
-            )
-            counted.add_metric([name, "stored"], stored)
-            counted.add_metric([name, "committed"], committed)
+            for status in ("stored", "committed"):
+                counted.add_metric([name, status], by_status[(name, status)])
             for state in DESTINATION_STATES:
-                tasks.add_metric([name, state], sum(1 for s in mine.values() if s == state))
+                tasks.add_metric([name, state], by_state[(name, state)])
         yield counted
         yield tasks
 
@@ -401,21 +408,21 @@ class _DestinationFigures:
             " in a destination (stage=stored) and to its storage commitment (stage=committed)",
             labels=["destination", "stage"],
         )
+        values: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for stage, ended in (("stored", stored_at), ("committed", committed_at)):
+            for (t, d), at in ended.items():
+                if t in ready_at and states.get((t, d)) in ("stored", "committing", "committed"):
+                    values[(d, stage)].append(max(0.0, at - ready_at[t]))
         for name in self.names:
-            for stage, ended in (("stored", stored_at), ("committed", committed_at)):
-                values = [
-                    max(0.0, at - ready_at[t])
-                    for (t, d), at in ended.items()
-                    if d == name
-                    and t in ready_at
-                    and states.get((t, d)) in ("stored", "committing", "committed")
-                ]
-                histogram.add_metric([name, stage], *_buckets(values))
+            for stage in ("stored", "committed"):
+                histogram.add_metric([name, stage], *_buckets(values[(name, stage)]))
         yield histogram
 
 
 def _buckets(values: list[float]) -> tuple[list[tuple[str, float]], float]:
-    buckets = [(_bound(b), float(sum(1 for v in values if v <= b))) for b in TURNAROUND_BUCKETS]
+    """Cumulative bucket counts (Prometheus histogram) of ``values``, and their sum."""
+    ordered = sorted(values)
+    buckets = [(_bound(b), float(bisect.bisect_right(ordered, b))) for b in TURNAROUND_BUCKETS]
     buckets.append(("+Inf", float(len(values))))
     return buckets, sum(values)
 
