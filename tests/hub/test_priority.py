@@ -8,12 +8,14 @@ being dropped.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +23,7 @@ from aifi.algorithms.base import Algorithm, AlgorithmInput, Findings, Manifest
 from aifi.hub.config import HubSettings
 
 from .conftest import Hub
+from .consoletools import login
 
 
 class Recorder:
@@ -85,7 +88,11 @@ def create(hub: Hub, token: str, study: str, sops: Sequence[str], priority: str)
 
 
 def test_an_urgent_ct_after_20_routine_radiographs_runs_first(
-    hub: Hub, token_a: str, recorder: Recorder, study: tuple[str, list[Path]]
+    hub: Hub,
+    token_a: str,
+    operator_token: str,
+    recorder: Recorder,
+    study: tuple[str, list[Path]],
 ) -> None:
     ct_uid, files = study
     assert hub.stow(token_a, files).status_code == 200
@@ -106,9 +113,18 @@ def test_an_urgent_ct_after_20_routine_radiographs_runs_first(
         for sample in family.samples
         if sample.name == "aifi_hub_queue_depth_by_priority"
     }
+    with httpx.Client(base_url=hub.client.base_url, timeout=30, follow_redirects=True) as browser:
+        login(browser, operator_token)
+        queue = browser.get("/console/queue").text
     recorder.gate.set()
 
     assert waiting == {"HIGH": 1, "MEDIUM": 19, "LOW": 0}  # the order, as /metrics shows it
+    # ... and as the operator's console shows it: the running radiograph, then the CT first
+    running, waiting_table = queue.split('<table id="waiting">')
+    assert routine[0] in running.split('<table id="running">')[1]
+    listed = re.findall(r'<tr data-task="([0-9a-f]+)">', waiting_table)
+    assert listed == [urgent, *routine[1:]]
+    assert re.search(rf'data-task="{urgent}">\s*<td>1</td>\s*<td><span[^>]*>HIGH<', waiting_table)
 
     for task_id in [*routine, urgent]:
         assert hub.wait_for_end(token_a, task_id, timeout=60)["state"] == "COMPLETED"

@@ -87,6 +87,11 @@ def claim(session: Session, task_id: str, worker: str, lease_s: float) -> bool:
     return bool(getattr(claimed, "rowcount", 0))
 
 
+#: The order workers take SCHEDULED tasks in: most urgent (priority HIGH = 0), then
+#: oldest. The console's queue page lists them in the same order.
+QUEUE_ORDER = (Task.priority, Task.created_at, Task.id)
+
+
 def claim_next(
     session: Session,
     worker: str,
@@ -113,10 +118,7 @@ def claim_next(
     if exclude:
         waiting = waiting.where(Task.algorithm_id.not_in(sorted(exclude)))
     oldest = (
-        waiting.order_by(Task.priority, Task.created_at, Task.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+        waiting.order_by(*QUEUE_ORDER).limit(1).with_for_update(skip_locked=True).scalar_subquery()
     )
     claimed = session.execute(
         update(Task)

@@ -398,6 +398,23 @@ def tasks_list(
     )  # fmt: skip
 
 
+@router.get("/queue")
+def queue_page(
+    request: Request, viewer: ViewerDep, session: SessionDep, context: ContextDep
+) -> Any:
+    """What the workers run now and what waits, in the order they take it (urgent first)."""
+    running, waiting = queries.queue_rows(session, viewer.hospital_id)
+    return _render(
+        request,
+        viewer,
+        "queue.html",
+        running=running,
+        waiting=waiting,
+        priority_name=queries.priority_name,
+        outside=set(context.settings.outside_algorithms),
+    )
+
+
 def _visible_task(session: Session, viewer: Viewer, task_id: str) -> Task:
     task = session.get(Task, task_id)
     if task is None or (viewer.hospital_id and task.hospital_id != viewer.hospital_id):
@@ -522,6 +539,7 @@ PAGES: tuple[tuple[str, str], ...] = (
     ("/console/catalog", "Catalog"),
     ("/console/subscriptions", "Subscriptions"),
     ("/console/tasks", "Tasks"),
+    ("/console/queue", "Queue"),
     ("/console/refusals", "STOW refusals"),
     ("/console/audit", "Audit trail"),
     ("/console/usage", "Usage"),

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from aifi.hub.contacts import edge_version
 from aifi.hub.drift import is_positive
+from aifi.hub.leases import QUEUE_ORDER
 from aifi.hub.models import AUDIT_TABLES, Hospital, HospitalContact, Refusal, Task
-from aifi.protocol.schemas import TaskState
+from aifi.protocol.schemas import PRIORITY_RANK, TaskState
 
 __all__ = [
     "ChartData",
@@ -28,6 +29,8 @@ __all__ = [
     "chart_data",
     "hospital_rows",
     "list_refusals",
+    "priority_name",
+    "queue_rows",
     "state_counts",
     "task_timeline",
     "tasks_page",
@@ -116,6 +119,33 @@ def tasks_page(
     return [(task, name) for task, name in session.execute(query)]
 
 
+_PRIORITY_NAMES = {rank: name for name, rank in PRIORITY_RANK.items()}
+
+
+def priority_name(rank: int) -> str:
+    """HIGH, MEDIUM or LOW: the Scheduled Procedure Step Priority (0074,1200) of a rank."""
+    return _PRIORITY_NAMES.get(rank, str(rank))
+
+
+def queue_rows(
+    session: Session, hospital_id: str | None, *, limit: int = 200
+) -> tuple[list[tuple[Task, str]], list[tuple[Task, str]]]:
+    """The tasks running now and those waiting, each in the order workers take them.
+
+    Waiting tasks are sorted by :data:`aifi.hub.leases.QUEUE_ORDER`, the
+    order of ``claim_next`` itself, so the page cannot disagree with the workers.
+    """
+    base = select(Task, Hospital.name).join(Hospital, Hospital.id == Task.hospital_id)
+    if hospital_id is not None:
+        base = base.where(Task.hospital_id == hospital_id)
+    running = base.where(Task.state == TaskState.IN_PROGRESS.value).order_by(*QUEUE_ORDER)
+    waiting = base.where(Task.state == TaskState.SCHEDULED.value).order_by(*QUEUE_ORDER)
+    return (
+        [(task, name) for task, name in session.execute(running.limit(limit))],
+        [(task, name) for task, name in session.execute(waiting.limit(limit))],
+    )
+
+
 _STEPS = {
     "task.created": "received at hub",
     "run.started": "started",
@@ -133,11 +163,25 @@ _STEPS = {
 def task_timeline(session: Session, task: Task) -> list[TimelineStep]:
     """The task's steps from its audit trail, with the task row's times where no event is."""
     events = AUDIT_TABLES.events
-    rows = session.execute(
-        select(events.c.at, events.c.action, events.c.actor, events.c.detail)
-        .where(events.c.task == task.id, events.c.hospital == task.hospital_id)
-        .order_by(events.c.seq)
+    pending = AUDIT_TABLES.pending
+    unsealed = []  # committed with their change, not sealed yet: read first, none missed
+    if pending is not None:
+        unsealed = list(
+            session.execute(
+                select(pending.c.at, pending.c.action, pending.c.actor, pending.c.detail)
+                .where(pending.c.task == task.id, pending.c.hospital == task.hospital_id)
+                .order_by(pending.c.id)
+            )
+        )
+    rows = list(
+        session.execute(
+            select(events.c.at, events.c.action, events.c.actor, events.c.detail)
+            .where(events.c.task == task.id, events.c.hospital == task.hospital_id)
+            .order_by(events.c.seq)
+        )
     )
+    sealed = {tuple(r) for r in rows}  # sealed between the two reads: shown once
+    rows += [r for r in unsealed if tuple(r) not in sealed]
     steps = []
     for at, action, actor, detail in rows:
         steps.append(
