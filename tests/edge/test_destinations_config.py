@@ -122,8 +122,7 @@ def test_relative_certificate_paths_are_read_from_the_files_folder(tmp_path: Pat
 def test_each_destination_may_ask_for_commitment_and_a_pull_peer_for_tls(tmp_path: Path) -> None:
     settings = _load(
         tmp_path,
-        BASE
-        + '[[destinations]]\nname = "vna"\nae_title = "VNA"\nhost = "h"\nport = 1\n'
+        BASE + '[[destinations]]\nname = "vna"\nae_title = "VNA"\nhost = "h"\nport = 1\n'
         "commitment = true\n\n"
         '[[query_retrieve]]\nae_title = "PACS"\nhost = "h"\nport = 104\n'
         '[query_retrieve.tls]\ncert = "certs/edge.pem"\nkey = "certs/edge.key"\n',

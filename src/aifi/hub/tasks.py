@@ -117,9 +117,7 @@ def prior_studies_of(task: Task) -> list[PriorStudy]:
     ]
 
 
-def prior_studies_by_task(
-    session: Session, task_ids: Sequence[str]
-) -> dict[str, list[PriorStudy]]:
+def prior_studies_by_task(session: Session, task_ids: Sequence[str]) -> dict[str, list[PriorStudy]]:
     """The prior inputs of many tasks in one query (a listing): task id -> its prior studies."""
     if not task_ids:
         return {}
