@@ -42,9 +42,16 @@ from _common import REPO, use_test_peers
 OLD_COMMIT = "f090bbb"
 """The last commit with the single-chain store."""
 
-STORES = ("single chain (before 0008)", "one chain, new code", "chain per hospital")
+STORES = (
+    "single chain (before 0008)",
+    "one chain, new code",
+    "chain per hospital",
+    "per hospital, outbox (0012)",
+)
 """The old store; today's store with every event in one chain (what the code alone
-changed); today's store as the hub runs it, one chain per hospital."""
+changed); today's store, one chain per hospital, appended directly; and as the hub
+writes a change's event since schema 0012: recorded pending in a transaction of its
+own (standing for the change's) and sealed right after its commit."""
 
 
 def _old_store_module() -> types.ModuleType:
@@ -76,7 +83,8 @@ def _log(store: str, engine: Any) -> Any:
     from aifi.hub.db import is_transient
     from aifi.hub.models import AUDIT_TABLES
 
-    for table in (AUDIT_TABLES.events, AUDIT_TABLES.head):
+    for table in (AUDIT_TABLES.events, AUDIT_TABLES.head, AUDIT_TABLES.pending):
+        assert table is not None
         table.create(engine, checkfirst=True)
     if store == STORES[1]:
         return SqlAuditLog(engine, AUDIT_TABLES, transient=is_transient)
@@ -94,16 +102,22 @@ def _worker(url: str, store: str, hospitals: int, seconds: float, barrier: Any, 
     latencies: list[float] = []
     barrier.wait()
     end = time.perf_counter() + seconds
+    outbox = store == STORES[3]
     while (start := time.perf_counter()) < end:
-        log.append(
-            "task.created",
-            actor="bench",
-            hospital=rng.choice(ids),
-            task=f"{rng.getrandbits(64):016x}",
-            algorithm="integrity-check",
-            algorithm_version="1.0.0",
-            detail={"instances": 4, "bytes": 2_000_000},
-        )
+        event: dict[str, Any] = {
+            "actor": "bench",
+            "hospital": rng.choice(ids),
+            "task": f"{rng.getrandbits(64):016x}",
+            "algorithm": "integrity-check",
+            "algorithm_version": "1.0.0",
+            "detail": {"instances": 4, "bytes": 2_000_000},
+        }
+        if outbox:  # the change's transaction writes the event; sealed after its commit
+            with engine.begin() as connection:
+                pending = log.record(connection, "task.created", **event)
+            log.seal([pending])
+        else:
+            log.append("task.created", **event)
         latencies.append(time.perf_counter() - start)
     engine.dispose()
     out.put(latencies)

@@ -5,7 +5,7 @@ killed (SIGKILL) right after committing a task and before sealing its
 event loses nothing — the janitor (``aifi hub janitor``) seals it, every
 committed task has exactly one ``task.created`` in its hospital's chain and
 the trail verifies; several sealers at once append each pending event once,
-in pending-id order; a rolled-back change leaves no event.
+the janitor in pending-id order; a rolled-back change leaves no event.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from aifi.algorithms.base import Algorithm, Manifest
 from aifi.audit.store import ChainLocks, SqlAuditLog
 from aifi.cli import app as cli
 from aifi.hub.app import create_app
-from aifi.hub.auditing import audit_log, chain_of, record
+from aifi.hub.auditing import audit_log, chain_of, record, seal_pending
 from aifi.hub.config import HubSettings
 from aifi.hub.db import is_transient, make_engine, make_sessions, migrate
 from aifi.hub.models import AUDIT_TABLES
@@ -158,7 +158,7 @@ def test_a_hub_api_killed_between_commit_and_sealing_loses_no_task_created_event
     assert verify.exit_code == 0, verify.output
 
 
-def test_concurrent_sealers_append_each_pending_event_once_in_pending_order(
+def test_concurrent_sealers_append_each_pending_event_once_and_the_janitor_in_order(
     engine: Engine,
 ) -> None:
     url = engine.url.render_as_string(hide_password=False)
@@ -190,10 +190,22 @@ def test_concurrent_sealers_append_each_pending_event_once_in_pending_order(
     assert sum(sealed) == 150
     assert log.pending() == 0
     assert log.verify() == []
+    for h, hospital in enumerate(hospitals):  # each once (sealers at once may interleave)
+        assert sorted(_numbers(log, hospital)) == list(range(h, 150, 3))
+
+    with engine.begin() as connection:  # left pending again; the one janitor seals in order
+        for n in range(150, 180):
+            log.record(connection, "task.created", actor="test", hospital=hospitals[n % 3],
+                       detail={"n": n})  # fmt: skip
+    assert seal_pending(engine) == 30
     for h, hospital in enumerate(hospitals):
-        numbers = [e.detail["n"] for e in log.events(chain=f"hospital:{hospital}")
-                   if e.action == "task.created"]  # fmt: skip
-        assert numbers == list(range(h, 150, 3))  # each once, in pending-id order
+        assert _numbers(log, hospital)[-10:] == list(range(150 + h, 180, 3))
+    assert log.verify() == []
+
+
+def _numbers(log: SqlAuditLog, hospital: str) -> list[int]:
+    events = log.events(chain=f"hospital:{hospital}", action="task.created")
+    return [int(e.detail["n"]) for e in events]
 
 
 def test_a_rolled_back_change_leaves_no_event_and_a_committed_one_is_sealed_at_once(

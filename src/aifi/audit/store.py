@@ -9,14 +9,18 @@ every append of every process in the country waits for the one before it
 to commit (measured before schema 0008: about 550 appends/s however many
 processes, p99 up to 362 ms; ``bench/audit_appends.py``).
 
-Why chains per tenant, not events written unchained in each change's own
-transaction and chained later by the janitor: an auditor reads a hospital's
-trail as that hospital's, and a per-tenant chain is verifiable on its own
-(``aifi audit export --hospital``) at the moment of the append, with no
-sealing lag, no watermark against PostgreSQL's commit order (ids are not
-committed in order) and no duty that must be running for the trail to be
-whole. Its cost is kept small: appends of one hospital still wait for each
-other, which is the order the trail must record anyway.
+Chains per tenant and, for the hub, a transactional outbox too: an event
+can be written with :meth:`SqlAuditLog.record` in the transaction of the
+change it records, into the pending table (no hash, no head: nothing shared
+is locked there), and enter its chain by :meth:`SqlAuditLog.seal` — right
+after the commit by the same process, or later by the janitor when that
+process died in between. Each pending event is claimed (``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL; the delete first, under SQLite's one writer),
+deleted and appended in one transaction, so it is sealed exactly once. The
+order within a chain is the order of sealing; what a sealer takes itself,
+it takes by pending id (no watermark against PostgreSQL's commit order is
+needed: a chain's order is that of its hash links, each event keeps the
+time of its change).
 
 Appends to one chain are serialized twice: a lock per chain inside the
 process (worker threads), and across processes the chain's head row,
@@ -42,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -65,7 +69,15 @@ from aifi.audit.chain import GENESIS, MAIN, AuditEvent, Head, chain_hash, now_is
 from aifi.audit.tables import AuditTables
 from aifi.errors import StorageError
 
-__all__ = ["CHAIN_OPENED", "ChainLocks", "ChainOf", "SqlAuditLog", "one_chain", "seal_of"]
+__all__ = [
+    "CHAIN_OPENED",
+    "ChainLocks",
+    "ChainOf",
+    "Pending",
+    "SqlAuditLog",
+    "one_chain",
+    "seal_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +109,13 @@ class ChainLocks:
             if lock is None:
                 lock = self._locks[chain] = threading.Lock()
             return lock
+
+
+class Pending(NamedTuple):
+    """An event written but not yet sealed into its chain: its pending id and chain."""
+
+    id: int
+    chain: str
 
 
 class _LostRaceError(Exception):
@@ -194,8 +213,8 @@ class SqlAuditLog:
         agreement: str | None = None,
         correlation_id: str | None = None,
         detail: Mapping[str, Any] | None = None,
-    ) -> int:
-        """Write one event as pending in ``connection``'s transaction; returns its pending id.
+    ) -> Pending:
+        """Write one event as pending in ``connection``'s transaction; its id and chain.
 
         The event commits or rolls back with the change it records (a
         transactional outbox); it enters its chain when :meth:`seal` takes
@@ -217,7 +236,7 @@ class SqlAuditLog:
         }
         key = connection.execute(insert(pending).values(values)).inserted_primary_key
         assert key is not None
-        return int(key[0])
+        return Pending(int(key[0]), str(values["chain"]))
 
     def pending(self) -> int:
         """How many committed events wait to be sealed into their chains."""
@@ -225,7 +244,7 @@ class SqlAuditLog:
         with self._engine.connect() as connection:
             return int(connection.scalar(select(func.count()).select_from(pending)) or 0)
 
-    def seal(self, ids: Iterable[int] | None = None, *, limit: int | None = None) -> int:
+    def seal(self, ids: Iterable[Pending | int] | None = None, *, limit: int | None = None) -> int:
         """Append pending events to their chains, each exactly once; how many this call sealed.
 
         ``ids``: those events (the ones a process has just committed), in
@@ -240,49 +259,64 @@ class SqlAuditLog:
         pending = self._pending_table()
         sealed = 0
         if ids is not None:
-            for pending_id in ids:
-                sealed += self._seal_one(pending_id)
+            for one in ids:
+                sealed += self._seal_one(*(one if isinstance(one, Pending) else (one, None)))
             return sealed
         last = 0
         while limit is None or sealed < limit:
             batch = 500 if limit is None else min(500, limit - sealed)
             query = (
-                select(pending.c.id).where(pending.c.id > last).order_by(pending.c.id).limit(batch)
+                select(pending.c.id, pending.c.chain)
+                .where(pending.c.id > last)
+                .order_by(pending.c.id)
+                .limit(batch)
             )
             with self._engine.connect() as connection:
-                found = [int(i) for i in connection.scalars(query)]
+                found = [Pending(int(r.id), str(r.chain)) for r in connection.execute(query)]
             if not found:
                 break
-            for pending_id in found:
-                sealed += self._seal_one(pending_id)
-            last = found[-1]
+            for one in found:
+                sealed += self._seal_one(*one)
+            last = found[-1].id
         return sealed
 
-    def _seal_one(self, pending_id: int) -> int:
+    def _seal_one(self, pending_id: int, chain: str | None) -> int:
         """Seal one pending event; 1 if this call appended it, 0 if it was gone or taken."""
-        pending = self._pending_table()
-        claim = select(pending).where(pending.c.id == pending_id).with_for_update(skip_locked=True)
-        with self._engine.connect() as connection:  # its chain, to lock before writing
-            chain = connection.scalar(select(pending.c.chain).where(pending.c.id == pending_id))
         if chain is None:
-            return 0
+            pending = self._pending_table()
+            with self._engine.connect() as connection:  # its chain, to lock before writing
+                chain = connection.scalar(select(pending.c.chain).where(pending.c.id == pending_id))
+            if chain is None:
+                return 0
         with self._locks(str(chain)):
-            return self._claim_and_append(pending_id, claim)
+            return self._claim_and_append(pending_id)
 
-    def _claim_and_append(self, pending_id: int, claim: Select[Any]) -> int:
+    def _claim(self, connection: Connection, pending_id: int) -> Row[Any] | None:
+        """Take the pending event off the table in this transaction; None: gone or taken.
+
+        PostgreSQL: locked ``FOR UPDATE SKIP LOCKED`` (a row another sealer
+        holds is skipped), then deleted. Elsewhere (SQLite) the ``DELETE ...
+        RETURNING`` is the claim: it takes the one write lock before the head
+        is read, and a sealer that lost finds the row gone.
+        """
         pending = self._pending_table()
+        one = pending.c.id == pending_id
+        if connection.dialect.name != "postgresql":
+            return connection.execute(delete(pending).where(one).returning(*pending.c)).first()
+        row = connection.execute(select(pending).where(one).with_for_update(skip_locked=True))
+        claimed = row.first()
+        if claimed is None or connection.execute(delete(pending).where(one)).rowcount != 1:
+            return None
+        return claimed
+
+    def _claim_and_append(self, pending_id: int) -> int:
         failures = 0
         for attempt in range(_ATTEMPTS):
             delay = min(0.001 * (attempt + 1), 0.05)
             try:
                 with self._engine.begin() as connection:
-                    row = connection.execute(claim).first()
+                    row = self._claim(connection, pending_id)
                     if row is None:
-                        return 0
-                    # the delete is the claim: on SQLite it takes the write lock before the
-                    # head is read; a sealer that lost finds the row gone
-                    gone = connection.execute(delete(pending).where(pending.c.id == pending_id))
-                    if gone.rowcount != 1:
                         return 0
                     fields = {k: v for k, v in row._mapping.items() if k not in ("id", "chain")}
                     try:

@@ -48,7 +48,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
-from aifi.audit.store import ChainLocks, SqlAuditLog
+from aifi.audit.store import ChainLocks, Pending, SqlAuditLog
 from aifi.hub.db import is_transient
 from aifi.hub.models import AUDIT_TABLES
 
@@ -120,7 +120,7 @@ def record(
     Call it before the commit of the change the event records: both are
     committed, or neither. A rollback drops the event with the change.
     """
-    pending_id = audit_log_of(session).record(
+    pending = audit_log_of(session).record(
         session.connection(),
         action,
         actor=actor,
@@ -132,7 +132,7 @@ def record(
         correlation_id=correlation_id,
         detail=detail,
     )
-    session.info.setdefault(_PENDING, []).append((pending_id, action))
+    session.info.setdefault(_PENDING, []).append((pending, action))
 
 
 def seal_pending(engine: Engine, *, limit: int | None = None) -> int:
@@ -145,14 +145,14 @@ def seal_pending(engine: Engine, *, limit: int | None = None) -> int:
 
 @event.listens_for(Session, "after_commit")
 def _seal_committed(session: Session) -> None:
-    written: list[tuple[int, str]] = session.info.pop(_PENDING, [])
+    written: list[tuple[Pending, str]] = session.info.pop(_PENDING, [])
     if not written:
         return
     _fault_hook(written)
     try:
-        audit_log_of(session).seal(pending_id for pending_id, _action in written)
+        audit_log_of(session).seal(pending for pending, _action in written)
     except Exception:  # committed and durable: the janitor seals what is left
-        logger.exception("audit events %s left pending for the janitor", [i for i, _ in written])
+        logger.exception("audit events %s left pending for the janitor", [p.id for p, _ in written])
 
 
 @event.listens_for(Session, "after_rollback")
@@ -160,7 +160,7 @@ def _drop_rolled_back(session: Session) -> None:
     session.info.pop(_PENDING, None)
 
 
-def _fault_hook(written: list[tuple[int, str]]) -> None:
+def _fault_hook(written: list[tuple[Pending, str]]) -> None:
     global _fault_count
     fault = os.environ.get(_FAULT)
     if not fault:
