@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine, event
 
@@ -184,3 +185,39 @@ def test_the_client_polls_plainly_a_hub_that_refuses_wait_s(
             assert [t.id for t in client.unacknowledged_tasks(wait_s=5)] == [task_id]
     finally:
         client.close()
+
+
+def test_waiting_polls_hold_no_connection(
+    hub: Hub, settings: HubSettings, subscribed: tuple[str, ...]
+) -> None:
+    """More polls wait than the pool has connections (5 + 10), and the hub still answers."""
+    from .conftest import register
+
+    tokens = [register(settings, f"Hospital {i}", subscribed) for i in range(20)]
+    etags = [
+        hub.client.get("/tasks", params={**POLL, "wait_s": "3"}, headers=hub.auth(t)).headers[
+            "etag"
+        ]
+        for t in tokens
+    ]
+    answers: list[int] = []
+
+    def wait(token: str, etag: str) -> None:
+        with httpx.Client(base_url=str(hub.client.base_url), timeout=30) as client:
+            response = client.get(
+                "/tasks",
+                params={**POLL, "wait_s": "3"},
+                headers={**hub.auth(token), "If-None-Match": etag},
+            )
+            answers.append(response.status_code)
+
+    waiting = [threading.Thread(target=wait, args=pair) for pair in zip(tokens, etags, strict=True)]
+    for thread in waiting:
+        thread.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    assert hub.client.get("/tasks", headers=hub.auth(tokens[0])).status_code == 200
+    assert time.monotonic() - t0 < 1.0
+    for thread in waiting:
+        thread.join()
+    assert answers == [304] * 20

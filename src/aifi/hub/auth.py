@@ -59,6 +59,9 @@ def current_principal(
         )
     if principal.hospital_id is not None:
         note_contact(session, principal.hospital_id, request.headers.get("user-agent"))
+    # End the read: the connection goes back to the pool until the route asks again (the
+    # route may run later, in another thread, or wait: GET /tasks long polls).
+    session.commit()
     return principal
 
 

@@ -115,8 +115,7 @@ async def list_tasks(
     """
     hospital_id = hospital.id
     seen = polling.seen_tag(request.headers.get("if-none-match")) if wait_s else None
-    if seen is not None:
-        await run_in_threadpool(session.close)  # give the connection back while waiting
+    if seen is not None:  # the session holds no connection now (auth ended its read)
         watcher: polling.Watcher | None = getattr(request.app.state, "task_watcher", None)
         if watcher is None:
             watcher = request.app.state.task_watcher = polling.Watcher(context.sessions)
@@ -134,7 +133,9 @@ async def list_tasks(
             session, hospital_id, state=state, acknowledged=acknowledged, limit=limit, after=after
         )
         priors = tasks.prior_studies_by_task(session, [t.id for t in found])
-        return etag, [tasks.task_out(t, priors.get(t.id, [])) for t in found]
+        listed = [tasks.task_out(t, priors.get(t.id, [])) for t in found]
+        session.close()  # no connection held past this thread
+        return etag, listed
 
     etag, listed = await run_in_threadpool(listing)
     if etag is None:
