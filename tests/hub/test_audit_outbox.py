@@ -19,12 +19,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy import event as sqlevent
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from aifi.algorithms.base import Algorithm, Manifest
@@ -34,10 +36,15 @@ from aifi.hub.app import create_app
 from aifi.hub.auditing import audit_log, chain_of, record, seal_pending
 from aifi.hub.config import HubSettings
 from aifi.hub.db import is_transient, make_engine, make_sessions, migrate
-from aifi.hub.models import AUDIT_TABLES
+from aifi.hub.hospitals import add_hospital, principal_of
+from aifi.hub.leases import claim, reap
+from aifi.hub.models import AUDIT_TABLES, Task, Token, utcnow
+from aifi.hub.principals import issue_token, revoke_token
 from aifi.netutil import free_port
+from aifi.protocol.schemas import TaskState
 
 from .conftest import Hub, serving
+from .test_leases import ELSEWHERE, _scheduled_tasks
 from .test_retrying import DropConnection
 
 
@@ -278,3 +285,85 @@ def test_a_token_revoked_while_the_connection_drops_is_revoked_once(
     assert hub.client.get("/tasks", headers=hub.auth(token_a)).status_code == 401
     revocations = list(audit_log(engine).events(action="token.revoked"))
     assert [e.detail["token"] for e in revocations] == [token_id]
+
+
+class _CommitFails(Exception):
+    """The database refusing a commit (a lost connection, a crash) in these tests."""
+
+
+def _fail_next_commit(session: Session) -> None:
+    def refuse(_session: Session) -> None:
+        raise _CommitFails("the commit did not happen")
+
+    sqlevent.listen(session, "before_commit", refuse, once=True)
+
+
+def test_a_token_issued_or_revoked_whose_commit_fails_leaves_no_event_and_a_committed_one_is_sealed(
+    engine: Engine,
+) -> None:
+    log = audit_log(engine)
+    sessions = make_sessions(engine)
+    with sessions() as session:
+        hospital, _secret = add_hospital(session, f"Outbox {uuid.uuid4().hex[:8]}", subscribe=())
+        principal = principal_of(session, hospital.id)
+        assert principal is not None
+        (first,) = session.scalars(select(Token).where(Token.principal_id == principal.id))
+        hospital_id, principal_id, first_id = hospital.id, principal.id, first.id
+        _fail_next_commit(session)
+        with pytest.raises(_CommitFails):
+            issue_token(session, principal, actor="operator")
+        session.rollback()
+        _fail_next_commit(session)
+        with pytest.raises(_CommitFails):
+            revoke_token(session, first_id, actor="operator")
+        session.rollback()
+    with sessions() as session:
+        kept = session.scalars(select(Token).where(Token.principal_id == principal_id)).all()
+        assert [(t.id, t.revoked_at) for t in kept] == [(first_id, None)]
+    actions = [e.action for e in log.events(hospital=hospital_id)]
+    assert actions == ["hospital.added", "principal.added", "token.issued"]
+    assert log.pending() == 0
+
+    with sessions() as session:
+        principal = principal_of(session, hospital_id)
+        assert principal is not None
+        second_id = issue_token(session, principal, actor="operator")[0].id
+        revoke_token(session, first_id, actor="operator")
+    assert log.pending() == 0  # sealed right after their commits, no janitor needed
+    events = list(log.events(chain=chain_of(hospital_id)))
+    assert [(e.action, e.detail.get("token")) for e in events] == [
+        ("hospital.added", None),
+        ("principal.added", None),
+        ("token.issued", first_id),
+        ("token.issued", second_id),
+        ("token.revoked", first_id),
+    ]
+    assert log.verify() == []
+
+
+def test_the_reapers_requeue_is_recorded_with_its_change(
+    settings: HubSettings,
+    engine: Engine,
+    resolver: Callable[[str], Algorithm],
+    token_a: str,
+    study: tuple[str, list[Path]],
+) -> None:
+    (task_id,) = _scheduled_tasks(settings, resolver, token_a, study, 1)
+    log = audit_log(engine)
+    sessions = make_sessions(engine)
+    later = utcnow() + timedelta(seconds=31)
+    with sessions() as session:
+        assert claim(session, task_id, ELSEWHERE, lease_s=30)
+        _fail_next_commit(session)
+        with pytest.raises(_CommitFails):
+            reap(session, max_attempts=3, now=later)
+        session.rollback()
+    assert list(log.events(action="run.requeued")) == []  # no change, no event
+    with sessions() as session:
+        assert session.get(Task, task_id).state == TaskState.IN_PROGRESS.value  # type: ignore[union-attr]
+        assert reap(session, max_attempts=3, now=later).requeued == [task_id]
+    assert log.pending() == 0
+    (requeued,) = log.events(action="run.requeued")
+    assert (requeued.task, requeued.actor, requeued.detail["attempts"]) == (task_id, "hub", 1)
+    assert requeued.detail["reason"] == "the worker's lease ran out"
+    assert log.verify() == []

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from aifi.algorithms.base import Manifest
 from aifi.errors import ConfigError
-from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of
+from aifi.hub.auditing import SYSTEM_ACTOR, record
 from aifi.hub.models import CatalogEntry, Subscription
 from aifi.protocol.schemas import AlgorithmState
 
@@ -45,15 +45,16 @@ def sync_catalog(session: Session, manifests: Iterable[Manifest]) -> list[Catalo
         entry.regulatory_status = manifest.regulatory_status
         entry.keep_attributes = list(manifest.keep_attributes)
         entry.priors = priors_of(manifest)
-    session.commit()
     for entry in added:
-        audit_log_of(session).append(
+        record(
+            session,
             "catalog.registered",
             actor=SYSTEM_ACTOR,
             algorithm=entry.algorithm_id,
             algorithm_version=entry.version,
             detail={"vendor": entry.vendor, "regulatory_status": entry.regulatory_status},
         )
+    session.commit()
     return added
 
 
@@ -98,14 +99,15 @@ def set_state(
     previous = entry.state
     if previous != state.value:
         entry.state = state.value
-        session.commit()
-        audit_log_of(session).append(
+        record(
+            session,
             "catalog.state",
             actor=actor,
             algorithm=algorithm_id,
             algorithm_version=version,
             detail={"from": previous, "to": state.value, "reason": reason},
         )
+        session.commit()
     return entry
 
 

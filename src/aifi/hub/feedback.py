@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from aifi.hub.auditing import audit_log_of
+from aifi.hub.auditing import record
 from aifi.hub.models import Feedback, Hospital, utcnow
 from aifi.hub.tasks import TaskRefused, find_task
 from aifi.protocol.schemas import TaskState
@@ -138,8 +138,8 @@ def record_feedback(
     row.correction_coding_scheme = code.coding_scheme_designator if code else None
     row.correction_code_meaning = code.code_meaning if code else None
     row.recorded_at = at or utcnow()
-    session.commit()
-    audit_log_of(session).append(
+    record(
+        session,
         "feedback.recorded",
         actor=f"hospital:{hospital_id}",
         hospital=hospital_id,
@@ -155,6 +155,7 @@ def record_feedback(
             else f"({code.code_value}, {code.coding_scheme_designator})",
         },
     )
+    session.commit()
     logger.info("task %s assessed by a reader: %s", task.id, row.verdict)
     return row
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aifi.errors import ConfigError
-from aifi.hub.auditing import audit_log_of
+from aifi.hub.auditing import record
 from aifi.hub.models import Hospital, Principal
 from aifi.hub.principals import add_principal, hash_token, issue_token
 from aifi.hub.subscriptions import CONNECTION_TEST, add_subscription
@@ -54,13 +54,14 @@ def add_hospital(
     hospital = Hospital(name=name)
     session.add(hospital)
     try:
-        session.commit()
+        session.flush()  # the hospital's id, for its event; a twin name fails here
     except IntegrityError as exc:
         session.rollback()
         raise ConfigError(
             f"a hospital named {name!r} is already registered; choose another name"
         ) from exc
-    audit_log_of(session).append("hospital.added", actor=actor, hospital=hospital.id)
+    record(session, "hospital.added", actor=actor, hospital=hospital.id)
+    session.commit()
     principal = add_principal(session, name, Role.HOSPITAL, actor=actor, hospital_id=hospital.id)
     _token, secret = issue_token(session, principal, actor=actor)
     for algorithm_id in dict.fromkeys(subscribe):

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from aifi.hub.auditing import SYSTEM_ACTOR, audit_log_of, seal_pending
+from aifi.hub.auditing import seal_pending
 from aifi.hub.config import HubSettings
 from aifi.hub.db import SessionFactory, exclusive, retrying
 from aifi.hub.leases import ReapReport, reap
-from aifi.hub.models import Task
 from aifi.hub.retention import PurgeReport, purge
 from aifi.hub.storage import ObjectStore
 
@@ -46,29 +45,8 @@ JANITOR_LOCK = "aifi-hub:start-up-duties"
 
 
 def reap_and_audit(session: Session, settings: HubSettings) -> ReapReport:
-    """Reap expired leases and audit each task re-queued or canceled."""
-    report = reap(session, max_attempts=settings.max_attempts)
-    log = audit_log_of(session)
-    for action, ids in (("run.requeued", report.requeued), ("run.canceled", report.canceled)):
-        for task_id in ids:
-            task = session.get(Task, task_id)
-            if task is None:
-                continue
-            log.append(
-                action,
-                actor=SYSTEM_ACTOR,
-                hospital=task.hospital_id,
-                task=task.id,
-                algorithm=task.algorithm_id,
-                algorithm_version=task.algorithm_version,
-                agreement=task.agreement_reference,
-                correlation_id=task.correlation_id,
-                detail={
-                    "reason": task.reason or "the worker's lease ran out",
-                    "attempts": task.attempts,
-                },
-            )
-    return report
+    """Reap expired leases; each task re-queued or canceled is audited with its change."""
+    return reap(session, max_attempts=settings.max_attempts)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from aifi.hub.auditing import SYSTEM_ACTOR, record
 from aifi.hub.models import Task, utcnow
 from aifi.protocol.schemas import TaskState
 
@@ -212,16 +213,27 @@ def reap(session: Session, *, max_attempts: int, now: datetime | None = None) ->
     A lease is lost when ``lease_until`` passed, when there is none, or when
     the claiming process ran on this machine and is gone. Each change is one
     UPDATE guarded on the lease it saw, so a worker renewing at the same
-    moment keeps its task.
+    moment keeps its task. Each task re-queued or canceled is audited
+    (``run.requeued``, ``run.canceled``) in the same transaction as its change.
     """
     now = now or utcnow()
     report = ReapReport()
     running = session.execute(
-        select(Task.id, Task.claimed_by, Task.lease_until, Task.attempts).where(
-            Task.state == _IN_PROGRESS
-        )
+        select(
+            Task.id,
+            Task.claimed_by,
+            Task.lease_until,
+            Task.attempts,
+            Task.hospital_id,
+            Task.algorithm_id,
+            Task.algorithm_version,
+            Task.agreement_reference,
+            Task.correlation_id,
+            Task.reason,
+        ).where(Task.state == _IN_PROGRESS)
     ).all()
-    for task_id, claimed_by, lease_until, attempts in running:
+    for row in running:
+        task_id, claimed_by, lease_until, attempts = row[:4]
         expired = lease_until is None or lease_until < now
         if not (expired or _gone_here(claimed_by)):
             continue
@@ -240,7 +252,7 @@ def reap(session: Session, *, max_attempts: int, now: datetime | None = None) ->
                 "lease_until": None,
                 "updated_at": now,
             }
-            bucket = report.canceled
+            bucket, action = report.canceled, "run.canceled"
         else:
             values = {
                 "state": _SCHEDULED,
@@ -248,7 +260,7 @@ def reap(session: Session, *, max_attempts: int, now: datetime | None = None) ->
                 "lease_until": None,
                 "updated_at": now,
             }
-            bucket = report.requeued
+            bucket, action = report.requeued, "run.requeued"
         changed = session.execute(
             update(Task)
             .where(*same_lease)
@@ -257,6 +269,21 @@ def reap(session: Session, *, max_attempts: int, now: datetime | None = None) ->
         )
         if getattr(changed, "rowcount", 0):
             bucket.append(task_id)
+            record(
+                session,
+                action,
+                actor=SYSTEM_ACTOR,
+                hospital=row.hospital_id,
+                task=task_id,
+                algorithm=row.algorithm_id,
+                algorithm_version=row.algorithm_version,
+                agreement=row.agreement_reference,
+                correlation_id=row.correlation_id,
+                detail={
+                    "reason": values.get("reason") or row.reason or "the worker's lease ran out",
+                    "attempts": attempts,
+                },
+            )
     session.commit()
     if report.requeued or report.canceled:
         logger.warning(

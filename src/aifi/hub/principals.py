@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aifi.errors import ConfigError
-from aifi.hub.auditing import audit_log_of
+from aifi.hub.auditing import record
 from aifi.hub.models import Principal, Token, utcnow
 from aifi.protocol.schemas import Role
 
@@ -49,13 +49,15 @@ def issue_token(session: Session, principal: Principal, *, actor: str) -> tuple[
     secret = secrets.token_urlsafe(32)
     token = Token(principal_id=principal.id, token_sha256=hash_token(secret))
     session.add(token)
-    session.commit()
-    audit_log_of(session).append(
+    session.flush()  # the token's id, for its event
+    record(
+        session,
         "token.issued",
         actor=actor,
         hospital=principal.hospital_id,
         detail={"principal": principal.id, "role": principal.role, "token": token.id},
     )
+    session.commit()
     return token, secret
 
 
@@ -66,13 +68,14 @@ def revoke_token(session: Session, token_id: str, *, actor: str) -> Token:
         raise ConfigError(f"no token {token_id}; list tokens with 'aifi hub token list'")
     if token.revoked_at is None:
         token.revoked_at = utcnow()
-        session.commit()
-        audit_log_of(session).append(
+        record(
+            session,
             "token.revoked",
             actor=actor,
             hospital=token.principal.hospital_id,
             detail={"principal": token.principal_id, "token": token.id},
         )
+        session.commit()
     return token
 
 
@@ -93,16 +96,18 @@ def add_principal(
     principal = Principal(name=name, role=role.value, hospital_id=hospital_id)
     session.add(principal)
     try:
-        session.commit()
+        session.flush()  # the principal's id, for its event; a twin name fails here
     except IntegrityError as exc:
         session.rollback()
         raise ConfigError(f"the name {name!r} is already registered; choose another") from exc
-    audit_log_of(session).append(
+    record(
+        session,
         "principal.added",
         actor=actor,
         hospital=hospital_id,
         detail={"principal": principal.id, "role": role.value},
     )
+    session.commit()
     return principal
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aifi.errors import ConfigError
-from aifi.hub.auditing import audit_log_of
+from aifi.hub.auditing import record
 from aifi.hub.models import Hospital, Subscription, utcnow
 
 __all__ = [
@@ -70,8 +70,9 @@ def add_subscription(
         sub_processor=sub_processor,
     )
     session.add(subscription)
-    session.commit()
-    audit_log_of(session).append(
+    session.flush()  # the subscription's id, for its event
+    record(
+        session,
         "subscription.added",
         actor=actor,
         hospital=hospital_id,
@@ -87,6 +88,7 @@ def add_subscription(
             "sub_processor": sub_processor,
         },
     )
+    session.commit()
     return subscription
 
 
@@ -100,8 +102,8 @@ def end_subscription(
     end = at or utcnow()
     if subscription.valid_until is None or subscription.valid_until > end:
         subscription.valid_until = max(end, subscription.valid_from)
-        session.commit()
-        audit_log_of(session).append(
+        record(
+            session,
             "subscription.ended",
             actor=actor,
             hospital=subscription.hospital_id,
@@ -109,6 +111,7 @@ def end_subscription(
             agreement=subscription.agreement_reference,
             detail={"subscription": subscription.id, "valid_until": end.isoformat()},
         )
+        session.commit()
     return subscription
 
 
