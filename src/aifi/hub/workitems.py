@@ -36,7 +36,7 @@ from aifi.algorithms.base import Algorithm
 from aifi.algorithms.findings_json import findings_from_json, findings_on, findings_to_json
 from aifi.errors import AifiError
 from aifi.hub import ups_events
-from aifi.hub.auditing import audit_log_of
+from aifi.hub.auditing import record
 from aifi.hub.leases import claim, fence, renew
 from aifi.hub.models import INPUT_PRIOR, Result, Task, utcnow
 from aifi.hub.performed import current_inputs, discard, make_results
@@ -297,10 +297,11 @@ def cancel(
         .values(state=TaskState.CANCELED.value, reason=reason, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    if getattr(ended, "rowcount", 0):
+        _audit(session, task, "task.canceled", actor, {"reason": reason})
     session.commit()
     session.refresh(task)
     if getattr(ended, "rowcount", 0):
-        _audit(session, task, "task.canceled", actor, {"reason": reason})
         return CancelAccepted(task)
     if task.state == TaskState.CANCELED.value:
         return CancelAccepted(task, warning=B304)
@@ -313,8 +314,8 @@ def cancel(
             " stopped mid-run; its results come as usual",
         )
     kept = {"reason": reason, **(detail or {}), "requested_by": actor}
-    ups_events.record_cancel_request(session, task, kept)
     _audit(session, task, "task.cancel_requested", actor, {"reason": reason})
+    ups_events.record_cancel_request(session, task, kept)  # commits the request and its event
     return CancelAccepted(task, requested=True)
 
 
@@ -445,9 +446,9 @@ def change_state(
             .values(findings=None)
             .execution_options(synchronize_session=False)
         )
+        _audit(session, task, "run.started", actor, {"performer": principal_id})
         session.commit()
         session.refresh(task)
-        _audit(session, task, "run.started", actor, {"performer": principal_id})
         return StateChanged(task)
     # COMPLETED or CANCELED: only by the holder of the claim
     if current == wanted and task.claimed_by == f"{_PERFORMER}{principal_id}":
@@ -479,8 +480,6 @@ def change_state(
     task.claimed_by = f"{_PERFORMER}{principal_id}"  # who ended it; the Transaction UID is spent
     task.lease_until = None
     task.updated_at = utcnow()
-    session.commit()
-    session.refresh(task)
     _audit(
         session,
         task,
@@ -488,6 +487,8 @@ def change_state(
         actor,
         {"performer": principal_id, "reason": task.reason},
     )
+    session.commit()
+    session.refresh(task)
     return StateChanged(task)
 
 
@@ -541,13 +542,6 @@ def _complete(
     task.claimed_by = f"{_PERFORMER}{principal_id}"  # who ended it; the Transaction UID is spent
     task.lease_until = None
     task.updated_at = utcnow()
-    try:
-        session.commit()
-    except Exception:
-        session.rollback()
-        discard(store, made.keys)
-        raise
-    session.refresh(task)
     actor = f"{Role.PERFORMER.value}:{principal_id}"
     _audit(
         session,
@@ -564,6 +558,13 @@ def _complete(
     _audit(
         session, task, "run.completed", actor, {"performer": principal_id, "urgent": task.urgent}
     )
+    try:
+        session.commit()  # results, COMPLETED and their two events, together
+    except Exception:
+        session.rollback()
+        discard(store, made.keys)
+        raise
+    session.refresh(task)
     return StateChanged(task)
 
 
@@ -637,17 +638,18 @@ def hand_in(
         )
         .execution_options(synchronize_session=False)
     )
+    if getattr(kept, "rowcount", 0):
+        _audit(
+            session,
+            task,
+            "findings.handed_in",
+            f"{Role.PERFORMER.value}:{principal_id}",
+            {"performer": principal_id, "images": len(findings.images), "urgent": findings.urgent},
+        )
     session.commit()
     session.refresh(task)
     if not getattr(kept, "rowcount", 0):
         return TaskRefused(409, f"{C300}: the claim was lost (the performer was silent too long)")
-    _audit(
-        session,
-        task,
-        "findings.handed_in",
-        f"{Role.PERFORMER.value}:{principal_id}",
-        {"performer": principal_id, "images": len(findings.images), "urgent": findings.urgent},
-    )
     return task
 
 
@@ -738,7 +740,9 @@ def performer_update(
 
 
 def _audit(session: Session, task: Task, action: str, actor: str, detail: dict[str, Any]) -> None:
-    audit_log_of(session).append(
+    """Record ``action`` on ``task`` in the session's transaction: call it before the commit."""
+    record(
+        session,
         action,
         actor=actor,
         hospital=task.hospital_id,
