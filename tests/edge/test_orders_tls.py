@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,10 @@ def test_a_ris_without_a_client_certificate_is_refused_and_recorded(
         ack = ""
     assert ack == ""
     assert not desk.order_items()
+    # the edge records the refusal on its connection's thread, after the RIS saw it close
+    deadline = time.monotonic() + 5
+    while not desk.state.events("order-connection-refused") and time.monotonic() < deadline:
+        time.sleep(0.02)
     (refused,) = desk.state.events("order-connection-refused")
     assert "MLLP over TLS from 127.0.0.1: handshake failed" in refused["detail"]
 
