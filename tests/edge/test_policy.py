@@ -234,7 +234,13 @@ def test_a_new_version_requesting_more_is_held_until_approved_then_sent(
         ReleasePolicy.load(policy_path).approve(
             "integrity-check", "1.1.0", ["SeriesDescription"], by=OFFICER
         ).write(policy_path)
-        wait_for(lambda: edge.state.task(task.id).hub_task_id is not None)
+        # the submission is recorded just after the hub's task id: wait for the record
+        wait_for(
+            lambda: (
+                "task-submitted"
+                in [e["kind"] for e in edge.state.events() if e["task_id"] == task.id]
+            )
+        )
         kinds = [e["kind"] for e in edge.state.events() if e["task_id"] == task.id]
     finally:
         edge.stop()
