@@ -1,11 +1,12 @@
 """An audit event is committed with the change it records, and sealed into its chain once.
 
-Runs on SQLite and on PostgreSQL. What an auditor checks: a hub process
-killed (SIGKILL) right after committing a task and before sealing its
-event loses nothing — the janitor (``aifi hub janitor``) seals it, every
-committed task has exactly one ``task.created`` in its hospital's chain and
-the trail verifies; several sealers at once append each pending event once,
-the janitor in pending-id order; a rolled-back change leaves no event.
+Runs on SQLite and on PostgreSQL (a connection dropped mid-request on
+PostgreSQL alone). What an auditor checks: a hub process killed (SIGKILL)
+right after committing a task and before sealing its event loses nothing —
+the janitor (``aifi hub janitor``) seals it, every committed task has
+exactly one ``task.created`` in its hospital's chain and the trail
+verifies; several sealers at once append each pending event once, the
+janitor in pending-id order; a rolled-back change leaves no event.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ from aifi.protocol.schemas import TaskState
 from .conftest import Hub, serving
 from .test_leases import ELSEWHERE, _scheduled_tasks
 from .test_retrying import DropConnection
+
+#: A dropped connection (``pg_terminate_backend``) is PostgreSQL's: no SQLite variant.
+ON_POSTGRESQL_ONLY = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)
 
 
 @pytest.fixture
@@ -234,21 +240,20 @@ def test_a_rolled_back_change_leaves_no_event_and_a_committed_one_is_sealed_at_o
     assert left == 0
 
 
-@pytest.mark.postgresql
+@ON_POSTGRESQL_ONLY
 @pytest.mark.parametrize("statement", ["INSERT INTO audit_pending", "INSERT INTO audit_events"])
 def test_a_task_whose_connection_drops_at_its_event_is_created_once_with_one_event(
     live: tuple[Hub, Engine],
     engine: Engine,
+    postgres_database: str,
     token_a: str,
     study: tuple[str, list[Path]],
     statement: str,
 ) -> None:
     hub, served = live
-    if hub.settings.database_url is None:
-        pytest.skip("a dropped connection is PostgreSQL's")
     study_uid, files = study
     assert hub.stow(token_a, files).status_code == 200
-    drop = DropConnection(hub.settings.database_url, statement)
+    drop = DropConnection(postgres_database, statement)
     sqlevent.listen(served, "before_cursor_execute", drop)
     try:
         created = hub.create_task(token_a, study_uid, [f.stem for f in files])
@@ -262,18 +267,20 @@ def test_a_task_whose_connection_drops_at_its_event_is_created_once_with_one_eve
     assert log.verify() == []
 
 
-@pytest.mark.postgresql
+@ON_POSTGRESQL_ONLY
 def test_a_token_revoked_while_the_connection_drops_is_revoked_once(
-    live: tuple[Hub, Engine], engine: Engine, token_a: str, operator_token: str
+    live: tuple[Hub, Engine],
+    engine: Engine,
+    postgres_database: str,
+    token_a: str,
+    operator_token: str,
 ) -> None:
     hub, served = live
-    if hub.settings.database_url is None:
-        pytest.skip("a dropped connection is PostgreSQL's")
     as_operator = hub.auth(operator_token)
     principals = hub.client.get("/principals", headers=as_operator).json()
     hospital = next(p for p in principals if p["role"] == "hospital")
     token_id = hospital["tokens"][0]["id"]
-    drop = DropConnection(hub.settings.database_url, "UPDATE tokens")
+    drop = DropConnection(postgres_database, "UPDATE tokens")
     sqlevent.listen(served, "before_cursor_execute", drop)
     try:
         revoked = hub.client.delete(f"/tokens/{token_id}", headers=as_operator)
