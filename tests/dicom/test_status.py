@@ -1,7 +1,8 @@
 """The one status table: classes by the ranges of PS3.7 C.1, and the STOW-RS HTTP mapping.
 
 A real Storage SCP (the demo PACS) and pynetdicom's SCU check that what the
-table calls stored is what a C-STORE answers.
+table calls stored is what a C-STORE answers; the UPS codes (PS3.4 Annex CC)
+carry the words and class of pynetdicom's own table of them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.status import UNIFIED_PROCEDURE_STEP_SERVICE_CLASS_STATUS
 
 from aifi.demo.pacs import DemoPacs
 from aifi.demo.samples import cr_study
@@ -48,6 +50,35 @@ def test_named_codes_are_described_with_their_names() -> None:
     assert status.describe(status.OUT_OF_RESOURCES) == "0xA700 (Refused: Out of Resources)"
     assert status.describe(0xA7A1) == "0xA7A1 (failure)"
     assert all(known.where for known in status.STATUSES.values())
+
+
+UPS_CODES = [
+    status.UPS_ALREADY_CANCELED,
+    status.UPS_ALREADY_COMPLETED,
+    status.UPS_MAY_NO_LONGER_BE_UPDATED,
+    status.UPS_WRONG_TRANSACTION_UID,
+    status.UPS_ALREADY_IN_PROGRESS,
+    status.UPS_SCHEDULED_ONLY_VIA_N_CREATE,
+    status.UPS_FINAL_STATE_REQUIREMENTS_NOT_MET,
+    status.UPS_NO_SUCH_INSTANCE,
+    status.UPS_NOT_YET_IN_PROGRESS,
+    status.UPS_IS_COMPLETED,
+]
+
+
+@pytest.mark.parametrize("code", UPS_CODES, ids=lambda code: f"0x{code:04X}")
+def test_ups_codes_have_annex_cc_words_and_class(code: int) -> None:
+    """Names and classes as pynetdicom's own table of PS3.4 Annex CC has them."""
+    pynetdicom_class, words = UNIFIED_PROCEDURE_STEP_SERVICE_CLASS_STATUS[code]
+    known = status.STATUSES[code]
+    assert known.name == words
+    assert known.status_class == pynetdicom_class.lower()
+    assert known.where.startswith("PS3.4 Table CC.2.")
+    assert status.reason(code) == f"0x{code:04X}: {words}"
+
+
+def test_reason_of_an_unnamed_code_gives_its_class() -> None:
+    assert status.reason(0xC3FF) == "0xC3FF: failure"
 
 
 def test_stow_http_status_follows_ps3_18_10_5_3() -> None:

@@ -1,9 +1,11 @@
 """DICOM status codes aifi answers and reads, with their names and classes.
 
 One table for every DIMSE service aifi speaks (C-ECHO, C-STORE, C-FIND,
-C-MOVE, C-GET, N-ACTION and N-EVENT-REPORT of Storage Commitment) and for the
+C-MOVE, C-GET, N-ACTION and N-EVENT-REPORT of Storage Commitment), for the
 Failure Reason (0008,1197) of a STOW-RS response (PS3.18 §10.5.3, whose
-failure reasons are the C-STORE statuses).
+failure reasons are the C-STORE statuses) and for the Unified Procedure
+Step statuses (PS3.4 Annex CC) that the hub's UPS-RS names in its
+``Warning`` header (PS3.18 Table 11.7.3-2 carries them over HTTP).
 
 Every status falls in one class (PS3.7 C.1, "Status Type"): success (0000),
 warning (0001, 0107, 0116, Bxxx), failure (01xx, 02xx, Axxx, Cxxx),
@@ -37,11 +39,22 @@ __all__ = [
     "STUDY_MISMATCH",
     "SUBOPERATIONS_FAILED",
     "SUCCESS",
+    "UPS_ALREADY_CANCELED",
+    "UPS_ALREADY_COMPLETED",
+    "UPS_ALREADY_IN_PROGRESS",
+    "UPS_FINAL_STATE_REQUIREMENTS_NOT_MET",
+    "UPS_IS_COMPLETED",
+    "UPS_MAY_NO_LONGER_BE_UPDATED",
+    "UPS_NOT_YET_IN_PROGRESS",
+    "UPS_NO_SUCH_INSTANCE",
+    "UPS_SCHEDULED_ONLY_VIA_N_CREATE",
+    "UPS_WRONG_TRANSACTION_UID",
     "Known",
     "StatusClass",
     "describe",
     "is_pending",
     "is_stored",
+    "reason",
     "status_class",
     "stow_http_status",
 ]
@@ -71,6 +84,30 @@ CANCEL = 0xFE00
 PENDING = 0xFF00
 #: PS3.4 C.4.1.1.4: pending, an optional key was not supported.
 PENDING_WITH_WARNINGS = 0xFF01
+
+# Unified Procedure Step (PS3.4 Annex CC): Change UPS State (CC.2.1.4, Table
+# CC.2.1-2), Request UPS Cancel (CC.2.2.4, Table CC.2.2-2), Set UPS
+# Information (CC.2.6.4, Table CC.2.6-1).
+#: PS3.4 Table CC.2.1-2, CC.2.2-2 (warning): the UPS is already CANCELED, as requested.
+UPS_ALREADY_CANCELED = 0xB304
+#: PS3.4 Table CC.2.1-2 (warning): the UPS is already COMPLETED, as requested.
+UPS_ALREADY_COMPLETED = 0xB306
+#: PS3.4 Table CC.2.1-2, CC.2.6-1: refused, the UPS may no longer be updated (it has ended).
+UPS_MAY_NO_LONGER_BE_UPDATED = 0xC300
+#: PS3.4 Table CC.2.1-2, CC.2.6-1: refused, the correct Transaction UID was not provided.
+UPS_WRONG_TRANSACTION_UID = 0xC301
+#: PS3.4 Table CC.2.1-2: refused, the UPS is already IN PROGRESS.
+UPS_ALREADY_IN_PROGRESS = 0xC302
+#: PS3.4 Table CC.2.1-2: refused, a UPS becomes SCHEDULED only by N-CREATE.
+UPS_SCHEDULED_ONLY_VIA_N_CREATE = 0xC303
+#: PS3.4 Table CC.2.1-2: refused, the final state requirements (CC.2.1.3.1) are not met.
+UPS_FINAL_STATE_REQUIREMENTS_NOT_MET = 0xC304
+#: PS3.4 Table CC.2.1-2, CC.2.2-2, CC.2.6-1: no such UPS instance managed by this SCP.
+UPS_NO_SUCH_INSTANCE = 0xC307
+#: PS3.4 Table CC.2.1-2, CC.2.6-1: refused, the UPS is not yet IN PROGRESS.
+UPS_NOT_YET_IN_PROGRESS = 0xC310
+#: PS3.4 Table CC.2.2-2: refused, the UPS is already COMPLETED (a cancel comes too late).
+UPS_IS_COMPLETED = 0xC311
 
 
 @dataclass(frozen=True)
@@ -106,6 +143,49 @@ STATUSES: dict[int, Known] = {
         Known(CANCEL, "Cancel", "PS3.4 C.4.2.1.5"),
         Known(PENDING, "Pending", "PS3.4 C.4.1.1.4"),
         Known(PENDING_WITH_WARNINGS, "Pending: optional keys not supported", "PS3.4 C.4.1.1.4"),
+        Known(
+            UPS_ALREADY_CANCELED,
+            "The UPS is already in the requested state of CANCELED",
+            "PS3.4 Table CC.2.1-2",
+        ),
+        Known(
+            UPS_ALREADY_COMPLETED,
+            "The UPS is already in the requested state of COMPLETED",
+            "PS3.4 Table CC.2.1-2",
+        ),
+        Known(
+            UPS_MAY_NO_LONGER_BE_UPDATED,
+            "The UPS may no longer be updated",
+            "PS3.4 Table CC.2.1-2",
+        ),
+        Known(
+            UPS_WRONG_TRANSACTION_UID,
+            "The correct Transaction UID was not provided",
+            "PS3.4 Table CC.2.1-2",
+        ),
+        Known(UPS_ALREADY_IN_PROGRESS, "The UPS is already IN PROGRESS", "PS3.4 Table CC.2.1-2"),
+        Known(
+            UPS_SCHEDULED_ONLY_VIA_N_CREATE,
+            "The UPS may only become SCHEDULED via N-CREATE, not N-SET or N-ACTION",
+            "PS3.4 Table CC.2.1-2",
+        ),
+        Known(
+            UPS_FINAL_STATE_REQUIREMENTS_NOT_MET,
+            "The UPS has not met final state requirements for the requested state change",
+            "PS3.4 Table CC.2.1-2",
+        ),
+        Known(
+            UPS_NO_SUCH_INSTANCE,
+            "Specified SOP Instance UID does not exist or is not a UPS Instance managed by this"
+            " SCP",
+            "PS3.4 Table CC.2.1-2",
+        ),
+        Known(
+            UPS_NOT_YET_IN_PROGRESS,
+            "The UPS is not yet in the IN PROGRESS state",
+            "PS3.4 Table CC.2.1-2",
+        ),
+        Known(UPS_IS_COMPLETED, "The UPS is already COMPLETED", "PS3.4 Table CC.2.2-2"),
     )
 }
 
@@ -137,6 +217,16 @@ def describe(code: int) -> str:
     """``0xA700 (Refused: Out of Resources)``; an unnamed code with its class."""
     known = STATUSES.get(code)
     return f"0x{code:04X} ({known.name if known else status_class(code)})"
+
+
+def reason(code: int) -> str:
+    """``0xC301: The correct Transaction UID was not provided``: a named code and its words.
+
+    The text a refusal or a ``Warning`` header of UPS-RS gives (PS3.18
+    Table 11.7.3-2 names the UPS status codes there); an unnamed code with its class.
+    """
+    known = STATUSES.get(code)
+    return f"0x{code:04X}: {known.name if known else status_class(code)}"
 
 
 def stow_http_status(stored: int, failed: int, warned: int = 0) -> HTTPStatus:

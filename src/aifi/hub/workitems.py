@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from aifi.algorithms.base import Algorithm
 from aifi.algorithms.findings_json import findings_from_json, findings_on, findings_to_json
+from aifi.dicom import status
 from aifi.errors import AifiError
 from aifi.hub import ups_events
 from aifi.hub.auditing import record
@@ -321,20 +322,19 @@ def cancel(
 
 # -- the outside performer: Change State (PS3.18 §11.7) and Update (§11.6) ------------
 
-#: The reasons a Change State or Update is refused or warned about (PS3.18 Table
-#: 11.7.3-2), named by their DIMSE status (PS3.4 CC.2.1.3 and CC.2.6.3).
-C300 = "0xC300: The UPS may no longer be updated"
-C301 = "0xC301: The correct Transaction UID was not provided"
-C302 = "0xC302: The UPS is already IN PROGRESS"
-C303 = "0xC303: The UPS may only become SCHEDULED via N-CREATE, not N-SET or N-ACTION"
-C304 = "0xC304: The UPS has not met final state requirements for the requested state change"
-C307 = (
-    "0xC307: Specified SOP Instance UID does not exist or is not a UPS Instance managed by this SCP"
-)
-C310 = "0xC310: The UPS is not yet in the IN PROGRESS state"
-C311 = "0xC311: The UPS is already COMPLETED"
-B304 = "0xB304: The UPS is already in the requested state of CANCELED"
-B306 = "0xB306: The UPS is already in the requested state of COMPLETED"
+#: The reasons a Change State, Cancel or Update is refused or warned about (PS3.18
+#: Table 11.7.3-2), each its DIMSE status and words from the one status table
+#: (PS3.4 Tables CC.2.1-2, CC.2.2-2 and CC.2.6-1; :mod:`aifi.dicom.status`).
+C300 = status.reason(status.UPS_MAY_NO_LONGER_BE_UPDATED)
+C301 = status.reason(status.UPS_WRONG_TRANSACTION_UID)
+C302 = status.reason(status.UPS_ALREADY_IN_PROGRESS)
+C303 = status.reason(status.UPS_SCHEDULED_ONLY_VIA_N_CREATE)
+C304 = status.reason(status.UPS_FINAL_STATE_REQUIREMENTS_NOT_MET)
+C307 = status.reason(status.UPS_NO_SUCH_INSTANCE)
+C310 = status.reason(status.UPS_NOT_YET_IN_PROGRESS)
+C311 = status.reason(status.UPS_IS_COMPLETED)
+B304 = status.reason(status.UPS_ALREADY_CANCELED)
+B306 = status.reason(status.UPS_ALREADY_COMPLETED)
 
 _PERFORMER = "performer:"
 #: what a performer may set with Update (PS3.4 Table CC.2.5-3, the performer's part):
