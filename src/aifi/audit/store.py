@@ -169,17 +169,10 @@ class SqlAuditLog:
         detail: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
         """Record one event at the end of its chain; returns it with its hashes."""
-        fields: dict[str, Any] = {
-            "actor": actor,
-            "action": action,
-            "hospital": hospital,
-            "task": task,
-            "algorithm": algorithm,
-            "algorithm_version": algorithm_version,
-            "agreement": agreement,
-            "correlation_id": correlation_id,
-            "detail": dict(detail or {}),
-        }
+        fields = _event_fields(
+            action, actor, hospital, task, algorithm, algorithm_version, agreement,
+            correlation_id, detail,
+        )  # fmt: skip
         chain = self._chain_of(hospital)
         failures = 0
         with self._locks(chain):
@@ -221,22 +214,15 @@ class SqlAuditLog:
         it. Nothing shared is read or locked here: no head, no hash.
         """
         pending = self._pending_table()
-        values = {
-            "chain": self._chain_of(hospital),
-            "at": now_iso(),
-            "actor": actor,
-            "action": action,
-            "hospital": hospital,
-            "task": task,
-            "algorithm": algorithm,
-            "algorithm_version": algorithm_version,
-            "agreement": agreement,
-            "correlation_id": correlation_id,
-            "detail": json.dumps(dict(detail or {}), sort_keys=True, ensure_ascii=False),
-        }
+        fields = _event_fields(
+            action, actor, hospital, task, algorithm, algorithm_version, agreement,
+            correlation_id, detail,
+        )  # fmt: skip
+        chain = self._chain_of(hospital)
+        values = {**fields, "chain": chain, "at": now_iso(), "detail": _dumps(fields["detail"])}
         key = connection.execute(insert(pending).values(values)).inserted_primary_key
         assert key is not None
-        return Pending(int(key[0]), str(values["chain"]))
+        return Pending(int(key[0]), chain)
 
     def pending(self) -> int:
         """How many committed events wait to be sealed into their chains."""
@@ -319,10 +305,7 @@ class SqlAuditLog:
                     if row is None:
                         return 0
                     fields = {k: v for k, v in row._mapping.items() if k not in ("id", "chain")}
-                    try:
-                        fields["detail"] = json.loads(fields["detail"])
-                    except (TypeError, ValueError):
-                        fields["detail"] = {"unreadable": str(fields["detail"])}
+                    fields["detail"] = _loads(fields["detail"])
                     self._append(connection, str(row.chain), fields)
                     return 1
             except (_LostRaceError, IntegrityError):
@@ -567,20 +550,60 @@ def _noting_opened(events: Iterator[AuditEvent], opened: dict[str, int]) -> Iter
         yield event
 
 
+def _event_fields(
+    action: str,
+    actor: str,
+    hospital: str | None,
+    task: str | None,
+    algorithm: str | None,
+    algorithm_version: str | None,
+    agreement: str | None,
+    correlation_id: str | None,
+    detail: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What the caller of :meth:`SqlAuditLog.append` or ``record`` says of one event.
+
+    The same fields whether the event is appended at once or written as
+    pending; ``detail`` is copied into a plain dict.
+    """
+    return {
+        "actor": actor,
+        "action": action,
+        "hospital": hospital,
+        "task": task,
+        "algorithm": algorithm,
+        "algorithm_version": algorithm_version,
+        "agreement": agreement,
+        "correlation_id": correlation_id,
+        "detail": dict(detail or {}),
+    }
+
+
+def _dumps(detail: Mapping[str, Any]) -> str:
+    """``detail`` as its column holds it: JSON text, keys sorted."""
+    return json.dumps(detail, sort_keys=True, ensure_ascii=False)
+
+
+def _loads(stored: Any) -> dict[str, Any]:
+    """A stored ``detail`` read back; text that is not JSON is kept as ``unreadable``."""
+    try:
+        detail: dict[str, Any] = json.loads(stored)
+    except (TypeError, ValueError):
+        return {"unreadable": str(stored)}
+    return detail
+
+
 def _fields_of(event: AuditEvent) -> dict[str, Any]:
     return {**event.body(), "chain": event.chain, "prev_hash": event.prev_hash, "hash": event.hash}
 
 
 def _row_values(event: AuditEvent) -> dict[str, Any]:
     values = _fields_of(event)
-    values["detail"] = json.dumps(values["detail"], sort_keys=True, ensure_ascii=False)
+    values["detail"] = _dumps(values["detail"])
     return values
 
 
 def _event_of(row: Row[Any]) -> AuditEvent:
     values = dict(row._mapping)
-    try:
-        values["detail"] = json.loads(values["detail"])
-    except (TypeError, ValueError):
-        values["detail"] = {"unreadable": str(values["detail"])}
+    values["detail"] = _loads(values["detail"])
     return AuditEvent(**values)
