@@ -47,6 +47,11 @@ def add_hospital(
     """Register ``name`` and return it with its first token (the only time it is visible).
 
     Each algorithm id in ``subscribe`` gets a connection-test subscription.
+    One transaction: the hospital, its principal, its first token and its
+    subscriptions are committed together with their events
+    (``hospital.added``, ``principal.added``, ``token.issued``,
+    ``subscription.added`` each), or — on any failure, which is raised —
+    none of them is.
     """
     name = name.strip()
     if not name or len(name) > 200:
@@ -60,20 +65,27 @@ def add_hospital(
         raise ConfigError(
             f"a hospital named {name!r} is already registered; choose another name"
         ) from exc
-    record(session, "hospital.added", actor=actor, hospital=hospital.id)
-    session.commit()
-    principal = add_principal(session, name, Role.HOSPITAL, actor=actor, hospital_id=hospital.id)
-    _token, secret = issue_token(session, principal, actor=actor)
-    for algorithm_id in dict.fromkeys(subscribe):
-        add_subscription(
-            session,
-            hospital_id=hospital.id,
-            algorithm_id=algorithm_id,
-            agreement_reference=CONNECTION_TEST,
-            controller=name,
-            processor="aifi hub operator",
-            actor=actor,
+    try:
+        record(session, "hospital.added", actor=actor, hospital=hospital.id)
+        principal = add_principal(
+            session, name, Role.HOSPITAL, actor=actor, hospital_id=hospital.id, commit=False
         )
+        _token, secret = issue_token(session, principal, actor=actor, commit=False)
+        for algorithm_id in dict.fromkeys(subscribe):
+            add_subscription(
+                session,
+                hospital_id=hospital.id,
+                algorithm_id=algorithm_id,
+                agreement_reference=CONNECTION_TEST,
+                controller=name,
+                processor="aifi hub operator",
+                actor=actor,
+                commit=False,
+            )
+        session.commit()
+    except Exception:
+        session.rollback()  # nothing of the hospital stays, nor any of its events
+        raise
     return hospital, secret
 
 

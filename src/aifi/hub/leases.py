@@ -5,8 +5,10 @@ with ``claimed_by`` (the worker's identity), ``lease_until`` and
 ``heartbeat_at`` set and ``attempts`` counted (PS3.4 CC.1.1: a Unified
 Procedure Step is IN PROGRESS for exactly one performer). Whoever else tries
 the same task — the same id delivered twice, a second worker, a second hub —
-finds no row to update and does not run it. While the algorithm runs the
-worker :func:`renew`\\ s its lease; every later write of the worker is
+finds no row to update and does not run it. The claim starts the run: its
+``run.started`` is recorded in the claim's transaction, so a claim that
+commits is audited and one that does not leaves no event. While the
+algorithm runs the worker :func:`renew`\\ s its lease; every later write of the worker is
 *fenced* on still holding it (:func:`fence`), so a worker that lost its lease
 (it stalled, the janitor re-queued the task) cannot commit results.
 
@@ -31,12 +33,13 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
 from aifi.hub.auditing import SYSTEM_ACTOR, record
-from aifi.hub.models import Task, utcnow
+from aifi.hub.models import INPUT_PRIOR, Instance, Task, TaskInput, utcnow
 from aifi.protocol.schemas import TaskState
 
 __all__ = [
@@ -72,20 +75,36 @@ def _lease_values(worker: str, lease_s: float, now: datetime) -> dict[str, objec
     }
 
 
-def claim(session: Session, task_id: str, worker: str, lease_s: float) -> bool:
+def claim(
+    session: Session,
+    task_id: str,
+    worker: str,
+    lease_s: float,
+    *,
+    record_start: bool = True,
+    commit: bool = True,
+) -> bool:
     """Claim task ``task_id`` for ``worker``; False when it is not SCHEDULED (someone has it).
 
-    Commits: the claim is visible to every other process at once.
+    The claim starts the run: ``run.started`` is recorded in its transaction
+    (:func:`_started`); ``record_start=False`` for a caller that records its
+    own (an outside performer's claim, :func:`aifi.hub.workitems.change_state`).
+    Commits, so the claim is visible to every other process at once;
+    ``commit=False`` leaves the commit to a caller that writes more with it.
     """
     now = utcnow()
     claimed = session.execute(
         update(Task)
         .where(Task.id == task_id, Task.state == _SCHEDULED)
         .values(**_lease_values(worker, lease_s, now))
+        .returning(*_STARTED_COLUMNS)
         .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return bool(getattr(claimed, "rowcount", 0))
+    ).one_or_none()
+    if claimed is not None and record_start:
+        _started(session, claimed, worker)
+    if commit:
+        session.commit()
+    return claimed is not None
 
 
 #: The order workers take SCHEDULED tasks in: most urgent (priority HIGH = 0), then
@@ -108,7 +127,8 @@ def claim_next(
     (:func:`aifi.hub.workitems.change_state`).
 
     One statement: ``UPDATE tasks ... WHERE id = (SELECT id ... LIMIT 1 FOR
-    UPDATE SKIP LOCKED) AND state = 'SCHEDULED' RETURNING id``. Commits.
+    UPDATE SKIP LOCKED) AND state = 'SCHEDULED' RETURNING id, ...``; the
+    claimed task's ``run.started`` is recorded in its transaction. Commits.
     """
     if algorithm_ids is not None and not algorithm_ids:
         return None
@@ -125,11 +145,66 @@ def claim_next(
         update(Task)
         .where(Task.id == oldest, Task.state == _SCHEDULED)
         .values(**_lease_values(worker, lease_s, now))
-        .returning(Task.id)
+        .returning(*_STARTED_COLUMNS)
         .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
+    ).one_or_none()
+    if claimed is None:
+        session.commit()
+        return None
+    _started(session, claimed, worker)
     session.commit()
-    return claimed
+    return str(claimed.id)
+
+
+_STARTED_COLUMNS = (
+    Task.id,
+    Task.hospital_id,
+    Task.algorithm_id,
+    Task.algorithm_version,
+    Task.agreement_reference,
+    Task.correlation_id,
+    Task.attempts,
+)
+
+
+def _started(
+    session: Session,
+    claimed: Row[str, str, str, str | None, str | None, str | None, int],
+    worker: str,
+) -> None:
+    """Record ``run.started`` for a task just claimed, in the claim's transaction.
+
+    Its detail: the ``worker``, how many current ``inputs``, how many
+    ``prior_studies`` (when the task has any) and which ``attempt`` this is.
+    """
+    counts = session.execute(
+        select(
+            TaskInput.role,
+            func.count(),
+            func.count(func.distinct(Instance.study_instance_uid)),
+        )
+        .join(Instance, TaskInput.instance_id == Instance.id)
+        .where(TaskInput.task_id == claimed.id)
+        .group_by(TaskInput.role)
+    ).all()
+    inputs = sum(int(n) for role, n, _studies in counts if role != INPUT_PRIOR)
+    prior_studies = sum(int(studies) for role, _n, studies in counts if role == INPUT_PRIOR)
+    detail: dict[str, Any] = {"inputs": inputs, "worker": worker}
+    if prior_studies:
+        detail["prior_studies"] = prior_studies
+    detail["attempt"] = int(claimed.attempts)
+    record(
+        session,
+        "run.started",
+        actor=SYSTEM_ACTOR,
+        hospital=claimed.hospital_id,
+        task=claimed.id,
+        algorithm=claimed.algorithm_id,
+        algorithm_version=claimed.algorithm_version,
+        agreement=claimed.agreement_reference,
+        correlation_id=claimed.correlation_id,
+        detail=detail,
+    )
 
 
 def renew(session: Session, task_id: str, worker: str, lease_s: float) -> bool:

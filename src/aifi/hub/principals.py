@@ -44,8 +44,14 @@ def find_by_token(session: Session, token: str) -> Principal | None:
     return None if found is None else found.principal
 
 
-def issue_token(session: Session, principal: Principal, *, actor: str) -> tuple[Token, str]:
-    """A new token for ``principal`` (earlier ones stay valid); commits and audits."""
+def issue_token(
+    session: Session, principal: Principal, *, actor: str, commit: bool = True
+) -> tuple[Token, str]:
+    """A new token for ``principal`` (earlier ones stay valid); audits, and commits.
+
+    ``commit=False``: the token and its ``token.issued`` are only flushed, for a
+    caller that commits them with more (:func:`aifi.hub.hospitals.add_hospital`).
+    """
     secret = secrets.token_urlsafe(32)
     token = Token(principal_id=principal.id, token_sha256=hash_token(secret))
     session.add(token)
@@ -57,7 +63,8 @@ def issue_token(session: Session, principal: Principal, *, actor: str) -> tuple[
         hospital=principal.hospital_id,
         detail={"principal": principal.id, "role": principal.role, "token": token.id},
     )
-    session.commit()
+    if commit:
+        session.commit()
     return token, secret
 
 
@@ -86,8 +93,14 @@ def add_principal(
     *,
     actor: str,
     hospital_id: str | None = None,
+    commit: bool = True,
 ) -> Principal:
-    """A new principal (commits and audits); ``hospital_id`` exactly for role hospital."""
+    """A new principal (audits, and commits); ``hospital_id`` exactly for role hospital.
+
+    ``commit=False``: flushed with its ``principal.added``, for a caller that
+    commits them with more. A twin name rolls the session's transaction back
+    (with whatever the caller wrote in it) and raises :class:`ConfigError`.
+    """
     name = name.strip()
     if not name or len(name) > 200:
         raise ConfigError("a principal name needs 1 to 200 characters")
@@ -107,7 +120,8 @@ def add_principal(
         hospital=hospital_id,
         detail={"principal": principal.id, "role": role.value},
     )
-    session.commit()
+    if commit:
+        session.commit()
     return principal
 
 

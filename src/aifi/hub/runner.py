@@ -9,7 +9,8 @@ holds a database session only in the first and the last:
    algorithm sees — of the current study, and of each prior study (inputs
    with role ``prior``) when the manifest asks for priors: a prior none of
    whose series the manifest accepts is left out, it never refuses the task;
-   ``run.started`` is audited; the session is closed;
+   the session is closed (``run.started`` was recorded with the claim, in
+   its transaction: :func:`aifi.hub.leases.claim`);
 2. *run*: the :class:`aifi.hub.executor.Executor` runs the algorithm and
    encodes its findings (:func:`aifi.hub.executor.perform`), within the
    manifest's ``resources.time_limit_s``, while the runner renews the lease;
@@ -186,7 +187,8 @@ class TaskRunner:
         if manifest.priors is not None:  # only an algorithm that asks for priors gets them
             for instance in sorted(prior_links, key=lambda i: i.id):
                 by_study.setdefault(instance.study_instance_uid, []).append(instance)
-        loaded = _Loaded(
+        # its run.started was recorded with the claim (aifi.hub.leases.claim)
+        return _Loaded(
             task_id=task.id,
             hospital_id=task.hospital_id,
             algorithm_id=task.algorithm_id,
@@ -202,12 +204,6 @@ class TaskRunner:
                 for study, group in by_study.items()
             ),
         )
-        detail: dict[str, Any] = {"inputs": len(links), "worker": self.worker}
-        if loaded.priors:
-            detail["prior_studies"] = len(loaded.priors)
-        _audit(session, loaded, "run.started", detail)
-        session.commit()
-        return loaded
 
     @contextlib.contextmanager
     def _materialized(

@@ -40,10 +40,13 @@ def add_subscription(
     sub_processor: str | None = None,
     valid_from: datetime | None = None,
     valid_until: datetime | None = None,
+    commit: bool = True,
 ) -> Subscription:
-    """Record a subscription (commits and audits).
+    """Record a subscription (audits, and commits).
 
     ``algorithm_version`` None follows the latest active catalog version.
+    ``commit=False``: flushed with its ``subscription.added``, for a caller
+    that commits them with more (:func:`aifi.hub.hospitals.add_hospital`).
     """
     if session.get(Hospital, hospital_id) is None:
         raise ConfigError(f"no hospital {hospital_id}; see 'aifi hub hospital list'")
@@ -88,7 +91,8 @@ def add_subscription(
             "sub_processor": sub_processor,
         },
     )
-    session.commit()
+    if commit:
+        session.commit()
     return subscription
 
 

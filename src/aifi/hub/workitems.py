@@ -437,7 +437,8 @@ def change_state(
             if isinstance(ended, CancelAccepted):
                 return TaskRefused(409, f"{C300}: its cancellation was requested; it is CANCELED")
         held_by = _claimed_by(principal_id, transaction_uid)
-        if not claim(session, task.id, held_by, lease_s):
+        # the claim, its run.started (the performer's own) and the findings reset: one commit
+        if not claim(session, task.id, held_by, lease_s, record_start=False, commit=False):
             session.refresh(task)  # a hub worker or another performer was first
             return TaskRefused(409, C302 if task.state == TaskState.IN_PROGRESS.value else C300)
         session.execute(  # findings handed in under an earlier, lost claim are not this one's
