@@ -20,8 +20,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 
 from aifi.hub.contacts import note_contact
+from aifi.hub.db import is_transient
 from aifi.hub.deps import SessionDep
 from aifi.hub.models import Hospital, Principal
 from aifi.hub.principals import find_by_token
@@ -51,7 +53,13 @@ def current_principal(
     """The calling principal, or 401; a hospital's call is noted as its edge's last contact."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("send Authorization: Bearer <token>")
-    principal = find_by_token(session, credentials.credentials)
+    try:
+        principal = find_by_token(session, credentials.credentials)
+    except DBAPIError as exc:  # a pooled connection the server dropped: a read, asked again
+        if not is_transient(exc):
+            raise
+        session.rollback()
+        principal = find_by_token(session, credentials.credentials)
     if principal is None:
         raise _unauthorized(
             "unknown or revoked token; use a token printed by 'aifi hub hospital add', "
@@ -74,7 +82,7 @@ class RoleGate:
     def __init__(self, *roles: Role) -> None:
         self.roles = frozenset(roles)
 
-    def __call__(self, principal: CurrentPrincipal) -> Principal:
+    async def __call__(self, principal: CurrentPrincipal) -> Principal:  # no I/O: no pool thread
         if principal.role not in self.roles:
             allowed = " or ".join(sorted(r.value for r in self.roles))
             raise HTTPException(
@@ -87,7 +95,7 @@ class RoleGate:
 _hospital_gate = RoleGate(Role.HOSPITAL)
 
 
-def current_hospital(principal: Annotated[Principal, Depends(_hospital_gate)]) -> Hospital:
+async def current_hospital(principal: Annotated[Principal, Depends(_hospital_gate)]) -> Hospital:
     """The hospital the calling principal acts for."""
     if principal.hospital is None:  # a broken invariant: role hospital without one
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this token acts for no hospital")

@@ -37,7 +37,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aifi.errors import StorageError
@@ -94,10 +94,47 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
             # short OLTP queries: JIT compiling one costs more than running it
             # (bench/db_plans.py: the purge's 0.4 s became 1.3 s with JIT)
             connect_args = {"options": "-c jit=off"}
-    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not is_sqlite, **pool)
+    engine = create_engine(url, connect_args=connect_args, **pool)
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        event.listen(engine, "checkin", _checked_in)
+        event.listen(engine, "checkout", _pinger(engine.dialect))
     return engine
+
+
+PING_IDLE_S = 10.0
+"""A pooled connection idle this long is pinged before use (one that came back just now is not)."""
+
+
+def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _pinger(dialect: Any) -> Callable[[Any, Any, Any], None]:
+    """SQLAlchemy's ``pool_pre_ping``, but only for a connection idle over :data:`PING_IDLE_S`.
+
+    ``pool_pre_ping`` costs a round trip on every checkout, and a request
+    checks out twice (authentication, then the route): about a tenth of the
+    API's CPU per request (bench/national_load.py --per-call). A connection
+    that went back to the pool a moment ago is alive unless the server went
+    away in between; then the statement fails with a disconnect, SQLAlchemy
+    drops the pool's connections, and :func:`retrying` runs the work again.
+    Raising ``DisconnectionError`` here makes the pool open a fresh one.
+    """
+
+    def ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_S:
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)  # the dialect's own: autocommit SELECT 1
+        except Exception as exc:  # the server went away while the connection sat in the pool
+            raise DisconnectionError(f"pooled connection lost: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection lost")
+
+    return ping_if_idle
 
 
 def engine_for(settings: HubSettings) -> Engine:
