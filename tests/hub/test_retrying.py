@@ -99,12 +99,19 @@ def test_a_task_created_while_the_connection_drops_is_created_once(
     assert audit_log(engine).verify() == []
 
 
+@pytest.mark.parametrize(
+    "statement",
+    ["INSERT INTO instances", "INSERT INTO audit_pending"],
+    ids=["before-the-objects-are-stored", "after-the-objects-are-stored"],
+)
 def test_a_stow_while_the_connection_drops_stores_every_instance_once(
-    live: tuple[Hub, Engine], token_a: str, study: tuple[str, list[Any]]
+    live: tuple[Hub, Engine], token_a: str, study: tuple[str, list[Any]], statement: str
 ) -> None:
+    """Dropped at the first row, or at the request's event, once every object is in the store
+    (the run again finds them there, not in staging, and still records each)."""
     hub, engine = live
     study_uid, files = study
-    drop = DropConnection(hub.settings.database_url or "", "INSERT INTO instances")
+    drop = DropConnection(hub.settings.database_url or "", statement)
     event.listen(engine, "before_cursor_execute", drop)
     stowed = hub.stow(token_a, files)
     event.remove(engine, "before_cursor_execute", drop)

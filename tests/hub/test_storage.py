@@ -83,6 +83,12 @@ def test_put_replaces_the_object(store: ObjectStore) -> None:
     assert _read(store, _key()) == b"second"
 
 
+def test_size_is_the_objects_bytes_or_none_when_missing(store: ObjectStore) -> None:
+    assert store.size(_key()) is None
+    store.put(_staged(store, b"y" * 1234), _key())
+    assert store.size(_key()) == 1234
+
+
 def test_missing_object_is_a_storage_error(store: ObjectStore) -> None:
     with pytest.raises(StorageError, match="missing"):
         store.open(_key("9.9.9"))

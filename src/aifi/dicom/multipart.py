@@ -40,6 +40,7 @@ __all__ = [
     "MultipartError",
     "MultipartReader",
     "boundary_of",
+    "coalesced",
     "content_type",
     "dicom_files",
     "file_chunks",
@@ -114,6 +115,25 @@ def write_parts(parts: Iterable[tuple[str, Iterable[bytes]]], boundary: str) -> 
         yield from chunks
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode("ascii")
+
+
+def coalesced(pieces: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """``pieces`` joined into chunks of at least ``size`` bytes (the last may be smaller).
+
+    A body of many small pieces (boundaries, headers, small objects) costs
+    its sender one write, or one pull from a pool thread, per piece; memory
+    stays below ``size`` plus one piece.
+    """
+    buffered: list[bytes] = []
+    held = 0
+    for piece in pieces:
+        buffered.append(piece)
+        held += len(piece)
+        if held >= size:
+            yield b"".join(buffered)
+            buffered, held = [], 0
+    if buffered:
+        yield b"".join(buffered)
 
 
 def dicom_files(paths: Iterable[Path], boundary: str) -> Iterator[bytes]:

@@ -20,6 +20,7 @@ reasons, never an identity; one event per request keeps STOW fast.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,9 +49,12 @@ from aifi.hub.storage import ObjectStore, is_uid, object_key
 from aifi.hub.stow import DICOM_MEDIA_TYPE, ReceivedPart
 
 __all__ = [
+    "Accepted",
     "Failed",
+    "Judged",
     "StoreOutcome",
     "Stored",
+    "judge_parts",
     "store_parts",
 ]
 
@@ -128,36 +132,127 @@ def _failed(failed: Failed) -> Dataset:
     return item
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """A part that passed every check: what it is, where it goes, its header."""
+
+    part: ReceivedPart
+    stored: Stored
+    key: str
+    header: Dataset
+
+
+Judged = Accepted | Failed
+
+
+def judge_parts(
+    hospital_id: str, parts: Sequence[ReceivedPart], study_instance_uid: str | None
+) -> list[Judged]:
+    """Read and check each staged part once (no database): accepted, or refused and why.
+
+    Done before, and apart from, the transaction that records them
+    (:func:`store_parts`): a run of that transaction again after a dropped
+    connection finds the parts it had already moved into the store gone from
+    staging, and must still know what they were.
+    """
+    return [_judge(hospital_id, part, study_instance_uid) for part in parts]
+
+
 def store_parts(
     session: Session,
     store: ObjectStore,
     hospital_id: str,
     parts: Sequence[ReceivedPart],
-    *,
-    study_instance_uid: str | None = None,
+    judged: Sequence[Judged],
 ) -> StoreOutcome:
-    """Judge and store each staged part for ``hospital_id``; staged files are consumed.
+    """Store and record the accepted parts for ``hospital_id`` in one transaction.
 
-    ``study_instance_uid`` is the study named in the request target
-    (``POST /studies/{study}``), if any: instances of another study fail.
-    When a database error ends it, the parts not yet stored stay staged and
-    no refusal is recorded yet, so the caller may run it again on a new
-    session (instances stored before the error are then found as re-sent).
+    One query finds the instances already held, each new one is moved into
+    the store and its row added, and the refusals and the request's audit
+    event go with them in the same commit (one commit per request, not one
+    per instance: a 600-slice CT is a few requests). Safe to run again on a
+    new session after a database error (:func:`aifi.hub.db.retrying`): a part
+    the failed attempt moved into the store is found there under its key,
+    and only then recorded. ``judged`` is :func:`judge_parts` of ``parts``,
+    whose staged files are consumed.
     """
+    for _attempt in range(3):
+        try:
+            outcome = _store_judged(session, store, hospital_id, judged)
+            session.commit()  # the instances, the refusals and the request's event, together
+        except IntegrityError:  # a concurrent request stored one of them first: look again
+            session.rollback()
+            continue
+        for part in parts:  # refused, re-sent or duplicated ones; stored ones were moved
+            part.path.unlink(missing_ok=True)
+        return outcome
+    raise StorageError("instances of this request kept being stored concurrently; send it again")
+
+
+def _store_judged(
+    session: Session, store: ObjectStore, hospital_id: str, judged: Sequence[Judged]
+) -> StoreOutcome:
+    accepted = [item for item in judged if isinstance(item, Accepted)]
+    held = _held(session, hospital_id, {a.stored.sop_instance_uid for a in accepted})
     outcome = StoreOutcome()
-    for part in parts:
-        result = _store_one(session, store, hospital_id, part, study_instance_uid)
-        if isinstance(result, Failed):
-            outcome.failed.append(result)
+    done: set[str] = set()
+    for item in judged:
+        if isinstance(item, Failed):
+            outcome.failed.append(item)
+            continue
+        uid = item.stored.sop_instance_uid
+        earlier = held.get(uid)
+        if uid in done or (earlier is not None and earlier.purged_at is None):
+            logger.debug("instance %s re-sent; already stored", uid)
+            outcome.stored.append(item.stored)
+            continue
+        size = _put(store, item)
+        if isinstance(size, Failed):
+            outcome.failed.append(size)
+            continue
+        done.add(uid)
+        if earlier is not None:  # sent again after retention purged it
+            earlier.object_key, earlier.size = item.key, size
+            earlier.received_at, earlier.purged_at = utcnow(), None
         else:
-            outcome.stored.append(result)
+            stored = item.stored
+            session.add(
+                Instance(
+                    hospital_id=hospital_id,
+                    study_instance_uid=stored.study_instance_uid,
+                    series_instance_uid=stored.series_instance_uid,
+                    sop_instance_uid=uid,
+                    sop_class_uid=stored.sop_class_uid,
+                    object_key=item.key,
+                    size=size,
+                )
+            )
+            session.add(input_statistics(hospital_id, item.header))  # for drift (drift.py)
+        outcome.stored.append(dataclasses.replace(item.stored, size=size))
     for failed in outcome.failed:
         _record_refusal(session, hospital_id, failed)
     _audit(session, hospital_id, outcome)
-    session.commit()  # the refusals and the request's event, together
-    for part in parts:
-        part.path.unlink(missing_ok=True)
     return outcome
+
+
+def _put(store: ObjectStore, item: Accepted) -> int | Failed:
+    """Move the part into the store; its size, or why not."""
+    stored = item.stored
+    if not item.part.path.exists():  # moved by an attempt whose commit was lost
+        size = store.size(item.key)
+        if size is not None:
+            return size
+        return Failed(
+            OUT_OF_RESOURCES,
+            "the hub lost its database connection while storing this instance; send it again",
+            stored.sop_instance_uid,
+            stored.sop_class_uid,
+        )
+    try:
+        return store.put(item.part.path, item.key)
+    except StorageError as exc:
+        logger.error("cannot store instance %s: %s", stored.sop_instance_uid, exc)
+        return Failed(OUT_OF_RESOURCES, str(exc), stored.sop_instance_uid, stored.sop_class_uid)
 
 
 def _audit(session: Session, hospital_id: str, outcome: StoreOutcome) -> None:
@@ -178,13 +273,7 @@ def _audit(session: Session, hospital_id: str, outcome: StoreOutcome) -> None:
     )
 
 
-def _store_one(
-    session: Session,
-    store: ObjectStore,
-    hospital_id: str,
-    part: ReceivedPart,
-    expected_study: str | None,
-) -> Stored | Failed:
+def _judge(hospital_id: str, part: ReceivedPart, expected_study: str | None) -> Judged:
     if part.media_type not in ("", DICOM_MEDIA_TYPE):
         return Failed(CANNOT_UNDERSTAND, f"part is {part.media_type}, not {DICOM_MEDIA_TYPE}")
     try:
@@ -224,61 +313,21 @@ def _store_one(
             sop_class_uid,
         )
     stored = Stored(study_uid, series_uid, sop_instance_uid, sop_class_uid)
-    earlier = _earlier(session, hospital_id, sop_instance_uid)
-    if earlier is not None and earlier.purged_at is None:
-        logger.debug("instance %s re-sent; already stored", sop_instance_uid)
-        return stored
     key = object_key("instances", hospital_id, study_uid, series_uid, sop_instance_uid)
-    try:
-        size = part.path.stat().st_size
-    except FileNotFoundError:  # stored by an attempt whose commit was lost; its row was not
-        return Failed(
-            OUT_OF_RESOURCES,
-            "the hub lost its database connection while storing this instance; send it again",
-            sop_instance_uid,
-            sop_class_uid,
-        )
-    if earlier is not None:  # sent again after retention purged it
-        earlier.object_key, earlier.size = key, size
-        earlier.received_at, earlier.purged_at = utcnow(), None
-    else:
-        session.add(
-            Instance(
-                hospital_id=hospital_id,
-                study_instance_uid=study_uid,
-                series_instance_uid=series_uid,
-                sop_instance_uid=sop_instance_uid,
-                sop_class_uid=sop_class_uid,
-                object_key=key,
-                size=size,
-            )
-        )
-        session.add(input_statistics(hospital_id, ds))  # for drift of the inputs (drift.py)
-    try:  # the row first: a dropped connection here leaves the part staged for a retry
-        session.flush()
-    except IntegrityError:  # a concurrent request stored it first: same object, same key
-        session.rollback()
-        return stored
-    try:
-        size = store.put(part.path, key)
-    except StorageError as exc:
-        session.rollback()
-        logger.error("cannot store instance %s: %s", sop_instance_uid, exc)
-        return Failed(OUT_OF_RESOURCES, str(exc), sop_instance_uid, sop_class_uid)
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request stored it first: same object, same key
-        session.rollback()
-        return stored
-    return Stored(study_uid, series_uid, sop_instance_uid, sop_class_uid, size)
+    return Accepted(part, stored, key, ds)
 
 
-def _earlier(session: Session, hospital_id: str, sop_instance_uid: str) -> Instance | None:
-    return session.scalar(
+def _held(session: Session, hospital_id: str, sop_instance_uids: set[str]) -> dict[str, Instance]:
+    """The hospital's instance rows for these SOP Instance UIDs, in one query."""
+    if not sop_instance_uids:
+        return {}
+    rows = session.scalars(
         select(Instance).where(
-            Instance.hospital_id == hospital_id, Instance.sop_instance_uid == sop_instance_uid
+            Instance.hospital_id == hospital_id,
+            Instance.sop_instance_uid.in_(sorted(sop_instance_uids)),
         )
     )
+    return {row.sop_instance_uid: row for row in rows}
 
 
 def _record_refusal(session: Session, hospital_id: str, failed: Failed) -> None:

@@ -150,6 +150,15 @@ class S3Store:
         staged.unlink(missing_ok=True)
         return size
 
+    def size(self, key: str) -> int | None:
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=self._name(key))
+        except (BotoCoreError, ClientError) as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise self._failed("read", key, exc) from exc
+        return int(head["ContentLength"])
+
     def open(self, key: str) -> IO[bytes]:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=self._name(key))

@@ -80,6 +80,10 @@ class ObjectStore(Protocol):
         """Move a staged file under ``key`` (replacing any object there); its size."""
         ...
 
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes; None when there is no object under ``key``."""
+        ...
+
     def materialize(self, key: str) -> AbstractContextManager[Path]:
         """A local file holding the object while the ``with`` block runs (read it, never
         write it); a copy in staging where the store is remote, removed at the end.
@@ -133,6 +137,14 @@ class LocalFolderStore:
         except OSError as exc:
             raise StorageError(f"cannot store object {key}: {exc}") from exc
         return size
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self.local_path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read object {key}: {exc}") from exc
 
     def local_path(self, key: str) -> Path:
         path = (self.root / key).resolve()

@@ -47,7 +47,7 @@ from pydicom.uid import (
 )
 from python_multipart.multipart import parse_options_header
 
-from aifi.dicom.multipart import write_parts
+from aifi.dicom.multipart import coalesced, write_parts
 from aifi.errors import AifiError
 from aifi.hub.storage import ObjectStore, iter_file
 
@@ -196,13 +196,20 @@ def transcoded(store: ObjectStore, planned: Planned) -> Iterator[IO[bytes]]:
 
 
 def multipart_body(store: ObjectStore, planned: list[Planned], boundary: str) -> Iterator[bytes]:
-    """A WADO-RS response body, one part per object, each part's syntax in its Content-Type."""
-    return write_parts(
-        (
-            (f"{DICOM_MEDIA_TYPE}; transfer-syntax={item.target}", _object(store, item))
-            for item in planned
-        ),
-        boundary,
+    """A WADO-RS response body, one part per object, each part's syntax in its Content-Type.
+
+    Pieces are joined up to a megabyte (:func:`aifi.dicom.multipart.coalesced`): the
+    server pulls each piece of a plain iterator on a pool thread, so one small result is
+    one pull, not five.
+    """
+    return coalesced(
+        write_parts(
+            (
+                (f"{DICOM_MEDIA_TYPE}; transfer-syntax={item.target}", _object(store, item))
+                for item in planned
+            ),
+            boundary,
+        )
     )
 
 

@@ -24,7 +24,7 @@ from aifi.errors import DicomInputError
 from aifi.hub.auth import CurrentHospital
 from aifi.hub.db import retrying
 from aifi.hub.deps import ContextDep, HubContext, SessionDep
-from aifi.hub.ingest import store_parts
+from aifi.hub.ingest import StoreOutcome, judge_parts, store_parts
 from aifi.hub.models import Instance, Result
 from aifi.hub.qido import Level, Query, QueryError, search
 from aifi.hub.rendered import (
@@ -49,6 +49,7 @@ from aifi.hub.wado import (
     plan,
     plan_frames,
 )
+from aifi.netutil import warning_header
 
 __all__ = ["router"]
 
@@ -80,9 +81,9 @@ async def store_study_instances(
 async def _store(
     request: Request, hospital_id: str, context: HubContext, study: str | None
 ) -> JSONResponse:
-    """Receive the parts, then judge and store them in a transaction run again after a
-    dropped connection or serialization failure (:func:`aifi.hub.db.retrying`): an
-    instance the failed attempt committed is found again as already stored."""
+    """Receive the parts, judge each once, then store them in a transaction run again after
+    a dropped connection or serialization failure (:func:`aifi.hub.db.retrying`): an
+    instance the failed attempt moved into the store is found there again."""
     try:
         boundary = stow_boundary(request.headers.get("content-type"))
     except DicomInputError as exc:
@@ -100,12 +101,15 @@ async def _store(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
     if not parts:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="the STOW-RS body has no parts")
-    try:
-        outcome = await run_in_threadpool(
-            retrying,
-            context.sessions,
-            lambda s: store_parts(s, context.store, hospital_id, parts, study_instance_uid=study),
+
+    def judge_and_store() -> StoreOutcome:
+        judged = judge_parts(hospital_id, parts, study)
+        return retrying(
+            context.sessions, lambda s: store_parts(s, context.store, hospital_id, parts, judged)
         )
+
+    try:
+        outcome = await run_in_threadpool(judge_and_store)
     finally:  # what a failed attempt left staged
         for part in parts:
             part.path.unlink(missing_ok=True)
@@ -197,6 +201,8 @@ def _object_keys(
         if sop is not None:
             query = query.where(model.sop_instance_uid == sop)
         keys.extend(session.scalars(query.order_by(model.id)))
+        if sop is not None and keys:  # one SOP Instance UID is one object: a result's, found
+            break
     return keys
 
 
@@ -242,7 +248,7 @@ def _search(
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such study or series")
     base_url = str(request.base_url).rstrip("/") + router.prefix
     found = search(session, context.store, hospital_id, level, query, base_url)
-    headers = {"Warning": ", ".join(f'299 aifi-hub: "{w}"' for w in query.warnings)}
+    headers = {"Warning": ", ".join(warning_header("aifi-hub", w) for w in query.warnings)}
     return JSONResponse(found, media_type=DICOM_JSON, headers=headers if query.warnings else None)
 
 
