@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from aifi.dicom.multipart import DICOM_MEDIA_TYPE, MultipartError, MultipartReader, boundary_of
 from aifi.dicom.status import CANNOT_UNDERSTAND, STUDY_MISMATCH, stow_http_status
+from aifi.netutil import warning_header
 
 __all__ = ["Receiver", "create_stow_router"]
 
@@ -169,5 +170,7 @@ def create_stow_router(receiver: Receiver, token: str | None) -> APIRouter:
 
 def _refused(code: int, reason: str) -> JSONResponse:
     return JSONResponse(
-        {"detail": reason}, status_code=code, headers={"Warning": f'299 aifi-edge: "{reason}"'}
+        {"detail": reason},
+        status_code=code,
+        headers={"Warning": warning_header("aifi-edge", reason)},
     )

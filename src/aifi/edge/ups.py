@@ -55,6 +55,7 @@ from aifi.edge.config import EdgeSettings
 from aifi.edge.prior_search import held_study_priors
 from aifi.edge.state import EdgeState
 from aifi.errors import AifiError, HubError
+from aifi.netutil import warning_header
 from aifi.protocol.client import HubClient
 from aifi.protocol.schemas import PRIORITY_RANK
 
@@ -261,7 +262,7 @@ def create_ups_router(ctx: UpsContext) -> APIRouter:
         return JSONResponse(
             {"detail": exc.reason},
             status_code=exc.status_code,
-            headers={"Warning": f'299 aifi-edge: "{_header_text(exc.reason)}"'},
+            headers={"Warning": warning_header("aifi-edge", exc.reason)},
         )
 
     def found(uid: str) -> dict[str, Any]:
@@ -733,11 +734,6 @@ def _pull(
             return str(outcome.study_instance_uid), outcome.request_id
     which = f"study {study_uid}" if study_uid else f"accession {accession}"
     raise UpsRefused(404, f"{which} is neither held nor found to pull: " + "; ".join(problems))
-
-
-def _header_text(text: str) -> str:
-    """``text`` as a quoted-string of a header (ASCII, no double quotes)."""
-    return text.encode("ascii", "replace").decode().replace('"', "'")
 
 
 def _int(params: Any, key: str, default: int) -> int:

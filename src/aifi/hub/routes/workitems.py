@@ -53,6 +53,7 @@ from aifi.hub.deps import ContextDep, HubContext, SessionDep
 from aifi.hub.models import Principal, Task
 from aifi.hub.principals import find_by_token
 from aifi.hub.wado import NotAcceptable, multipart_body, negotiate, plan
+from aifi.netutil import warning_header
 from aifi.protocol.schemas import PRIORITY_RANK, Role, TaskState
 
 __all__ = ["events_router", "router"]
@@ -81,8 +82,7 @@ Performer = Annotated[Principal, Depends(RoleGate(Role.PERFORMER))]
 
 def _warning(reason: str) -> str:
     """A Warning header carrying a status reason (RFC 7234 §5.5): code 299, the reason quoted."""
-    text = reason.encode("ascii", "replace").decode().replace('"', "'")  # a header is Latin-1
-    return f'299 aifi-hub: "{text}"'
+    return warning_header("aifi-hub", reason)
 
 
 def _refused(status_code: int, reason: str) -> HTTPException:
