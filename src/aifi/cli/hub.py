@@ -241,7 +241,8 @@ def operator_add(
     from aifi.protocol.schemas import Role
 
     with _session(_settings(config)) as session:
-        principal = add_principal(session, name, Role(role), actor=CLI_ACTOR)
+        # the principal and its first token, with their events, in one commit
+        principal = add_principal(session, name, Role(role), actor=CLI_ACTOR, commit=False)
         _token, secret = issue_token(session, principal, actor=CLI_ACTOR)
     typer.echo(f"{role} {name!r} added (id {principal.id}); its token, shown only now:", err=True)
     typer.echo(secret)

@@ -97,8 +97,8 @@ def add_principal(body: PrincipalCreate, operator: Operator, session: SessionDep
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail="add hospitals with POST /hospitals"
         )
     try:
-        principal = principals.add_principal(
-            session, body.name, body.role, actor=actor_of(operator)
+        principal = principals.add_principal(  # committed with its first token, below
+            session, body.name, body.role, actor=actor_of(operator), commit=False
         )
     except ConfigError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
