@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, create_engine, event, text
 
 from aifi.algorithms.base import Algorithm, Manifest
 from aifi.hub.app import create_app
@@ -221,3 +221,60 @@ def test_waiting_polls_hold_no_connection(
     for thread in waiting:
         thread.join()
     assert answers == [304] * 20
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)
+def test_on_postgresql_a_waiting_poll_is_woken_by_the_change_not_checked_on_a_timer(
+    counted_hub: tuple[Hub, list[str]],
+    settings: HubSettings,
+    token_a: str,
+    study: tuple[str, list[Path]],
+) -> None:
+    """The trigger of migration 0013 notifies the API when a task changes, in any process.
+
+    While the poll waits with nothing changing, the hub runs no check (SQLite
+    would check every quarter second); a task acknowledged through another
+    connection, as another hub process would, wakes it at once.
+    """
+    hub, statements = counted_hub
+    uploaded = _upload(hub, token_a, study)
+    (task_id,) = _finished_tasks(hub, token_a, uploaded, 1)
+    first = hub.client.get("/tasks", params={**POLL, "wait_s": "1"}, headers=hub.auth(token_a))
+    etag = first.headers["etag"]
+    answered: list[tuple[float, httpx.Response]] = []
+
+    def long_poll() -> None:
+        t0 = time.monotonic()
+        response = hub.client.get(
+            "/tasks",
+            params={**POLL, "wait_s": "20"},
+            headers={**hub.auth(token_a), "If-None-Match": etag},
+        )
+        answered.append((time.monotonic() - t0, response))
+
+    waiting = threading.Thread(target=long_poll)
+    waiting.start()
+    time.sleep(0.5)  # the poll is waiting (its first look is done)
+    checks_before = sum("count(" in s.lower() for s in statements)
+    time.sleep(2.0)
+    checks_while_idle = sum("count(" in s.lower() for s in statements) - checks_before
+    assert settings.database_url is not None
+    elsewhere = create_engine(settings.database_url)  # another process's connection
+    try:
+        with elsewhere.begin() as connection:
+            connection.execute(
+                text("UPDATE tasks SET acknowledged = true, updated_at = now() WHERE id = :id"),
+                {"id": task_id},
+            )
+        changed_at = time.monotonic()
+        waiting.join(10)
+    finally:
+        elsewhere.dispose()
+
+    assert checks_while_idle == 0, f"{checks_while_idle} checks while nothing changed"
+    ((waited, response),) = answered
+    assert response.status_code == 200 and response.json() == []  # acknowledged: not listed
+    assert time.monotonic() - changed_at < 1.5  # woken by the notification, not the 5 s check
+    assert waited > 2.0

@@ -41,6 +41,7 @@ from aifi.hub.db import is_transient
 from aifi.hub.deps import HubContext
 from aifi.hub.dispatcher import Dispatcher, ElsewhereWorkers
 from aifi.hub.janitor import JANITOR_LOCK
+from aifi.hub.polling import Watcher
 from aifi.hub.routes import (
     audit,
     catalog,
@@ -111,6 +112,7 @@ def create_app(
         app.state.hub = HubContext(
             settings, parts.engine, parts.sessions, parts.store, pool, parts.algorithms
         )
+        app.state.task_watcher = Watcher(parts.sessions)  # the long polls of GET /tasks
         pool.start()
         if janitor is not None:
             janitor.start()
@@ -120,6 +122,7 @@ def create_app(
         finally:
             if janitor is not None:
                 janitor.stop()
+            app.state.task_watcher.close()
             pool.stop()
             parts.close()
             logger.info("hub stopped")

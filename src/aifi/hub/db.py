@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import logging
 import random
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -52,6 +53,7 @@ __all__ = [
     "exclusive",
     "head_revision",
     "is_transient",
+    "listen",
     "make_engine",
     "make_sessions",
     "migrate",
@@ -266,6 +268,50 @@ def is_transient(exc: BaseException) -> bool:
     if sqlstate is None:  # psycopg without a server's answer: the connection is gone
         return isinstance(exc, OperationalError) and type(exc.orig).__module__.startswith("psycopg")
     return sqlstate in _RETRY_SQLSTATES or sqlstate.startswith("08")
+
+
+def listen(
+    engine: Engine,
+    channel: str,
+    notified: Callable[[str | None], None],
+    stop: threading.Event,
+    *,
+    retry_s: float = 1.0,
+    lost: Callable[[], None] | None = None,
+) -> None:
+    """``LISTEN channel`` on a connection of its own until ``stop`` is set (PostgreSQL).
+
+    Runs on a thread of the caller's. ``notified(payload)`` for each
+    notification, and ``notified(None)`` each time listening (re)starts:
+    whatever was sent while not listening is unknown. The connection is
+    taken out of the pool for good; after a failure ``lost()`` is called and
+    the connection opened again ``retry_s`` later (the caller's poll covers
+    the gap).
+    """
+    import psycopg
+
+    while not stop.is_set():
+        try:
+            pooled = engine.raw_connection()
+            connection = pooled.driver_connection
+            pooled.detach()  # held for good: closed, not returned to the pool
+            assert isinstance(connection, psycopg.Connection)
+            try:
+                connection.autocommit = True
+                connection.execute(f"LISTEN {channel}")
+                notified(None)
+                while not stop.is_set():
+                    for notification in connection.notifies(timeout=1.0):
+                        notified(notification.payload)
+            finally:
+                pooled.close()
+        except (SQLAlchemyError, psycopg.Error, OSError) as exc:
+            if stop.is_set():
+                return
+            logger.warning("notifications on %s lost (%s); listening again", channel, exc)
+            if lost is not None:
+                lost()
+            stop.wait(retry_s)
 
 
 def retrying(

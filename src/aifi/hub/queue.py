@@ -30,11 +30,11 @@ import logging
 import threading
 from collections.abc import Collection, Iterable
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from aifi.algorithms.base import Manifest
-from aifi.hub.db import SessionFactory, retrying
+from aifi.hub.db import SessionFactory, listen, retrying
 from aifi.hub.leases import claim_next
 
 __all__ = ["CHANNEL", "TaskQueue", "algorithms_for", "queue_of"]
@@ -126,28 +126,10 @@ class TaskQueue:
 
     def _listen(self) -> None:
         """LISTEN on a connection of its own (out of the pool); reconnect after a failure."""
-        import psycopg
-
         with self._sessions() as session:
             engine = session.get_bind()
-        while not self._deaf.is_set():
-            try:
-                pooled = engine.raw_connection()  # type: ignore[union-attr]
-                connection = pooled.driver_connection
-                pooled.detach()  # held for good: closed, not returned to the pool
-                assert isinstance(connection, psycopg.Connection)
-                try:
-                    connection.autocommit = True
-                    connection.execute(f"LISTEN {CHANNEL}")
-                    self.wake()  # what was put while not listening
-                    while not self._deaf.is_set():
-                        for _notification in connection.notifies(timeout=1.0):
-                            self.wake()
-                finally:
-                    pooled.close()
-            except (SQLAlchemyError, psycopg.Error, OSError) as exc:  # workers poll meanwhile
-                logger.warning("task notifications lost (%s); listening again", exc)
-                self._deaf.wait(self._poll_s)
+        assert isinstance(engine, Engine)
+        listen(engine, CHANNEL, lambda _task: self.wake(), self._deaf, retry_s=self._poll_s)
 
     def wake(self) -> None:
         with self._changed:

@@ -89,7 +89,6 @@ async def list_tasks(
     request: Request,
     hospital: CurrentHospital,
     session: SessionDep,
-    context: ContextDep,
     state: TaskState | None = None,
     acknowledged: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -116,9 +115,7 @@ async def list_tasks(
     hospital_id = hospital.id
     seen = polling.seen_tag(request.headers.get("if-none-match")) if wait_s else None
     if seen is not None:  # the session holds no connection now (auth ended its read)
-        watcher: polling.Watcher | None = getattr(request.app.state, "task_watcher", None)
-        if watcher is None:
-            watcher = request.app.state.task_watcher = polling.Watcher(context.sessions)
+        watcher: polling.Watcher = request.app.state.task_watcher  # made by the lifespan
         changed = await watcher.wait((hospital_id, state, acknowledged), seen, wait_s)
         if not changed:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": seen})
