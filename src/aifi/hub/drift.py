@@ -20,6 +20,7 @@ Pixel Spacing (0028,0030) or Imager Pixel Spacing (0018,1164).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "DriftBounds",
     "DriftReport",
     "Figure",
+    "Figures",
     "drift_reports",
     "input_statistics",
     "is_positive",
@@ -102,18 +104,30 @@ class DriftReport:
         return [f.name for f in self.figures if f.flagged]
 
 
-def input_statistics(hospital_id: str, ds: Dataset) -> InputStatistics:
+@dataclass(frozen=True)
+class Figures:
     """The acquisition figures of one received instance (header only, no identity)."""
-    manufacturer = str(ds.get("Manufacturer", "") or "").strip()[:64] or None
-    modality = str(ds.get("Modality", "") or "").strip()[:16] or None
-    return InputStatistics(
-        hospital_id=hospital_id,
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        modality=modality,
-        manufacturer=manufacturer,
-        kvp=_number(ds.get("KVP")),
-        pixel_spacing_mm=_spacing(ds),
-    )
+
+    sop_instance_uid: str
+    modality: str | None
+    manufacturer: str | None
+    kvp: float | None
+    pixel_spacing_mm: float | None
+
+    @classmethod
+    def of(cls, ds: Dataset) -> Figures:
+        return cls(
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            modality=str(ds.get("Modality", "") or "").strip()[:16] or None,
+            manufacturer=str(ds.get("Manufacturer", "") or "").strip()[:64] or None,
+            kvp=_number(ds.get("KVP")),
+            pixel_spacing_mm=_spacing(ds),
+        )
+
+
+def input_statistics(hospital_id: str, figures: Figures) -> InputStatistics:
+    """The row of one received instance's acquisition figures, for drift of the inputs."""
+    return InputStatistics(hospital_id=hospital_id, **dataclasses.asdict(figures))
 
 
 def is_positive(findings: dict[str, object] | None) -> bool:

@@ -43,7 +43,7 @@ from aifi.dicom.status import (
 )
 from aifi.errors import StorageError
 from aifi.hub.auditing import record
-from aifi.hub.drift import input_statistics
+from aifi.hub.drift import Figures, input_statistics
 from aifi.hub.models import Instance, Refusal, utcnow
 from aifi.hub.storage import ObjectStore, is_uid, object_key
 from aifi.hub.stow import DICOM_MEDIA_TYPE, ReceivedPart
@@ -134,12 +134,12 @@ def _failed(failed: Failed) -> Dataset:
 
 @dataclass(frozen=True)
 class Accepted:
-    """A part that passed every check: what it is, where it goes, its header."""
+    """A part that passed every check: what it is, where it goes, its acquisition figures."""
 
     part: ReceivedPart
     stored: Stored
     key: str
-    header: Dataset
+    figures: Figures  # not the header: a request may carry thousands of small instances
 
 
 Judged = Accepted | Failed
@@ -227,7 +227,7 @@ def _store_judged(
                     size=size,
                 )
             )
-            session.add(input_statistics(hospital_id, item.header))  # for drift (drift.py)
+            session.add(input_statistics(hospital_id, item.figures))  # for drift (drift.py)
         outcome.stored.append(dataclasses.replace(item.stored, size=size))
     for failed in outcome.failed:
         _record_refusal(session, hospital_id, failed)
@@ -314,7 +314,7 @@ def _judge(hospital_id: str, part: ReceivedPart, expected_study: str | None) -> 
         )
     stored = Stored(study_uid, series_uid, sop_instance_uid, sop_class_uid)
     key = object_key("instances", hospital_id, study_uid, series_uid, sop_instance_uid)
-    return Accepted(part, stored, key, ds)
+    return Accepted(part, stored, key, Figures.of(ds))
 
 
 def _held(session: Session, hospital_id: str, sop_instance_uids: set[str]) -> dict[str, Instance]:
