@@ -638,9 +638,18 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="CTs of 24-48 slices, not 300-600")
     parser.add_argument("--modes", default="embedded,pg1,pg2,pg4")
     parser.add_argument("--slots", type=int, default=2, help="embedded hub: algorithm slots")
-    parser.add_argument("--poll", type=float, default=1.0, help="edge poll interval, seconds")
+    edge = HubPeer.model_fields  # the simulated edges poll as a default-configured edge does
     parser.add_argument(
-        "--long-poll", type=float, default=0.0, help="edge long poll wait_s (0: plain polls)"
+        "--poll",
+        type=float,
+        default=edge["poll_interval_s"].default,
+        help="edge poll interval, seconds (the edge's [hub] poll_interval_s)",
+    )
+    parser.add_argument(
+        "--long-poll",
+        type=float,
+        default=edge["long_poll_s"].default,
+        help="edge long poll wait_s, 0: plain polls (the edge's [hub] long_poll_s)",
     )
     parser.add_argument("--uploaders", type=int, default=16, help="concurrent STOW uploads")
     parser.add_argument("--timeout", type=float, default=240.0, help="per mode, seconds")
@@ -669,7 +678,8 @@ def main() -> None:
         print(
             f"workload {args.workload}{' (small CTs)' if args.small else ''}: "
             f"{args.hospitals} hospitals, "
-            f"{args.studies} studies arriving over {args.duration:g} s, edge poll {args.poll:g} s; "
+            f"{args.studies} studies arriving over {args.duration:g} s, edge poll {args.poll:g} s"
+            f"{f', long poll {args.long_poll:g} s' if args.long_poll else ''}; "
             f"→C: upload start to COMPLETED (hub's updated_at), →ack: to acknowledged"
         )
         print(report(rows, algorithm_s, args.workload))
