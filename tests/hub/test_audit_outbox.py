@@ -36,7 +36,7 @@ from aifi.cli import app as cli
 from aifi.hub.app import create_app
 from aifi.hub.auditing import audit_log, chain_of, record, seal_pending
 from aifi.hub.config import HubSettings
-from aifi.hub.db import is_transient, make_engine, make_sessions, migrate
+from aifi.hub.db import is_transient, make_engine, make_sessions
 from aifi.hub.hospitals import add_hospital, principal_of
 from aifi.hub.leases import claim, reap
 from aifi.hub.models import AUDIT_TABLES, Task, Token, utcnow
@@ -52,14 +52,6 @@ from .test_retrying import DropConnection
 ON_POSTGRESQL_ONLY = pytest.mark.parametrize(
     "database_url", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
 )
-
-
-@pytest.fixture
-def engine(settings: HubSettings) -> Iterator[Engine]:
-    engine = make_engine(settings.effective_database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
@@ -374,3 +366,39 @@ def test_the_reapers_requeue_is_recorded_with_its_change(
     assert (requeued.task, requeued.actor, requeued.detail["attempts"]) == (task_id, "hub", 1)
     assert requeued.detail["reason"] == "the worker's lease ran out"
     assert log.verify() == []
+
+
+@ON_POSTGRESQL_ONLY
+def test_a_request_and_its_sealing_need_one_pooled_connection_at_a_time(
+    tmp_path: Path,
+    postgres_database: str,
+    token_a: str,
+    study: tuple[str, list[Path]],
+    resolver: Callable[[str], Algorithm],
+    manifests: Callable[[], list[Manifest]],
+) -> None:
+    """Sealing waits until the committing session has given its connection back.
+
+    An ``aifi hub api`` process with a pool of one connection: a STOW whose
+    event was sealed while its session still held the connection waited for
+    a second one until the pool's timeout (30 s, then 500); a burst of such
+    requests emptied any pool (bench/national_load.py, embedded hub).
+    """
+    settings = HubSettings(
+        data_dir=tmp_path / "hub-data",
+        database_url=postgres_database,
+        database_pool_size=1,
+        database_max_overflow=0,
+    )
+    app = create_app(settings, algorithms=resolver, manifests=manifests, role="api")
+    with serving(app, settings) as client:
+        hub = Hub(client, settings)
+        t0 = time.monotonic()
+        stowed = hub.stow(token_a, study[1])
+        took = time.monotonic() - t0
+        engine = app.state.hub.engine
+        assert stowed.status_code == 200, stowed.text
+        assert took < 10, f"the STOW took {took:.1f} s: its sealing waited for a connection"
+        assert [e.action for e in audit_log(engine).events(action="stow.received")]
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM audit_pending")).scalar() == 0

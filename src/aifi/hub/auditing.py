@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Engine, event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from aifi.audit.store import ChainLocks, Pending, SqlAuditLog
 from aifi.hub.db import is_transient
@@ -65,6 +65,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _PENDING = "aifi.audit.pending"  # session.info: (pending id, action) written in this transaction
+_COMMITTED = "aifi.audit.committed"  # session.info: those committed, sealed once it is given back
 _FAULT = "AIFI_TEST_KILL_AFTER_COMMIT"
 _fault_count = 0
 _fault_guard = threading.Lock()
@@ -144,8 +145,25 @@ def seal_pending(engine: Engine, *, limit: int | None = None) -> int:
 
 
 @event.listens_for(Session, "after_commit")
-def _seal_committed(session: Session) -> None:
-    written: list[tuple[Pending, str]] = session.info.pop(_PENDING, [])
+def _committed(session: Session) -> None:
+    """The transaction's events are durable: seal them once its connection is given back.
+
+    ``after_commit`` runs while the session still holds its connection;
+    sealing takes one of its own, so sealing here held two connections per
+    committing request, and a burst of them (a STOW per hospital) emptied
+    the pool, every one waiting for another's connection until the pool's
+    timeout (30 s, then 500s; bench/national_load.py on the embedded hub).
+    """
+    written = session.info.pop(_PENDING, None)
+    if written:
+        session.info.setdefault(_COMMITTED, []).extend(written)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _seal_committed(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is not None:  # a savepoint or subtransaction: not the commit
+        return
+    written: list[tuple[Pending, str]] = session.info.pop(_COMMITTED, [])
     if not written:
         return
     _fault_hook(written)
