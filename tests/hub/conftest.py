@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
+from sqlalchemy import Engine
 
 from aifi.algorithms import registry
 from aifi.algorithms.base import Algorithm, Manifest
@@ -245,6 +246,15 @@ def database_contents(settings: HubSettings) -> bytes:
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str | None) -> HubSettings:
     return HubSettings(data_dir=tmp_path / "hub-data", workers=2, database_url=database_url)
+
+
+@pytest.fixture
+def engine(settings: HubSettings) -> Iterator[Engine]:
+    """An engine on the test's hub database, migrated (tests reading or writing rows directly)."""
+    engine = make_engine(settings.effective_database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

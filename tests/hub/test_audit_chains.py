@@ -31,14 +31,6 @@ from peers.postgres import PostgresCluster
 from .conftest import Hub, new_uid, pseudonymized
 
 
-@pytest.fixture
-def engine(settings: HubSettings) -> Iterator[Engine]:
-    engine = make_engine(settings.effective_database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
 def _hospital(engine: Engine, name: str) -> str:
     with make_sessions(engine)() as session:
         return add_hospital(session, name)[0].id

@@ -22,7 +22,7 @@ from aifi.algorithms.base import Algorithm
 from aifi.errors import ConfigError
 from aifi.hub.auditing import audit_log, chain_of
 from aifi.hub.config import HubSettings
-from aifi.hub.db import make_engine, make_sessions, migrate
+from aifi.hub.db import make_sessions
 from aifi.hub.hospitals import add_hospital, principal_of
 from aifi.hub.leases import claim, claim_next
 from aifi.hub.models import Hospital, Principal, Subscription, Task, Token
@@ -33,14 +33,6 @@ from aifi.protocol.schemas import TaskState
 from .test_leases import _scheduled_tasks
 
 WORKER = "other-host:4242:worker-test"
-
-
-@pytest.fixture
-def engine(settings: HubSettings) -> Iterator[Engine]:
-    engine = make_engine(settings.effective_database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 class _CommitFails(Exception):
