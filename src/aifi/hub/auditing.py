@@ -43,7 +43,7 @@ import os
 import signal
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, SessionTransaction
@@ -52,6 +52,9 @@ from aifi.audit.store import ChainLocks, Pending, SqlAuditLog
 from aifi.hub.db import is_transient
 from aifi.hub.models import AUDIT_TABLES
 
+if TYPE_CHECKING:
+    from aifi.hub.models import Task
+
 __all__ = [
     "HUB_CHAIN",
     "SYSTEM_ACTOR",
@@ -59,6 +62,7 @@ __all__ = [
     "audit_log_of",
     "chain_of",
     "record",
+    "record_on_task",
     "seal_pending",
 ]
 
@@ -134,6 +138,29 @@ def record(
         detail=detail,
     )
     session.info.setdefault(_PENDING, []).append((pending, action))
+
+
+def record_on_task(
+    session: Session,
+    action: str,
+    task: Task,
+    *,
+    actor: str,
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """:func:`record` an event about ``task``: its hospital, algorithm, agreement, correlation."""
+    record(
+        session,
+        action,
+        actor=actor,
+        hospital=task.hospital_id,
+        task=task.id,
+        algorithm=task.algorithm_id,
+        algorithm_version=task.algorithm_version,
+        agreement=task.agreement_reference,
+        correlation_id=task.correlation_id,
+        detail=detail,
+    )
 
 
 def seal_pending(engine: Engine, *, limit: int | None = None) -> int:

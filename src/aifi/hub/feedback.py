@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from aifi.hub.auditing import record
+from aifi.hub.auditing import record_on_task
 from aifi.hub.models import Feedback, Hospital, utcnow
 from aifi.hub.tasks import TaskRefused, find_task
 from aifi.protocol.schemas import TaskState
@@ -138,16 +138,11 @@ def record_feedback(
     row.correction_coding_scheme = code.coding_scheme_designator if code else None
     row.correction_code_meaning = code.code_meaning if code else None
     row.recorded_at = at or utcnow()
-    record(
+    record_on_task(
         session,
         "feedback.recorded",
+        task,
         actor=f"hospital:{hospital_id}",
-        hospital=hospital_id,
-        task=task.id,
-        algorithm=task.algorithm_id,
-        algorithm_version=task.algorithm_version,
-        agreement=task.agreement_reference,
-        correlation_id=task.correlation_id,
         detail={
             "verdict": row.verdict,
             "correction": None

@@ -50,7 +50,7 @@ from aifi.algorithms.base import (
 from aifi.algorithms.findings_json import findings_to_json
 from aifi.algorithms.selection import select_inputs
 from aifi.errors import AlgorithmError, InputNotAccepted
-from aifi.hub.auditing import SYSTEM_ACTOR, record
+from aifi.hub.auditing import SYSTEM_ACTOR, record, record_on_task
 from aifi.hub.db import SessionFactory, retrying
 from aifi.hub.executor import EncodedResult, Executor, Job, LeaseLost, Outcome, ThreadExecutor
 from aifi.hub.leases import claim, fence, release, renew, worker_identity
@@ -324,16 +324,11 @@ class TaskRunner:
             task.reason = reason[:2000]
             task.lease_until = None
             task.compute_seconds = time.perf_counter() - started
-            record(
+            record_on_task(
                 session,
                 "run.canceled",
+                task,
                 actor=SYSTEM_ACTOR,
-                hospital=task.hospital_id,
-                task=task.id,
-                algorithm=task.algorithm_id,
-                algorithm_version=task.algorithm_version,
-                agreement=task.agreement_reference,
-                correlation_id=task.correlation_id,
                 detail={"reason": task.reason},
             )
             session.commit()

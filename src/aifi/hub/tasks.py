@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, object_session
 from aifi.algorithms.base import Algorithm, Manifest
 from aifi.core.tasks import can_move
 from aifi.errors import AlgorithmError
-from aifi.hub.auditing import audit_log_of, record
+from aifi.hub.auditing import audit_log_of, record_on_task
 from aifi.hub.catalog import select_version
 from aifi.hub.models import INPUT_CURRENT, INPUT_PRIOR, Instance, Result, Task, TaskInput, utcnow
 from aifi.hub.storage import ObjectStore
@@ -223,16 +223,11 @@ def create_task(
     session.add(task)
     try:
         session.flush()  # the task's id, for its event; a twin client_task_id fails here
-        record(
+        record_on_task(
             session,
             "task.created",
+            task,
             actor=f"hospital:{hospital_id}",
-            hospital=hospital_id,
-            task=task.id,
-            algorithm=task.algorithm_id,
-            algorithm_version=task.algorithm_version,
-            agreement=task.agreement_reference,
-            correlation_id=task.correlation_id,
             detail={
                 "instances": len(instances),
                 "bytes": sum(i.size for i in instances),
@@ -420,16 +415,11 @@ def acknowledge_task(
         task.acknowledged = True
         task.acknowledged_at = utcnow()
         task.delivered_sop_instance_uids = sorted(ack.delivered_sop_instance_uids)
-        record(
+        record_on_task(
             session,
             "task.acknowledged",
+            task,
             actor=f"hospital:{hospital_id}",
-            hospital=hospital_id,
-            task=task.id,
-            algorithm=task.algorithm_id,
-            algorithm_version=task.algorithm_version,
-            agreement=task.agreement_reference,
-            correlation_id=task.correlation_id,
             detail={"delivered": len(ack.delivered_sop_instance_uids)},
         )
         session.commit()
@@ -456,16 +446,11 @@ def rerun_task(session: Session, task_id: str, *, actor: str) -> Task | TaskRefu
     task.lease_until = None
     task.attempts = 0
     task.updated_at = utcnow()
-    record(
+    record_on_task(
         session,
         "task.rerun",
+        task,
         actor=actor,
-        hospital=task.hospital_id,
-        task=task.id,
-        algorithm=task.algorithm_id,
-        algorithm_version=task.algorithm_version,
-        agreement=task.agreement_reference,
-        correlation_id=task.correlation_id,
         detail={"previous_reason": previous},
     )
     session.commit()

@@ -37,7 +37,7 @@ from aifi.algorithms.findings_json import findings_from_json, findings_on, findi
 from aifi.dicom import status
 from aifi.errors import AifiError
 from aifi.hub import ups_events
-from aifi.hub.auditing import record
+from aifi.hub.auditing import record_on_task
 from aifi.hub.leases import claim, fence, renew
 from aifi.hub.models import INPUT_PRIOR, Result, Task, utcnow
 from aifi.hub.performed import current_inputs, discard, make_results
@@ -742,15 +742,4 @@ def performer_update(
 
 def _audit(session: Session, task: Task, action: str, actor: str, detail: dict[str, Any]) -> None:
     """Record ``action`` on ``task`` in the session's transaction: call it before the commit."""
-    record(
-        session,
-        action,
-        actor=actor,
-        hospital=task.hospital_id,
-        task=task.id,
-        algorithm=task.algorithm_id,
-        algorithm_version=task.algorithm_version,
-        agreement=task.agreement_reference,
-        correlation_id=task.correlation_id,
-        detail=detail,
-    )
+    record_on_task(session, action, task, actor=actor, detail=detail)
