@@ -13,6 +13,8 @@ upgrades a file written before chains had names.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -42,17 +44,9 @@ class AuditTables:
         self.pending = pending
 
 
-def define_audit_tables(metadata: MetaData, *, pending: bool = False) -> AuditTables:
-    """Add ``audit_events`` and ``audit_head`` to ``metadata``; ``audit_pending`` too if asked.
-
-    ``audit_pending`` (the hub's, schema 0012) holds events written in the
-    transaction of the change they record, not yet sealed into their chain:
-    no hash, no sequence number, so writing one touches no shared row.
-    """
-    events = Table(
-        "audit_events",
-        metadata,
-        Column("seq", _SEQ, nullable=False, autoincrement=False),
+def _event_columns() -> list[Column[Any]]:
+    """What an event says, sealed or pending (new Column objects: a column has one table)."""
+    return [
         Column("chain", String(CHAIN_NAME_LENGTH), nullable=False),
         Column("at", String(40), nullable=False),
         Column("actor", String(200), nullable=False),
@@ -64,6 +58,21 @@ def define_audit_tables(metadata: MetaData, *, pending: bool = False) -> AuditTa
         Column("agreement", String(200)),
         Column("correlation_id", String(64)),
         Column("detail", Text, nullable=False),
+    ]
+
+
+def define_audit_tables(metadata: MetaData, *, pending: bool = False) -> AuditTables:
+    """Add ``audit_events`` and ``audit_head`` to ``metadata``; ``audit_pending`` too if asked.
+
+    ``audit_pending`` (the hub's, schema 0012) holds events written in the
+    transaction of the change they record, not yet sealed into their chain:
+    no hash, no sequence number, so writing one touches no shared row.
+    """
+    events = Table(
+        "audit_events",
+        metadata,
+        Column("seq", _SEQ, nullable=False, autoincrement=False),
+        *_event_columns(),
         Column("prev_hash", String(64), nullable=False),
         Column("hash", String(64), nullable=False),
         PrimaryKeyConstraint("chain", "seq", name="audit_events_pkey"),
@@ -86,16 +95,6 @@ def define_audit_tables(metadata: MetaData, *, pending: bool = False) -> AuditTa
         "audit_pending",
         metadata,
         Column("id", _SEQ, primary_key=True, autoincrement=True),
-        Column("chain", String(CHAIN_NAME_LENGTH), nullable=False),
-        Column("at", String(40), nullable=False),
-        Column("actor", String(200), nullable=False),
-        Column("action", String(64), nullable=False),
-        Column("hospital", String(64)),
-        Column("task", String(64)),
-        Column("algorithm", String(64)),
-        Column("algorithm_version", String(64)),
-        Column("agreement", String(200)),
-        Column("correlation_id", String(64)),
-        Column("detail", Text, nullable=False),
+        *_event_columns(),
     )
     return AuditTables(events, head, outbox)
